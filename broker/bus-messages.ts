@@ -1,0 +1,65 @@
+/**
+ * Protobuf control messages of the bus (proto/bus.proto), loaded at runtime.
+ */
+import { fileURLToPath } from 'node:url';
+import protobuf from 'protobufjs';
+
+/** Version of the bus protocol this build speaks. Bumped only for incompatible changes. */
+export const PROTOCOL_VERSION = 1;
+/** Oldest peer version this build can serve. */
+export const MIN_PROTOCOL_VERSION = 1;
+
+export interface BusDialRequest {
+  protocolVersion: number;
+  tunnelId: string;
+  protocol: string;
+  address: string;
+  frontendId: string;
+  initialWindow: number;
+  dialTimeoutMs: number;
+}
+
+export interface BusDialResponse {
+  protocolVersion: number;
+  tunnelId: string;
+  agentId: string;
+  errorCode: string;
+  errorMessage: string;
+  initialWindow: number;
+}
+
+export interface PresenceInfo {
+  protocolVersion: number;
+  id: string;
+  role: 'agent' | 'frontend';
+  identifiers: string;
+  version: string;
+  openTunnels: number;
+  draining: boolean;
+  uptimeMs: number;
+  heartbeatIntervalMs: number;
+  bytesIn: number;
+  bytesOut: number;
+  alive: boolean;
+}
+
+export const protoDir = fileURLToPath(new URL('../../proto/', import.meta.url));
+
+const root = protobuf.loadSync(`${protoDir}bus.proto`);
+
+function codecFor<T extends object>(name: string) {
+  const type = root.lookupType(name);
+  return {
+    encode(value: T): Uint8Array {
+      return type.encode(type.fromObject(value)).finish();
+    },
+    decode(bytes: Uint8Array): T {
+      // longs as numbers: our uint64 fields are byte counts and durations, far below 2^53.
+      return type.toObject(type.decode(bytes), { longs: Number, defaults: true }) as T;
+    },
+  };
+}
+
+export const dialRequestCodec = codecFor<BusDialRequest>('knats.bus.v1.DialRequest');
+export const dialResponseCodec = codecFor<BusDialResponse>('knats.bus.v1.DialResponse');
+export const presenceCodec = codecFor<PresenceInfo>('knats.bus.v1.Presence');

@@ -1,0 +1,142 @@
+/**
+ * Pure encode/decode of tunnel frames, no I/O.
+ *
+ * Frames are the hot path, so they use a compact binary header rather than
+ * protobuf: one byte of type, then fixed big-endian fields, then the payload.
+ * A DATA frame costs 5 bytes of header and exactly one copy (the payload into
+ * the frame buffer the NATS client then writes out).
+ *
+ *   DATA     0x01 | seq u32 | payload...
+ *   CLOSE    0x02 | lastSeq u32 | codeLen u8 | code ascii | message utf8
+ *   WINDOW   0x03 | limit u48          absolute: "you may send up to byte offset limit"
+ *   BLOCKED  0x04 | sent u48           sender has no credit; receiver answers with WINDOW
+ *   PING     0x05 | lastSeq u32        sender's last DATA seq; peer checks it and answers PONG
+ *   PONG     0x06 | lastSeq u32
+ *
+ * Unknown frame types decode to `undefined` and are ignored by the receiver
+ * (skew tolerance: a newer peer may add types).
+ */
+import { ErrorCode, KnatsError } from './errors.js';
+
+export const FrameType = {
+  Data: 0x01,
+  Close: 0x02,
+  Window: 0x03,
+  Blocked: 0x04,
+  Ping: 0x05,
+  Pong: 0x06,
+} as const;
+
+export const DATA_HEADER_BYTES = 5;
+/** Largest payload in one DATA frame; also kept below the server's max_payload by the sender. */
+export const MAX_DATA_PAYLOAD = 64 * 1024;
+const MAX_CLOSE_MESSAGE_BYTES = 1024;
+
+export type Frame =
+  | { type: typeof FrameType.Data; seq: number; payload: Buffer }
+  | { type: typeof FrameType.Close; lastSeq: number; code: string; message: string }
+  | { type: typeof FrameType.Window; limit: number }
+  | { type: typeof FrameType.Blocked; sent: number }
+  | { type: typeof FrameType.Ping; lastSeq: number }
+  | { type: typeof FrameType.Pong; lastSeq: number };
+
+/** Copies `payload` behind a DATA header into one new buffer. */
+export function encodeData(seq: number, payload: Uint8Array): Buffer {
+  const frame = Buffer.allocUnsafe(DATA_HEADER_BYTES + payload.length);
+  frame[0] = FrameType.Data;
+  frame.writeUInt32BE(seq >>> 0, 1);
+  frame.set(payload, DATA_HEADER_BYTES);
+  return frame;
+}
+
+/** `code` is empty for a clean close. */
+export function encodeClose(lastSeq: number, code: string, message: string): Buffer {
+  const codeBytes = Buffer.from(code, 'latin1');
+  let messageBytes = Buffer.from(message, 'utf8');
+  if (messageBytes.length > MAX_CLOSE_MESSAGE_BYTES)
+    messageBytes = messageBytes.subarray(0, MAX_CLOSE_MESSAGE_BYTES);
+  const frame = Buffer.allocUnsafe(6 + codeBytes.length + messageBytes.length);
+  frame[0] = FrameType.Close;
+  frame.writeUInt32BE(lastSeq >>> 0, 1);
+  frame[5] = codeBytes.length;
+  codeBytes.copy(frame, 6);
+  messageBytes.copy(frame, 6 + codeBytes.length);
+  return frame;
+}
+
+function encodeOffset(type: number, offset: number): Buffer {
+  const frame = Buffer.allocUnsafe(7);
+  frame[0] = type;
+  frame.writeUIntBE(offset, 1, 6);
+  return frame;
+}
+
+export function encodeWindow(limit: number): Buffer {
+  return encodeOffset(FrameType.Window, limit);
+}
+
+export function encodeBlocked(sent: number): Buffer {
+  return encodeOffset(FrameType.Blocked, sent);
+}
+
+function encodeSeq(type: number, lastSeq: number): Buffer {
+  const frame = Buffer.allocUnsafe(5);
+  frame[0] = type;
+  frame.writeUInt32BE(lastSeq >>> 0, 1);
+  return frame;
+}
+
+export function encodePing(lastSeq: number): Buffer {
+  return encodeSeq(FrameType.Ping, lastSeq);
+}
+
+export function encodePong(lastSeq: number): Buffer {
+  return encodeSeq(FrameType.Pong, lastSeq);
+}
+
+function malformed(what: string): KnatsError {
+  return new KnatsError(ErrorCode.MalformedFrame, what);
+}
+
+function need(frame: Buffer, bytes: number, what: string): void {
+  if (frame.length < bytes) throw malformed(`${what} frame too short (${frame.length} bytes)`);
+}
+
+/**
+ * Decodes one frame. The DATA payload is a view into `frame` (no copy).
+ * Throws KnatsError(MalformedFrame) on a truncated frame; returns undefined
+ * for a frame type this version does not know.
+ */
+export function decodeFrame(frame: Buffer): Frame | undefined {
+  if (frame.length === 0) throw malformed('empty frame');
+  switch (frame[0]) {
+    case FrameType.Data:
+      need(frame, DATA_HEADER_BYTES, 'DATA');
+      return { type: FrameType.Data, seq: frame.readUInt32BE(1), payload: frame.subarray(DATA_HEADER_BYTES) };
+    case FrameType.Close: {
+      need(frame, 6, 'CLOSE');
+      const codeEnd = 6 + frame[5]!;
+      need(frame, codeEnd, 'CLOSE');
+      return {
+        type: FrameType.Close,
+        lastSeq: frame.readUInt32BE(1),
+        code: frame.toString('latin1', 6, codeEnd),
+        message: frame.toString('utf8', codeEnd),
+      };
+    }
+    case FrameType.Window:
+      need(frame, 7, 'WINDOW');
+      return { type: FrameType.Window, limit: frame.readUIntBE(1, 6) };
+    case FrameType.Blocked:
+      need(frame, 7, 'BLOCKED');
+      return { type: FrameType.Blocked, sent: frame.readUIntBE(1, 6) };
+    case FrameType.Ping:
+      need(frame, 5, 'PING');
+      return { type: FrameType.Ping, lastSeq: frame.readUInt32BE(1) };
+    case FrameType.Pong:
+      need(frame, 5, 'PONG');
+      return { type: FrameType.Pong, lastSeq: frame.readUInt32BE(1) };
+    default:
+      return undefined;
+  }
+}

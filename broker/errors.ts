@@ -1,0 +1,121 @@
+/**
+ * One catalogue of typed errors with stable codes. Codes never change meaning;
+ * logs, metrics labels and tests match on them. The mapping to upstream's
+ * DIAL_RSP texts and HTTP CONNECT status codes lives here too, in one table.
+ */
+
+export const ErrorCode = {
+  /** No agent answered the dial subject (NATS no-responders, or no strategy matched). */
+  NoAgent: 'KNATS_NO_AGENT',
+  /** The destination actively refused the connection (ECONNREFUSED). */
+  DialRefused: 'KNATS_DIAL_REFUSED',
+  /** The destination is unreachable (EHOSTUNREACH, ENETUNREACH). */
+  DialUnreachable: 'KNATS_DIAL_UNREACHABLE',
+  /** The destination name did not resolve. */
+  DialDns: 'KNATS_DIAL_DNS',
+  /** The agent's TCP dial did not complete in time, or the agent did not answer in time. */
+  DialTimeout: 'KNATS_DIAL_TIMEOUT',
+  /** The agent is out of file descriptors (EMFILE/ENFILE). */
+  AgentOutOfFds: 'KNATS_AGENT_OUT_OF_FDS',
+  /** The agent's destination policy forbids the address. */
+  DestinationDenied: 'KNATS_DESTINATION_DENIED',
+  /** The dial request itself is malformed (bad address, bad port, unknown protocol). */
+  BadAddress: 'KNATS_BAD_ADDRESS',
+  /** Any other dial failure on the agent. */
+  DialFailed: 'KNATS_DIAL_FAILED',
+  /** The client cancelled a dial (DIAL_CLS) before it completed. */
+  DialCancelled: 'KNATS_DIAL_CANCELLED',
+  /** Too many dials pending on one stream or one process. */
+  TooManyPendingDials: 'KNATS_TOO_MANY_PENDING_DIALS',
+  /** The peer speaks a protocol version we cannot serve. */
+  IncompatiblePeer: 'KNATS_INCOMPATIBLE_PEER',
+  /** A frame arrived out of sequence: frames were lost, so the tunnel cannot be byte-exact. */
+  SequenceGap: 'KNATS_SEQUENCE_GAP',
+  /** A peer sent more bytes than it was granted. */
+  CreditViolation: 'KNATS_CREDIT_VIOLATION',
+  /** A frame could not be decoded. */
+  MalformedFrame: 'KNATS_MALFORMED_FRAME',
+  /** The peer process stopped heartbeating or no longer knows the tunnel. */
+  PeerGone: 'KNATS_PEER_GONE',
+  /** The dial succeeded on the agent but the frontend never confirmed it. */
+  ConfirmTimeout: 'KNATS_CONFIRM_TIMEOUT',
+  /** Our own NATS connection was lost for longer than the liveness window. */
+  BusLost: 'KNATS_BUS_LOST',
+  /** The process is shutting down. */
+  ShuttingDown: 'KNATS_SHUTTING_DOWN',
+  /** A malformed packet from the konnectivity client. */
+  BadPacket: 'KNATS_BAD_PACKET',
+  /** Bad configuration (flags, environment). */
+  BadConfig: 'KNATS_BAD_CONFIG',
+  /** nats-server could not be found or started. */
+  NatsServer: 'KNATS_NATS_SERVER',
+} as const;
+
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+export class KnatsError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'KnatsError';
+    this.code = code;
+  }
+}
+
+export function isKnatsError(err: unknown): err is KnatsError {
+  return err instanceof KnatsError;
+}
+
+interface ErrorPresentation {
+  /** HTTP status for the CONNECT door. */
+  readonly httpStatus: number;
+  /** Label for `dial_failure_count{reason}` / `endpoint_dial_failure_total{reason}`. */
+  readonly reason: string;
+}
+
+const presentation: Record<ErrorCode, ErrorPresentation> = {
+  KNATS_NO_AGENT: { httpStatus: 500, reason: 'no_agent' },
+  KNATS_DIAL_REFUSED: { httpStatus: 502, reason: 'refused' },
+  KNATS_DIAL_UNREACHABLE: { httpStatus: 502, reason: 'unreachable' },
+  KNATS_DIAL_DNS: { httpStatus: 502, reason: 'dns' },
+  KNATS_DIAL_TIMEOUT: { httpStatus: 504, reason: 'backend_dial_timeout' },
+  KNATS_AGENT_OUT_OF_FDS: { httpStatus: 503, reason: 'out_of_fds' },
+  KNATS_DESTINATION_DENIED: { httpStatus: 403, reason: 'denied' },
+  KNATS_BAD_ADDRESS: { httpStatus: 400, reason: 'bad_address' },
+  KNATS_DIAL_FAILED: { httpStatus: 502, reason: 'error_response' },
+  KNATS_DIAL_CANCELLED: { httpStatus: 502, reason: 'frontend_close' },
+  KNATS_TOO_MANY_PENDING_DIALS: { httpStatus: 503, reason: 'too_many_pending' },
+  KNATS_INCOMPATIBLE_PEER: { httpStatus: 502, reason: 'incompatible_peer' },
+  KNATS_SEQUENCE_GAP: { httpStatus: 502, reason: 'sequence_gap' },
+  KNATS_CREDIT_VIOLATION: { httpStatus: 502, reason: 'credit_violation' },
+  KNATS_MALFORMED_FRAME: { httpStatus: 502, reason: 'malformed_frame' },
+  KNATS_PEER_GONE: { httpStatus: 502, reason: 'peer_gone' },
+  KNATS_CONFIRM_TIMEOUT: { httpStatus: 504, reason: 'confirm_timeout' },
+  KNATS_BUS_LOST: { httpStatus: 503, reason: 'bus_lost' },
+  KNATS_SHUTTING_DOWN: { httpStatus: 503, reason: 'shutting_down' },
+  KNATS_BAD_PACKET: { httpStatus: 400, reason: 'bad_packet' },
+  KNATS_BAD_CONFIG: { httpStatus: 500, reason: 'bad_config' },
+  KNATS_NATS_SERVER: { httpStatus: 500, reason: 'nats_server' },
+};
+
+export function httpStatusFor(code: ErrorCode): number {
+  return presentation[code].httpStatus;
+}
+
+export function reasonLabel(code: ErrorCode): string {
+  return presentation[code].reason;
+}
+
+/** Codes carried over the bus are validated: an unknown code from a newer peer becomes DialFailed. */
+export function parseErrorCode(value: string): ErrorCode {
+  return value in presentation ? (value as ErrorCode) : ErrorCode.DialFailed;
+}
+
+/**
+ * The DIAL_RSP error text the konnectivity client sees. The no-agent text is
+ * upstream's verbatim, because operators grep for it.
+ */
+export function dialResponseText(err: KnatsError): string {
+  if (err.code === ErrorCode.NoAgent) return 'No agent available';
+  return `${err.code}: ${err.message}`;
+}

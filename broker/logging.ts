@@ -1,0 +1,22 @@
+import { type Logger, pino } from 'pino';
+
+export type { Logger };
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+/**
+ * One logger per process, JSON lines on stderr (stdout stays free for what a
+ * command prints, such as `knats dial` piping bytes). Children carry the
+ * component and, per tunnel, the tunnelId, so one grep tells a tunnel's story.
+ */
+export function createLogger(options: { level?: LogLevel; name: string }): Logger {
+  return pino(
+    { level: options.level ?? 'info', base: { component: options.name, pid: process.pid } },
+    pino.destination({ fd: 2, sync: false }),
+  );
+}
+
+/** A logger that drops everything, for library use and tests that do not read logs. */
+export function silentLogger(): Logger {
+  return pino({ level: 'silent' });
+}

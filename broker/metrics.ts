@@ -1,0 +1,101 @@
+/**
+ * Metrics shared by both sides: a registry with process and Node.js default
+ * metrics, and the knats_ bus metrics (frames, bytes, gaps, stalls, reconnects).
+ * Upstream-named metrics live with each component (frontend/metrics.ts,
+ * agent/metrics.ts) under upstream's names, so existing dashboards keep working.
+ */
+import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
+import type { KnatsError } from './errors.js';
+import type { TunnelHost } from './tunnel-host.js';
+
+export interface BusMetrics {
+  readonly registry: Registry;
+  readonly reconnects: Counter;
+  /** Record a tunnel's end: bytes each way and the close reason. */
+  tunnelEnded(bytesIn: number, bytesOut: number, err: KnatsError | undefined): void;
+  /** Expose the live tunnel host's counts as gauges. */
+  watchHost(host: () => TunnelHost | undefined): void;
+}
+
+export function createBusMetrics(role: 'frontend' | 'agent'): BusMetrics {
+  const registry = new Registry();
+  registry.setDefaultLabels({ role });
+  collectDefaultMetrics({ register: registry });
+  const reconnects = new Counter({
+    name: 'knats_nats_reconnects_total',
+    help: 'NATS reconnects of this process',
+    registers: [registry],
+  });
+  const tunnelBytes = new Counter({
+    name: 'knats_tunnel_bytes_total',
+    help: 'Bytes carried by tunnels, by direction (in = from the bus, out = onto the bus)',
+    labelNames: ['direction'],
+    registers: [registry],
+  });
+  const tunnelsClosed = new Counter({
+    name: 'knats_tunnels_closed_total',
+    help: 'Tunnels ended, by close reason code (ok for a clean close)',
+    labelNames: ['reason'],
+    registers: [registry],
+  });
+  const bytesIn = tunnelBytes.labels('in');
+  const bytesOut = tunnelBytes.labels('out');
+  let hostRef: () => TunnelHost | undefined = () => undefined;
+  const hostGauge = (name: string, help: string, read: (host: TunnelHost) => number) =>
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        const host = hostRef();
+        this.set(host ? read(host) : 0);
+      },
+    });
+  hostGauge('knats_open_tunnels', 'Tunnel ends open in this process', (h) => h.size);
+  hostGauge(
+    'knats_credit_stalled_tunnels',
+    'Tunnels whose sender waits for credit now',
+    (h) => h.blockedCount,
+  );
+  hostGauge(
+    'knats_unconfirmed_tunnels',
+    'Agent tunnels not yet confirmed by their frontend',
+    (h) => h.unconfirmedCount,
+  );
+  hostGauge(
+    'knats_receive_budget_bytes',
+    'Shared receive credit lent to tunnels above their minimum',
+    (h) => h.budget.inUse,
+  );
+  const counterFromHost = (name: string, help: string, read: (host: TunnelHost) => number) =>
+    new Counter({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        const host = hostRef();
+        if (!host) return;
+        this.reset();
+        this.inc(read(host));
+      },
+    });
+  counterFromHost('knats_bus_frames_in_total', 'Tunnel frames received from the bus', (h) => h.framesIn);
+  counterFromHost('knats_bus_frames_out_total', 'Tunnel frames published to the bus', (h) => h.framesOut);
+  counterFromHost(
+    'knats_unknown_tunnel_frames_total',
+    'Frames for tunnels this process does not know',
+    (h) => h.unknownTunnelFrames,
+  );
+  return {
+    registry,
+    reconnects,
+    tunnelEnded(inBytes, outBytes, err) {
+      bytesIn.inc(inBytes);
+      bytesOut.inc(outBytes);
+      tunnelsClosed.labels(err?.code ?? 'ok').inc();
+    },
+    watchHost(host) {
+      hostRef = host;
+    },
+  };
+}

@@ -1,0 +1,240 @@
+/**
+ * All tunnel ends of one process: the one wildcard subscription that feeds
+ * them, the registry (by tunnel id and by peer), and the single timer that
+ * drives every tunnel's periodic work, so a tunnel owns no timer of its own.
+ */
+import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+import { DATA_HEADER_BYTES, encodeClose, MAX_DATA_PAYLOAD } from './codec.js';
+import { type CreditSettings, ReceiveBudget } from './credit.js';
+import { ErrorCode, KnatsError } from './errors.js';
+import type { Logger } from './logging.js';
+import { tunnelIdOf } from './subjects.js';
+import { type FramePublisher, Tunnel, type TunnelHostHooks } from './tunnel.js';
+
+export interface TunnelHostTiming {
+  /** How often a blocked sender repeats BLOCKED (a lost WINDOW is repaired within this). */
+  readonly blockedProbeMs: number;
+  /** A tunnel with no frame from its peer for this long sends a PING. */
+  readonly idleProbeMs: number;
+  /** Agent only: an answered dial with no frame from the frontend for this long is closed. */
+  readonly confirmTimeoutMs: number;
+  /** Our NATS link down for this long closes every tunnel (peers have given up on us by then). */
+  readonly busLostMs: number;
+  /** How long a clean close may wait for credit to flush its last bytes. */
+  readonly lingerMs: number;
+}
+
+export const defaultTunnelHostTiming: TunnelHostTiming = {
+  blockedProbeMs: 1000,
+  idleProbeMs: 30_000,
+  confirmTimeoutMs: 10_000,
+  busLostMs: 6_000,
+  lingerMs: 10_000,
+};
+
+export interface TunnelHostOptions {
+  readonly nc: NatsConnection;
+  /** Wildcard subject of this process's tunnel ends (Subjects.frontendTunnels / agentTunnels). */
+  readonly subscribeSubject: string;
+  readonly credit: CreditSettings;
+  readonly timing: TunnelHostTiming;
+  readonly logger: Logger;
+  /** Called once per tunnel when it ends, after it left the registry. */
+  readonly onTunnelEnded?: (tunnel: Tunnel, err: KnatsError | undefined) => void;
+}
+
+const TICK_MS = 250;
+
+export class TunnelHost implements FramePublisher, TunnelHostHooks {
+  readonly budget: ReceiveBudget;
+  readonly maxDataPayload: number;
+  private readonly tunnels = new Map<string, Tunnel>();
+  private readonly byPeer = new Map<string, Set<Tunnel>>();
+  private readonly blocked = new Set<Tunnel>();
+  private readonly unconfirmed = new Set<Tunnel>();
+  private readonly nc: NatsConnection;
+  private readonly options: TunnelHostOptions;
+  private readonly subscription: Subscription;
+  private readonly ticker: NodeJS.Timeout;
+  private lastIdleSweep = Date.now();
+  private lastBlockedProbe = Date.now();
+  private disconnectedSince = 0;
+  private stopped = false;
+  framesIn = 0;
+  framesOut = 0;
+  unknownTunnelFrames = 0;
+
+  constructor(options: TunnelHostOptions) {
+    this.options = options;
+    this.nc = options.nc;
+    this.budget = new ReceiveBudget(options.credit.budget);
+    const serverMax = this.nc.info?.max_payload ?? 1024 * 1024;
+    this.maxDataPayload = Math.min(MAX_DATA_PAYLOAD, serverMax - DATA_HEADER_BYTES);
+    this.subscription = this.nc.subscribe(options.subscribeSubject, {
+      callback: (err, msg) => {
+        if (err) {
+          options.logger.error({ err }, 'tunnel subscription failed');
+          return;
+        }
+        this.onMessage(msg);
+      },
+    });
+    this.ticker = setInterval(() => this.tick(), TICK_MS);
+    this.ticker.unref();
+  }
+
+  get size(): number {
+    return this.tunnels.size;
+  }
+  get blockedCount(): number {
+    return this.blocked.size;
+  }
+  get unconfirmedCount(): number {
+    return this.unconfirmed.size;
+  }
+
+  /** Creates and registers a tunnel end; frames for it are routed from now on. */
+  create(id: string, localSubject: string, logger: Logger): Tunnel {
+    if (this.stopped) throw new KnatsError(ErrorCode.ShuttingDown, 'process is shutting down');
+    const tunnel = new Tunnel({
+      id,
+      localSubject,
+      credit: this.options.credit,
+      budget: this.budget,
+      publisher: this,
+      logger,
+      hooks: this,
+      lingerMs: this.options.timing.lingerMs,
+    });
+    this.tunnels.set(id, tunnel);
+    return tunnel;
+  }
+
+  /** Records who the peer is, so its disappearance closes the tunnel. */
+  bindPeer(tunnel: Tunnel, expectConfirm: boolean): void {
+    let set = this.byPeer.get(tunnel.peerId);
+    if (!set) {
+      set = new Set();
+      this.byPeer.set(tunnel.peerId, set);
+    }
+    set.add(tunnel);
+    if (expectConfirm && !tunnel.confirmed) this.unconfirmed.add(tunnel);
+  }
+
+  get(id: string): Tunnel | undefined {
+    return this.tunnels.get(id);
+  }
+
+  tunnelsOf(peerId: string): number {
+    return this.byPeer.get(peerId)?.size ?? 0;
+  }
+
+  /** A peer process stopped heartbeating or said goodbye: its tunnels cannot continue. */
+  closePeer(peerId: string, reason: string): void {
+    const set = this.byPeer.get(peerId);
+    if (!set) return;
+    for (const tunnel of [...set]) tunnel.end(new KnatsError(ErrorCode.PeerGone, reason));
+  }
+
+  /** Closes every tunnel (shutdown or a bus lost for too long). */
+  closeAll(err: KnatsError): void {
+    for (const tunnel of [...this.tunnels.values()]) tunnel.fail(err);
+  }
+
+  publish(subject: string, frame: Uint8Array, reply?: string): void {
+    this.framesOut++;
+    this.nc.publish(subject, frame, reply ? { reply } : undefined);
+  }
+
+  // ---- TunnelHostHooks ---------------------------------------------------
+
+  ended(tunnel: Tunnel, err: KnatsError | undefined): void {
+    this.tunnels.delete(tunnel.id);
+    this.blocked.delete(tunnel);
+    this.unconfirmed.delete(tunnel);
+    const set = this.byPeer.get(tunnel.peerId);
+    if (set) {
+      set.delete(tunnel);
+      if (set.size === 0) this.byPeer.delete(tunnel.peerId);
+    }
+    this.options.onTunnelEnded?.(tunnel, err);
+  }
+
+  blockedChanged(tunnel: Tunnel, blocked: boolean): void {
+    if (blocked) this.blocked.add(tunnel);
+    else this.blocked.delete(tunnel);
+  }
+
+  // ---- NATS link events, fed by the connection monitor ---------------------
+
+  onDisconnect(): void {
+    if (!this.disconnectedSince) this.disconnectedSince = Date.now();
+  }
+
+  /** Frames may have been lost while we were away: every tunnel checks sequences with its peer. */
+  onReconnect(): void {
+    this.disconnectedSince = 0;
+    for (const tunnel of this.tunnels.values()) tunnel.probe();
+  }
+
+  // ---- internals -------------------------------------------------------
+
+  private onMessage(msg: Msg): void {
+    this.framesIn++;
+    const tunnel = this.tunnels.get(tunnelIdOf(msg.subject));
+    const data = msg.data;
+    const bytes = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    if (tunnel) {
+      tunnel.handleFrame(bytes);
+      if (tunnel.confirmed) this.unconfirmed.delete(tunnel);
+      return;
+    }
+    // A frame for a tunnel we do not know (closed, or never ours). Probes carry
+    // a reply subject: answer them so the peer closes its end instead of leaking it.
+    this.unknownTunnelFrames++;
+    if (msg.reply && bytes[0] !== 0x02) {
+      this.publish(msg.reply, encodeClose(0, ErrorCode.PeerGone, 'unknown tunnel'));
+    }
+  }
+
+  private tick(): void {
+    const now = Date.now();
+    const timing = this.options.timing;
+    if (this.disconnectedSince && now - this.disconnectedSince > timing.busLostMs && this.tunnels.size > 0) {
+      this.options.logger.warn(
+        { downMs: now - this.disconnectedSince },
+        'NATS link lost too long; closing tunnels',
+      );
+      this.closeAll(new KnatsError(ErrorCode.BusLost, `NATS link down for over ${timing.busLostMs} ms`));
+    }
+    if (now - this.lastBlockedProbe >= timing.blockedProbeMs) {
+      this.lastBlockedProbe = now;
+      for (const tunnel of this.blocked) {
+        if (tunnel.finishOverdue) {
+          tunnel.fail(new KnatsError(ErrorCode.PeerGone, 'peer granted no credit to flush the last bytes'));
+        } else {
+          tunnel.probeBlocked();
+        }
+      }
+    }
+    for (const tunnel of this.unconfirmed) {
+      if (now - tunnel.openedAt > timing.confirmTimeoutMs) {
+        tunnel.end(new KnatsError(ErrorCode.ConfirmTimeout, 'frontend never confirmed the dial'));
+      }
+    }
+    if (now - this.lastIdleSweep >= timing.idleProbeMs / 2) {
+      this.lastIdleSweep = now;
+      for (const tunnel of this.tunnels.values()) {
+        if (now - tunnel.lastPeerFrameAt > timing.idleProbeMs) tunnel.probe();
+      }
+    }
+  }
+
+  /** Stops routing frames; tunnels should have been closed first. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    clearInterval(this.ticker);
+    this.subscription.unsubscribe();
+  }
+}

@@ -1,0 +1,434 @@
+/**
+ * Flags -> typed, validated configuration, in one place. Components never
+ * read process.env or argv themselves.
+ */
+import { hostname } from 'node:os';
+import { nuid } from '@nats-io/transport-node';
+import type { AgentConfig } from '../agent/agent.js';
+import { parseAgentIdentifiers } from '../agent/identifiers.js';
+import type { NatsSettings } from '../broker/connection.js';
+import { type CreditSettings, defaultCreditSettings } from '../broker/credit.js';
+import { ErrorCode, KnatsError } from '../broker/errors.js';
+import type { LogLevel } from '../broker/logging.js';
+import { defaultPresenceSettings } from '../broker/presence.js';
+import { assertToken } from '../broker/subjects.js';
+import { defaultTunnelHostTiming } from '../broker/tunnel-host.js';
+import type { FrontendConfig } from '../frontend/frontend.js';
+import { type ProxyStrategy, parseStrategies } from '../frontend/router.js';
+import { FlagReader, type FlagSpec, parseFlags } from './flags.js';
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+export const natsFlags: FlagSpec[] = [
+  {
+    name: 'nats-url',
+    kind: 'string',
+    help: 'NATS server URL(s), comma-separated',
+    placeholder: 'URL[,URL...]',
+  },
+  {
+    name: 'subject-prefix',
+    kind: 'string',
+    default: 'knats',
+    help: 'subject prefix; one per cluster',
+    placeholder: 'P',
+  },
+  {
+    name: 'nats-creds',
+    kind: 'string',
+    help: 'NATS credentials file (JWT + nkey seed)',
+    placeholder: 'FILE',
+  },
+  { name: 'nats-nkey', kind: 'string', help: 'file holding an nkey seed', placeholder: 'FILE' },
+  { name: 'nats-user', kind: 'string', help: 'NATS user name', placeholder: 'USER' },
+  { name: 'nats-password', kind: 'string', help: 'NATS password', placeholder: 'PASSWORD' },
+  { name: 'nats-token', kind: 'string', help: 'NATS token', placeholder: 'TOKEN' },
+  { name: 'nats-tls-ca', kind: 'string', help: 'CA bundle to verify the NATS servers', placeholder: 'FILE' },
+  { name: 'nats-tls-cert', kind: 'string', help: 'client certificate for NATS (mTLS)', placeholder: 'FILE' },
+  { name: 'nats-tls-key', kind: 'string', help: 'key of --nats-tls-cert', placeholder: 'FILE' },
+  {
+    name: 'log-level',
+    kind: 'string',
+    default: 'info',
+    help: `log level (${LOG_LEVELS.join(', ')})`,
+    placeholder: 'LEVEL',
+  },
+];
+
+const tunnelFlags: FlagSpec[] = [
+  {
+    name: 'tunnel-window',
+    kind: 'int',
+    default: defaultCreditSettings.window,
+    help: 'bytes one tunnel direction may have in flight (credit window)',
+    placeholder: 'BYTES',
+  },
+  {
+    name: 'receive-budget',
+    kind: 'int',
+    default: defaultCreditSettings.budget,
+    help: 'bytes in flight toward this process above each tunnel minimum; keep below the NATS max_pending',
+    placeholder: 'BYTES',
+  },
+  {
+    name: 'heartbeat-interval',
+    kind: 'duration',
+    default: `${defaultPresenceSettings.heartbeatMs}ms`,
+    help: 'presence heartbeat interval; a peer silent for 3 intervals is gone',
+    placeholder: 'DUR',
+  },
+];
+
+export const frontendFlags: FlagSpec[] = [
+  ...natsFlags,
+  {
+    name: 'mode',
+    kind: 'string',
+    default: 'grpc',
+    help: 'front door protocol: grpc or http-connect',
+    placeholder: 'MODE',
+  },
+  { name: 'uds-name', kind: 'string', help: 'Unix socket to listen on', placeholder: 'PATH' },
+  {
+    name: 'delete-existing-uds-file',
+    kind: 'bool',
+    default: true,
+    help: 'remove a stale socket file at startup',
+  },
+  {
+    name: 'uds-mode',
+    kind: 'string',
+    default: '0660',
+    help: 'permissions of the Unix socket (octal)',
+    placeholder: 'MODE',
+  },
+  {
+    name: 'server-port',
+    kind: 'int',
+    default: 0,
+    help: 'TCP port (mTLS); 0 with --uds-name: no TCP listener',
+    placeholder: 'N',
+  },
+  {
+    name: 'server-bind-address',
+    kind: 'string',
+    default: '127.0.0.1',
+    help: 'TCP bind address',
+    placeholder: 'ADDR',
+  },
+  { name: 'server-cert', kind: 'string', help: 'TLS certificate of the TCP listener', placeholder: 'FILE' },
+  { name: 'server-key', kind: 'string', help: 'TLS key of the TCP listener', placeholder: 'FILE' },
+  {
+    name: 'server-ca-cert',
+    kind: 'string',
+    help: 'CA that client certificates must chain to',
+    placeholder: 'FILE',
+  },
+  {
+    name: 'proxy-strategies',
+    kind: 'string',
+    default: 'default',
+    help: 'routing strategies in order: default, destHost, defaultRoute',
+    placeholder: 'LIST',
+  },
+  {
+    name: 'backend-dial-timeout',
+    kind: 'duration',
+    default: '5s',
+    help: 'how long an agent may take to dial',
+    placeholder: 'DUR',
+  },
+  {
+    name: 'server-id',
+    kind: 'string',
+    help: 'frontend id on the bus (default: hostname + random)',
+    placeholder: 'ID',
+  },
+  {
+    name: 'health-port',
+    kind: 'int',
+    default: 8092,
+    help: 'port of /healthz, /readyz, /metrics (0: pick one)',
+    placeholder: 'N',
+  },
+  {
+    name: 'health-bind-address',
+    kind: 'string',
+    default: '',
+    help: 'bind address of the health port (default: all interfaces, as upstream)',
+    placeholder: 'ADDR',
+  },
+  {
+    name: 'admin-port',
+    kind: 'int',
+    default: 8095,
+    help: 'port of /debug/state (0: pick one)',
+    placeholder: 'N',
+  },
+  {
+    name: 'admin-bind-address',
+    kind: 'string',
+    default: '127.0.0.1',
+    help: 'bind address of the admin port',
+    placeholder: 'ADDR',
+  },
+  {
+    name: 'graceful-shutdown-timeout',
+    kind: 'duration',
+    default: '15s',
+    help: 'how long open tunnels may finish on SIGTERM',
+    placeholder: 'DUR',
+  },
+  {
+    name: 'max-pending-dials',
+    kind: 'int',
+    default: 1024,
+    help: 'dials in flight per frontend',
+    placeholder: 'N',
+  },
+  {
+    name: 'max-pending-dials-per-stream',
+    kind: 'int',
+    default: 64,
+    help: 'dials in flight per gRPC stream',
+    placeholder: 'N',
+  },
+  ...tunnelFlags,
+];
+
+export const agentFlags: FlagSpec[] = [
+  ...natsFlags,
+  {
+    name: 'agent-id',
+    kind: 'string',
+    help: 'agent id on the bus (default: hostname + random)',
+    placeholder: 'ID',
+  },
+  {
+    name: 'agent-identifiers',
+    kind: 'string',
+    default: '',
+    help: "identifiers for destHost routing: 'host=a&ipv4=b&ipv6=c&cidr=d&default-route=true'",
+    placeholder: 'QUERY',
+  },
+  { name: 'dial-timeout', kind: 'duration', default: '5s', help: 'TCP dial timeout', placeholder: 'DUR' },
+  {
+    name: 'health-server-port',
+    kind: 'int',
+    default: 8093,
+    help: 'port of /healthz, /readyz, /metrics (0: pick one)',
+    placeholder: 'N',
+  },
+  {
+    name: 'health-bind-address',
+    kind: 'string',
+    default: '',
+    help: 'bind address of the health port (default: all interfaces, as upstream)',
+    placeholder: 'ADDR',
+  },
+  {
+    name: 'admin-server-port',
+    kind: 'int',
+    default: 8094,
+    help: 'port of /debug/state (0: pick one)',
+    placeholder: 'N',
+  },
+  {
+    name: 'admin-bind-address',
+    kind: 'string',
+    default: '127.0.0.1',
+    help: 'bind address of the admin port',
+    placeholder: 'ADDR',
+  },
+  {
+    name: 'graceful-shutdown-timeout',
+    kind: 'duration',
+    default: '15s',
+    help: 'how long open tunnels may finish on SIGTERM',
+    placeholder: 'DUR',
+  },
+  ...tunnelFlags,
+];
+
+function bad(message: string): KnatsError {
+  return new KnatsError(ErrorCode.BadConfig, message);
+}
+
+export function natsSettings(flags: FlagReader): NatsSettings {
+  const url = flags.string('nats-url');
+  if (!url) throw bad('--nats-url: required (e.g. nats://127.0.0.1:4222)');
+  const servers = url
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const server of servers) {
+    if (!/^(nats|tls|ws|wss):\/\/[^\s]+$|^[^\s:/]+:[0-9]+$/.test(server)) {
+      throw bad(`--nats-url: ${JSON.stringify(server)} is not a NATS URL (nats://host:port)`);
+    }
+  }
+  if (flags.has('nats-password') !== flags.has('nats-user')) {
+    throw bad('--nats-user and --nats-password go together');
+  }
+  if (flags.has('nats-tls-cert') !== flags.has('nats-tls-key')) {
+    throw bad('--nats-tls-cert and --nats-tls-key go together');
+  }
+  const optional = (name: string) => flags.string(name);
+  return {
+    servers,
+    user: optional('nats-user'),
+    password: optional('nats-password'),
+    token: optional('nats-token'),
+    credsFile: optional('nats-creds'),
+    nkeyFile: optional('nats-nkey'),
+    tlsCaFile: optional('nats-tls-ca'),
+    tlsCertFile: optional('nats-tls-cert'),
+    tlsKeyFile: optional('nats-tls-key'),
+  };
+}
+
+export function logLevel(flags: FlagReader): LogLevel {
+  const level = flags.string('log-level') ?? 'info';
+  if (!LOG_LEVELS.includes(level)) throw bad(`--log-level: unknown level ${JSON.stringify(level)}`);
+  return level as LogLevel;
+}
+
+function creditSettings(flags: FlagReader): CreditSettings {
+  const window = flags.int('tunnel-window');
+  const budget = flags.int('receive-budget');
+  if (window < defaultCreditSettings.minWindow) {
+    throw bad(`--tunnel-window: at least ${defaultCreditSettings.minWindow} bytes`);
+  }
+  if (budget < 0) throw bad('--receive-budget: must not be negative');
+  return { window, minWindow: defaultCreditSettings.minWindow, budget };
+}
+
+function presenceSettings(flags: FlagReader) {
+  const heartbeatMs = flags.duration('heartbeat-interval');
+  if (heartbeatMs < 100) throw bad('--heartbeat-interval: at least 100ms');
+  return { heartbeatMs, missedBeats: defaultPresenceSettings.missedBeats };
+}
+
+function processId(flags: FlagReader, flag: string): string {
+  const id =
+    flags.string(flag) ??
+    `${hostname()
+      .replace(/[^A-Za-z0-9_-]/g, '-')
+      .slice(0, 40)}-${nuid.next().slice(-8)}`;
+  try {
+    return assertToken(id, `--${flag}`);
+  } catch (err) {
+    throw bad((err as Error).message);
+  }
+}
+
+function positiveDuration(flags: FlagReader, name: string): number {
+  const ms = flags.duration(name);
+  if (ms <= 0) throw bad(`--${name}: must be positive`);
+  return ms;
+}
+
+export type WithoutLogger<T> = Omit<T, 'logger'>;
+
+export function frontendConfig(
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv,
+): {
+  config: WithoutLogger<FrontendConfig>;
+  level: LogLevel;
+} {
+  const flags = new FlagReader(frontendFlags, parseFlags(frontendFlags, argv, env));
+  if (flags.positionals.length) throw bad(`unexpected argument ${JSON.stringify(flags.positionals[0])}`);
+  const mode = flags.string('mode');
+  if (mode !== 'grpc' && mode !== 'http-connect')
+    throw bad(`--mode: must be grpc or http-connect, got ${JSON.stringify(mode)}`);
+  const udsName = flags.string('uds-name');
+  const serverPort = flags.port('server-port');
+  if (!udsName && serverPort === 0) throw bad('--uds-name or --server-port: one front door is required');
+  if (
+    serverPort > 0 &&
+    !(flags.has('server-cert') && flags.has('server-key') && flags.has('server-ca-cert'))
+  ) {
+    throw bad(
+      '--server-ca-cert: a TCP frontend requires --server-cert, --server-key and --server-ca-cert (mTLS)',
+    );
+  }
+  const udsModeText = flags.string('uds-mode') ?? '0660';
+  if (!/^0?[0-7]{3}$/.test(udsModeText))
+    throw bad(`--uds-mode: expected octal such as 0660, got ${udsModeText}`);
+  let proxyStrategies: ProxyStrategy[];
+  try {
+    proxyStrategies = parseStrategies(flags.string('proxy-strategies') ?? 'default');
+  } catch (err) {
+    throw bad((err as Error).message);
+  }
+  const maxPendingDials = flags.int('max-pending-dials');
+  const maxPendingDialsPerStream = flags.int('max-pending-dials-per-stream');
+  if (maxPendingDials < 1) throw bad('--max-pending-dials: at least 1');
+  if (maxPendingDialsPerStream < 1) throw bad('--max-pending-dials-per-stream: at least 1');
+  return {
+    level: logLevel(flags),
+    config: {
+      id: processId(flags, 'server-id'),
+      nats: natsSettings(flags),
+      subjectPrefix: subjectPrefix(flags),
+      mode,
+      udsName,
+      deleteExistingUdsFile: flags.bool('delete-existing-uds-file'),
+      udsMode: Number.parseInt(udsModeText, 8),
+      serverPort,
+      serverBindAddress: flags.string('server-bind-address') ?? '127.0.0.1',
+      serverCert: flags.string('server-cert'),
+      serverKey: flags.string('server-key'),
+      serverCaCert: flags.string('server-ca-cert'),
+      proxyStrategies,
+      backendDialTimeoutMs: positiveDuration(flags, 'backend-dial-timeout'),
+      healthPort: flags.port('health-port'),
+      healthBindAddress: flags.string('health-bind-address') ?? '',
+      adminPort: flags.port('admin-port'),
+      adminBindAddress: flags.string('admin-bind-address') ?? '127.0.0.1',
+      gracefulShutdownTimeoutMs: flags.duration('graceful-shutdown-timeout'),
+      maxPendingDials,
+      maxPendingDialsPerStream,
+      credit: creditSettings(flags),
+      timing: defaultTunnelHostTiming,
+      presence: presenceSettings(flags),
+    },
+  };
+}
+
+function subjectPrefix(flags: FlagReader): string {
+  try {
+    return assertToken(flags.string('subject-prefix') ?? 'knats', '--subject-prefix');
+  } catch (err) {
+    throw bad((err as Error).message);
+  }
+}
+
+export function agentConfig(
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv,
+): {
+  config: WithoutLogger<AgentConfig>;
+  level: LogLevel;
+} {
+  const flags = new FlagReader(agentFlags, parseFlags(agentFlags, argv, env));
+  if (flags.positionals.length) throw bad(`unexpected argument ${JSON.stringify(flags.positionals[0])}`);
+  return {
+    level: logLevel(flags),
+    config: {
+      id: processId(flags, 'agent-id'),
+      nats: natsSettings(flags),
+      subjectPrefix: subjectPrefix(flags),
+      identifiers: parseAgentIdentifiers(flags.string('agent-identifiers') ?? ''),
+      dialTimeoutMs: positiveDuration(flags, 'dial-timeout'),
+      healthPort: flags.port('health-server-port'),
+      healthBindAddress: flags.string('health-bind-address') ?? '',
+      adminPort: flags.port('admin-server-port'),
+      adminBindAddress: flags.string('admin-bind-address') ?? '127.0.0.1',
+      gracefulShutdownTimeoutMs: flags.duration('graceful-shutdown-timeout'),
+      credit: creditSettings(flags),
+      timing: defaultTunnelHostTiming,
+      presence: presenceSettings(flags),
+    },
+  };
+}

@@ -1,0 +1,107 @@
+/**
+ * A konnectivity gRPC client for `knats dial` and the benchmark: one Proxy
+ * stream, one dial, exposed as a Node Duplex. (Tests use their own client
+ * built straight from proto/client.proto, so they do not test this code
+ * against itself.)
+ */
+import { Duplex } from 'node:stream';
+import {
+  type ChannelCredentials,
+  credentials as grpcCredentials,
+  makeGenericClientConstructor,
+} from '@grpc/grpc-js';
+import { ErrorCode, KnatsError } from '../broker/errors.js';
+import {
+  type ClientPacket,
+  decodePacket,
+  encodeDataPacket,
+  encodePacket,
+  PacketType,
+  toNumber,
+} from '../frontend/client-packets.js';
+import { proxyServiceDefinition } from '../frontend/grpc-door.js';
+
+const ProxyClient = makeGenericClientConstructor(proxyServiceDefinition, 'ProxyService');
+
+export interface GrpcTunnelOptions {
+  /** `unix:/path/to.sock` or `host:port`. */
+  readonly target: string;
+  readonly address: string;
+  readonly credentials?: ChannelCredentials;
+  readonly timeoutMs?: number;
+}
+
+export async function openGrpcTunnel(options: GrpcTunnelOptions): Promise<Duplex> {
+  const client = new ProxyClient(options.target, options.credentials ?? grpcCredentials.createInsecure(), {
+    // Large HTTP/2 windows, as the Go client has: the tunnel, not HTTP/2, should set the pace.
+    'grpc-node.flow_control_window': 8 * 1024 * 1024,
+    'grpc.max_receive_message_length': 16 * 1024 * 1024,
+  });
+  const call = (
+    client as unknown as { Proxy(): import('@grpc/grpc-js').ClientDuplexStream<Buffer, Buffer> }
+  ).Proxy();
+  const random = Math.floor(Math.random() * 2 ** 52) + 1;
+  call.write(
+    encodePacket({
+      type: PacketType.DIAL_REQ,
+      dialRequest: { protocol: 'tcp', address: options.address, random },
+    }),
+  );
+  let connectID = 0;
+  const tunnel = new Duplex({
+    write(chunk: Buffer, _encoding, callback) {
+      if (!call.write(encodeDataPacket(connectID, chunk))) call.once('drain', () => callback());
+      else callback();
+    },
+    final(callback) {
+      // Konnectivity has no half-close: keep reading until the far end closes.
+      callback();
+    },
+    read() {
+      call.resume();
+    },
+    destroy(err, callback) {
+      if (connectID) call.write(encodePacket({ type: PacketType.CLOSE_REQ, closeRequest: { connectID } }));
+      call.cancel();
+      client.close();
+      callback(err);
+    },
+  });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(
+      () =>
+        reject(new KnatsError(ErrorCode.DialTimeout, `no DIAL_RSP within ${options.timeoutMs ?? 10000} ms`)),
+      options.timeoutMs ?? 10000,
+    );
+    call.on('data', (bytes: Buffer) => {
+      const packet: ClientPacket = decodePacket(bytes);
+      if (packet.type === PacketType.DIAL_RSP) {
+        clearTimeout(timer);
+        if (packet.dialResponse?.error) {
+          reject(new KnatsError(ErrorCode.DialFailed, packet.dialResponse.error));
+          call.cancel();
+          client.close();
+          return;
+        }
+        connectID = toNumber(packet.dialResponse?.connectID);
+        resolve();
+      } else if (packet.type === PacketType.DATA && packet.data?.data) {
+        const data = packet.data.data;
+        if (!tunnel.push(Buffer.from(data.buffer, data.byteOffset, data.byteLength))) call.pause();
+      } else if (packet.type === PacketType.CLOSE_RSP) {
+        const error = packet.closeResponse?.error;
+        connectID = 0;
+        if (error) tunnel.destroy(new Error(error));
+        else tunnel.push(null);
+        call.end();
+        client.close();
+      }
+    });
+    call.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+      tunnel.destroy(err);
+    });
+  });
+  return tunnel;
+}

@@ -1,0 +1,110 @@
+/**
+ * The konnectivity client protocol (proto/client.proto) as typed packets.
+ *
+ * Control packets go through protobufjs. DATA, the hot path, is encoded by
+ * hand: the layout is fixed (type=4, data{connectID, data}) and writing it
+ * directly costs one copy of the payload instead of protobufjs' writer
+ * bookkeeping. Decoding uses protobufjs, whose `bytes` fields are views into
+ * the received buffer, not copies.
+ */
+import Long from 'long';
+import protobuf from 'protobufjs';
+import { protoDir } from '../broker/bus-messages.js';
+
+export const PacketType = {
+  DIAL_REQ: 0,
+  DIAL_RSP: 1,
+  CLOSE_REQ: 2,
+  CLOSE_RSP: 3,
+  DATA: 4,
+  DIAL_CLS: 5,
+  DRAIN: 6,
+} as const;
+export type PacketType = (typeof PacketType)[keyof typeof PacketType];
+
+/** int64 fields: Long when decoded; a number or Long when encoded. */
+export type Int64 = Long | number;
+
+export interface ClientPacket {
+  type: number;
+  dialRequest?: { protocol: string; address: string; random: Int64 };
+  dialResponse?: { error: string; connectID: Int64; random: Int64 };
+  data?: { connectID: Int64; error: string; data: Uint8Array };
+  closeRequest?: { connectID: Int64 };
+  closeResponse?: { error: string; connectID: Int64 };
+  closeDial?: { random: Int64 };
+  drain?: Record<string, never>;
+}
+
+protobuf.util.Long = Long;
+protobuf.configure();
+
+const root = protobuf.loadSync(`${protoDir}client.proto`);
+const packetType = root.lookupType('Packet');
+
+/** The gRPC method path: the upstream proto has no package, so no prefix. */
+export const PROXY_METHOD_PATH = '/ProxyService/Proxy';
+
+export function encodePacket(packet: ClientPacket): Buffer {
+  if (packet.type === PacketType.DATA && packet.data && !packet.data.error) {
+    return encodeDataPacket(toNumber(packet.data.connectID), packet.data.data);
+  }
+  const bytes = packetType.encode(packet as unknown as protobuf.Message).finish();
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/** Throws on bytes that are not a Packet. */
+export function decodePacket(bytes: Uint8Array): ClientPacket {
+  return packetType.decode(bytes) as unknown as ClientPacket;
+}
+
+function varintLength(value: number): number {
+  let n = 1;
+  while (value >= 0x80) {
+    value = Math.floor(value / 128);
+    n++;
+  }
+  return n;
+}
+
+function writeVarint(buf: Buffer, offset: number, value: number): number {
+  while (value >= 0x80) {
+    buf[offset++] = (value & 0x7f) | 0x80;
+    value = Math.floor(value / 128);
+  }
+  buf[offset++] = value;
+  return offset;
+}
+
+/** Packet{type: DATA, data: {connectID, data}} in one allocation. */
+export function encodeDataPacket(connectID: number, payload: Uint8Array): Buffer {
+  const innerLength =
+    1 +
+    varintLength(connectID) +
+    (payload.length > 0 ? 1 + varintLength(payload.length) + payload.length : 0);
+  const total = 2 + 1 + varintLength(innerLength) + innerLength;
+  const buf = Buffer.allocUnsafe(total);
+  buf[0] = 0x08; // field 1 (type), varint
+  buf[1] = PacketType.DATA;
+  buf[2] = 0x22; // field 4 (data), length-delimited
+  let offset = writeVarint(buf, 3, innerLength);
+  buf[offset++] = 0x08; // Data.connectID
+  offset = writeVarint(buf, offset, connectID);
+  if (payload.length > 0) {
+    buf[offset++] = 0x1a; // Data.data
+    offset = writeVarint(buf, offset, payload.length);
+    buf.set(payload, offset);
+  }
+  return buf;
+}
+
+export function toNumber(value: Int64 | undefined | null): number {
+  if (value === undefined || value === null) return 0;
+  return typeof value === 'number' ? value : value.toNumber();
+}
+
+/** A stable map key for int64 values that may exceed 2^53 (the client's `random`). */
+export function int64Key(value: Int64 | undefined | null): string {
+  if (value === undefined || value === null) return '0';
+  return value.toString();
+}

@@ -1,0 +1,309 @@
+/**
+ * The gRPC front door: upstream's ProxyService.Proxy, a bidi stream of
+ * Packets. One ProxyStream per gRPC call; each successful dial on it becomes
+ * a connectID bound to one Tunnel.
+ */
+import type {
+  Server,
+  ServerDuplexStream,
+  ServiceDefinition,
+  UntypedServiceImplementation,
+} from '@grpc/grpc-js';
+import { dialResponseText, ErrorCode, isKnatsError, KnatsError, reasonLabel } from '../broker/errors.js';
+import type { Logger } from '../broker/logging.js';
+import type { Tunnel, TunnelLocalSide } from '../broker/tunnel.js';
+import type { BusDialer } from './bus-dialer.js';
+import {
+  type ClientPacket,
+  decodePacket,
+  encodeDataPacket,
+  encodePacket,
+  type Int64,
+  int64Key,
+  PacketType,
+  PROXY_METHOD_PATH,
+  toNumber,
+} from './client-packets.js';
+import type { FrontendMetrics } from './metrics.js';
+
+const PACKET_NAMES = ['DIAL_REQ', 'DIAL_RSP', 'CLOSE_REQ', 'CLOSE_RSP', 'DATA', 'DIAL_CLS', 'DRAIN'];
+
+export interface GrpcDoorOptions {
+  readonly dialer: BusDialer;
+  readonly metrics: FrontendMetrics;
+  readonly logger: Logger;
+  /** Dials one stream may have pending at once; more are answered with an error. */
+  readonly maxPendingDialsPerStream: number;
+  /** False while draining: new dials are refused. */
+  readonly accepting: () => boolean;
+  readonly onTunnelOpened: (tunnel: Tunnel) => void;
+}
+
+/** A service definition with our own (de)serializers: raw Buffers in, Packets handled by ProxyStream. */
+export const proxyServiceDefinition: ServiceDefinition = {
+  Proxy: {
+    path: PROXY_METHOD_PATH,
+    requestStream: true,
+    responseStream: true,
+    requestSerialize: (value: Buffer) => value,
+    requestDeserialize: (bytes: Buffer) => bytes,
+    responseSerialize: (value: Buffer) => value,
+    responseDeserialize: (bytes: Buffer) => bytes,
+    originalName: 'proxy',
+  },
+};
+
+export function addProxyService(server: Server, options: GrpcDoorOptions, streams: Set<ProxyStream>): void {
+  const implementation: UntypedServiceImplementation = {
+    Proxy: (call: ServerDuplexStream<Buffer, Buffer>) => {
+      const stream = new ProxyStream(call, options, () => streams.delete(stream));
+      streams.add(stream);
+    },
+  };
+  server.addService(proxyServiceDefinition, implementation);
+}
+
+interface PendingDial {
+  readonly controller: AbortController;
+  readonly random: Int64;
+}
+
+/** One gRPC Proxy call and the tunnels it carries. */
+export class ProxyStream {
+  private readonly call: ServerDuplexStream<Buffer, Buffer>;
+  private readonly options: GrpcDoorOptions;
+  private readonly logger: Logger;
+  private readonly tunnels = new Map<number, Tunnel>();
+  private readonly pendingDials = new Map<string, PendingDial>();
+  /** connectIDs whose tunnel asked to pause the client stream (credit exhausted). */
+  private readonly pausedBy = new Set<number>();
+  private nextConnectID = 1;
+  private ended = false;
+  private readonly onDone: () => void;
+
+  constructor(call: ServerDuplexStream<Buffer, Buffer>, options: GrpcDoorOptions, onDone: () => void) {
+    this.call = call;
+    this.options = options;
+    this.onDone = onDone;
+    this.logger = options.logger.child({ door: 'grpc' });
+    options.metrics.grpcConnections.labels('Proxy').inc();
+    call.on('data', (bytes: Buffer) => this.onPacketBytes(bytes));
+    // The real client ends a tunnel by closing its whole connection: a
+    // cancelled stream closes its tunnels exactly like CLOSE_REQ.
+    call.on('end', () => this.shutdown('client ended the stream'));
+    call.on('cancelled', () => this.shutdown('client cancelled the stream'));
+    call.on('error', (err) => {
+      options.metrics.streamErrors.labels('from_client', 'stream_error').inc();
+      this.shutdown(`stream error: ${err.message}`);
+    });
+    call.on('close', () => this.shutdown('stream closed'));
+  }
+
+  get openTunnels(): number {
+    return this.tunnels.size;
+  }
+
+  private onPacketBytes(bytes: Buffer): void {
+    let packet: ClientPacket;
+    try {
+      packet = decodePacket(bytes);
+    } catch (err) {
+      // Garbage on the stream: the client is broken, not one of its tunnels.
+      this.options.metrics.streamErrors.labels('from_client', 'malformed_packet').inc();
+      this.logger.warn({ err: (err as Error).message }, 'malformed packet from client; ending stream');
+      this.call.destroy(new Error('malformed packet'));
+      this.shutdown('malformed packet');
+      return;
+    }
+    this.options.metrics.streamPackets.labels('from_client', PACKET_NAMES[packet.type] ?? 'UNKNOWN').inc();
+    switch (packet.type) {
+      case PacketType.DIAL_REQ:
+        this.onDialRequest(packet);
+        return;
+      case PacketType.DATA:
+        this.onData(packet);
+        return;
+      case PacketType.CLOSE_REQ:
+        this.onCloseRequest(toNumber(packet.closeRequest?.connectID));
+        return;
+      case PacketType.DIAL_CLS:
+        this.onDialClose(packet.closeDial?.random);
+        return;
+      default:
+        // DRAIN and responses are agent->server packets upstream; unknown types come from newer clients.
+        this.logger.debug({ type: packet.type }, 'ignored packet type from client');
+    }
+  }
+
+  private onDialRequest(packet: ClientPacket): void {
+    const request = packet.dialRequest;
+    const random = request?.random ?? 0;
+    const key = int64Key(random);
+    const address = request?.address ?? '';
+    const protocol = request?.protocol || 'tcp';
+    const { metrics, dialer } = this.options;
+    const fail = (err: KnatsError) => {
+      metrics.dialFailures.labels(reasonLabel(err.code)).inc();
+      this.write({
+        type: PacketType.DIAL_RSP,
+        dialResponse: { error: dialResponseText(err), connectID: 0, random },
+      });
+    };
+    if (!this.options.accepting()) {
+      fail(new KnatsError(ErrorCode.ShuttingDown, 'frontend is draining'));
+      return;
+    }
+    if (this.pendingDials.has(key)) {
+      fail(
+        new KnatsError(ErrorCode.BadPacket, `a dial with random ${key} is already pending on this stream`),
+      );
+      return;
+    }
+    if (this.pendingDials.size >= this.options.maxPendingDialsPerStream) {
+      fail(
+        new KnatsError(
+          ErrorCode.TooManyPendingDials,
+          `${this.pendingDials.size} dials pending on this stream (limit ${this.options.maxPendingDialsPerStream})`,
+        ),
+      );
+      return;
+    }
+    if (protocol !== 'tcp') {
+      fail(new KnatsError(ErrorCode.BadAddress, `unsupported protocol ${JSON.stringify(protocol)}`));
+      return;
+    }
+    const pending: PendingDial = { controller: new AbortController(), random };
+    this.pendingDials.set(key, pending);
+    metrics.pendingDials.inc();
+    const started = process.hrtime.bigint();
+    const dialLogger = this.logger.child({ random: key });
+    dialer.dial(address, protocol, dialLogger, pending.controller.signal).then(
+      ({ tunnel, agentId }) => {
+        metrics.pendingDials.dec();
+        if (this.pendingDials.get(key) !== pending || this.ended) {
+          // Cancelled meanwhile (DIAL_CLS or stream gone): close what the agent opened.
+          this.pendingDials.delete(key);
+          tunnel.close(new KnatsError(ErrorCode.DialCancelled, 'client went away before the dial completed'));
+          return;
+        }
+        this.pendingDials.delete(key);
+        metrics.dialDuration.observe(Number(process.hrtime.bigint() - started) / 1e9);
+        const connectID = this.nextConnectID++;
+        tunnel.logger = tunnel.logger.child({ connectID });
+        this.tunnels.set(connectID, tunnel);
+        tunnel.attach(this.localSide(connectID, tunnel));
+        this.write({ type: PacketType.DIAL_RSP, dialResponse: { error: '', connectID, random } });
+        metrics.established.inc();
+        this.options.onTunnelOpened(tunnel);
+        tunnel.logger.info({ agentId }, 'tunnel open');
+      },
+      (err: unknown) => {
+        metrics.pendingDials.dec();
+        const error = isKnatsError(err) ? err : new KnatsError(ErrorCode.DialFailed, String(err));
+        const wasPending = this.pendingDials.get(key) === pending;
+        this.pendingDials.delete(key);
+        dialLogger.info({ address, code: error.code, reason: error.message }, 'dial failed');
+        if (wasPending && !this.ended) fail(error);
+        else metrics.dialFailures.labels(reasonLabel(ErrorCode.DialCancelled)).inc();
+      },
+    );
+  }
+
+  private onDialClose(random: Int64 | undefined): void {
+    const key = int64Key(random);
+    const pending = this.pendingDials.get(key);
+    if (!pending) return;
+    this.pendingDials.delete(key);
+    pending.controller.abort();
+    this.logger.info({ random: key }, 'dial cancelled by client (DIAL_CLS)');
+  }
+
+  private onData(packet: ClientPacket): void {
+    const connectID = toNumber(packet.data?.connectID);
+    const tunnel = this.tunnels.get(connectID);
+    if (!tunnel) {
+      this.options.metrics.streamErrors.labels('from_client', 'unknown_connect_id').inc();
+      this.write({
+        type: PacketType.CLOSE_RSP,
+        closeResponse: { error: `unknown connectID ${connectID}`, connectID },
+      });
+      return;
+    }
+    const data = packet.data!.data;
+    if (data && data.length > 0) tunnel.write(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+  }
+
+  private onCloseRequest(connectID: number): void {
+    const tunnel = this.tunnels.get(connectID);
+    if (!tunnel) {
+      this.write({
+        type: PacketType.CLOSE_RSP,
+        closeResponse: { error: `unknown connectID ${connectID}`, connectID },
+      });
+      return;
+    }
+    tunnel.logger.info('client sent CLOSE_REQ');
+    // finish() below answers CLOSE_RSP once the tunnel is closed.
+    tunnel.close();
+  }
+
+  private localSide(connectID: number, tunnel: Tunnel): TunnelLocalSide {
+    return {
+      deliver: (chunk, done) => {
+        if (this.ended) {
+          done();
+          return;
+        }
+        this.options.metrics.streamPackets.labels('to_client', 'DATA').inc();
+        this.call.write(encodeDataPacket(connectID, chunk), () => done());
+      },
+      pause: () => {
+        this.pausedBy.add(connectID);
+        this.call.pause();
+      },
+      resume: () => {
+        this.pausedBy.delete(connectID);
+        if (this.pausedBy.size === 0 && !this.ended) this.call.resume();
+      },
+      finish: (err) => {
+        this.tunnels.delete(connectID);
+        if (this.pausedBy.delete(connectID) && this.pausedBy.size === 0 && !this.ended) this.call.resume();
+        this.options.metrics.established.dec();
+        this.options.metrics.connectionDuration.observe((Date.now() - tunnel.openedAt) / 1000);
+        if (!this.ended) {
+          this.write({
+            type: PacketType.CLOSE_RSP,
+            closeResponse: { error: err ? `${err.code}: ${err.message}` : '', connectID },
+          });
+        }
+      },
+    };
+  }
+
+  private write(packet: ClientPacket): void {
+    if (this.ended) return;
+    this.options.metrics.streamPackets.labels('to_client', PACKET_NAMES[packet.type] ?? 'UNKNOWN').inc();
+    this.call.write(encodePacket(packet));
+  }
+
+  /** The client stream is over: every tunnel and pending dial on it goes. */
+  shutdown(why: string): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.options.metrics.grpcConnections.labels('Proxy').dec();
+    for (const pending of this.pendingDials.values()) pending.controller.abort();
+    this.pendingDials.clear();
+    const tunnels = [...this.tunnels.values()];
+    this.tunnels.clear();
+    for (const tunnel of tunnels) {
+      tunnel.logger.info({ why }, 'client stream ended; closing tunnel');
+      tunnel.close(new KnatsError(ErrorCode.PeerGone, `client stream ended: ${why}`));
+    }
+    try {
+      this.call.end();
+    } catch {
+      // already destroyed
+    }
+    this.onDone();
+  }
+}
