@@ -1,0 +1,127 @@
+/**
+ * Starts real components for tests: a nats-server (the project's launcher),
+ * frontends and agents in-process (for reading their state) or as child
+ * processes of the real CLI (for kill -9 tests).
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { type RunningAgent, startAgent } from '../../agent/agent.js';
+import { type LocalServer, startLocalServer } from '../../broker/local-server.js';
+import { createLogger, type Logger, silentLogger } from '../../broker/logging.js';
+import { agentConfig, frontendConfig } from '../../cli/config.js';
+import { type RunningFrontend, startFrontend } from '../../frontend/frontend.js';
+
+export const cliPath = fileURLToPath(new URL('../../cli.js', import.meta.url));
+
+function testLogger(name: string): Logger {
+  return process.env.KNATS_TEST_LOG ? createLogger({ name, level: 'debug' }) : silentLogger();
+}
+
+export class Fleet {
+  readonly dir = mkdtempSync(join(tmpdir(), 'knats-test-'));
+  nats!: LocalServer;
+  readonly frontends: RunningFrontend[] = [];
+  readonly agents: RunningAgent[] = [];
+  readonly children: ChildProcess[] = [];
+  private sockets = 0;
+
+  async startNats(): Promise<LocalServer> {
+    this.nats = await startLocalServer({});
+    return this.nats;
+  }
+
+  socketPath(): string {
+    return join(this.dir, `fe-${++this.sockets}.sock`);
+  }
+
+  /** In-process frontend on a fresh UDS; extra CLI flags override the defaults. */
+  async frontend(extra: string[] = []): Promise<RunningFrontend & { uds: string }> {
+    const uds = this.socketPath();
+    const { config } = frontendConfig(
+      ['--nats-url', this.nats.url, '--uds-name', uds, '--health-port', '0', '--admin-port', '0', ...extra],
+      {},
+    );
+    const frontend = await startFrontend({ ...config, logger: testLogger(`frontend-${config.id}`) });
+    this.frontends.push(frontend);
+    return Object.assign(frontend, { uds });
+  }
+
+  async agent(extra: string[] = []): Promise<RunningAgent> {
+    const { config } = agentConfig(
+      ['--nats-url', this.nats.url, '--health-server-port', '0', '--admin-server-port', '0', ...extra],
+      {},
+    );
+    const agent = await startAgent({ ...config, logger: testLogger(`agent-${config.id}`) });
+    this.agents.push(agent);
+    return agent;
+  }
+
+  /**
+   * A `knats` child process; resolves once it logged `readyMessage`, with the
+   * ports it logged (health/admin servers).
+   */
+  async spawn(args: string[], readyMessage: string): Promise<{ child: ChildProcess; healthPort: number }> {
+    const child = spawn(process.execPath, [cliPath, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.children.push(child);
+    let healthPort = 0;
+    let buffer = '';
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${args[0]} not ready in 15 s:\n${buffer}`)), 15_000);
+      child.stderr!.on('data', (chunk: Buffer) => {
+        buffer += chunk.toString();
+        let nl = buffer.indexOf('\n');
+        while (nl >= 0) {
+          const line = buffer.slice(0, nl);
+          buffer = buffer.slice(nl + 1);
+          nl = buffer.indexOf('\n');
+          try {
+            const entry = JSON.parse(line) as { msg?: string; port?: number; server?: string };
+            if (entry.msg === 'health server listening' && !entry.server && !healthPort)
+              healthPort = entry.port ?? 0;
+            if (entry.msg === readyMessage) {
+              clearTimeout(timer);
+              resolve();
+            }
+          } catch {
+            // not a log line
+          }
+        }
+      });
+      child.once('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`${args[0]} exited with ${code}:\n${buffer}`));
+      });
+    });
+    return { child, healthPort };
+  }
+
+  async stop(): Promise<void> {
+    for (const child of this.children) if (child.exitCode === null) child.kill('SIGKILL');
+    await Promise.all(this.frontends.map((f) => f.stop({ immediate: true })));
+    await Promise.all(this.agents.map((a) => a.stop({ immediate: true })));
+    await this.nats?.stop();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+export async function eventually<T>(
+  probe: () => T | undefined | false | Promise<T | undefined | false>,
+  what: string,
+  timeoutMs = 10_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+export async function fetchText(port: number, path: string): Promise<{ status: number; body: string }> {
+  const res = await fetch(`http://127.0.0.1:${port}${path}`);
+  return { status: res.status, body: await res.text() };
+}
