@@ -2,6 +2,7 @@
  * An agent: holds one outbound NATS connection, answers dial requests by
  * dialing TCP destinations, and bridges each socket to a tunnel.
  */
+import { setMaxListeners } from 'node:events';
 import type { Socket } from 'node:net';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import {
@@ -66,6 +67,8 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
   let pendingDials = 0;
   const sockets = new Set<Socket>();
   const dialAborts = new AbortController();
+  // Every pending dial listens on this one signal; their number is bounded elsewhere, not by a warning.
+  setMaxListeners(0, dialAborts.signal);
 
   const nc = await connectBus(config.nats, `knats-agent-${config.id}`, logger, {
     disconnected: () => host?.onDisconnect(),
@@ -235,6 +238,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     blockedTunnels: tunnelHost.blockedCount,
     sockets: sockets.size,
     pendingDials,
+    maxBuffered: tunnelHost.maxBuffered(),
     receiveBudgetInUse: tunnelHost.budget.inUse,
     frontends: presence.count('frontend'),
     draining,

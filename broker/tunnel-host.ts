@@ -93,6 +93,17 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
     return this.unconfirmed.size;
   }
 
+  /** The largest per-tunnel buffers now, to check the memory bound from outside. */
+  maxBuffered(): { in: number; out: number } {
+    let maxIn = 0;
+    let maxOut = 0;
+    for (const tunnel of this.tunnels.values()) {
+      maxIn = Math.max(maxIn, tunnel.bufferedIn);
+      maxOut = Math.max(maxOut, tunnel.bufferedOut);
+    }
+    return { in: maxIn, out: maxOut };
+  }
+
   /** Creates and registers a tunnel end; frames for it are routed from now on. */
   create(id: string, localSubject: string, logger: Logger): Tunnel {
     if (this.stopped) throw new KnatsError(ErrorCode.ShuttingDown, 'process is shutting down');

@@ -179,6 +179,7 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
     blockedTunnels: tunnelHost.blockedCount,
     grpcStreams: streams.size,
     pendingDials: dialer.pendingDials,
+    maxBuffered: tunnelHost.maxBuffered(),
     receiveBudgetInUse: tunnelHost.budget.inUse,
     agents: presence.count('agent'),
     draining,

@@ -16,6 +16,8 @@ export interface Destination {
 
 async function listen(server: Server, sockets: Set<Socket>, onAccept: () => void): Promise<Destination> {
   server.on('connection', (s) => {
+    // Peers die in fault tests: a reset is expected, not a test failure.
+    s.on('error', () => {});
     sockets.add(s);
     onAccept();
     s.on('close', () => sockets.delete(s));
