@@ -2,9 +2,12 @@
  * An agent: holds one outbound NATS connection, answers dial requests by
  * dialing TCP destinations, and bridges each socket to a tunnel.
  */
+
+import { lookup } from 'node:dns/promises';
 import { setMaxListeners } from 'node:events';
 import type { Socket } from 'node:net';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+import { parseDialAddress } from '../broker/address.js';
 import {
   type BusDialRequest,
   dialRequestCodec,
@@ -12,20 +15,21 @@ import {
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
 } from '../broker/bus-messages.js';
+import { encodeAccepted } from '../broker/codec.js';
 import { connectBus, type NatsSettings } from '../broker/connection.js';
 import type { CreditSettings } from '../broker/credit.js';
 import { ErrorCode, isKnatsError, KnatsError, reasonLabel } from '../broker/errors.js';
 import { startHealthServer } from '../broker/health-server.js';
+import type { AgentIdentifiers } from '../broker/identifiers.js';
 import type { Logger } from '../broker/logging.js';
 import { createBusMetrics } from '../broker/metrics.js';
 import { Presence, type PresenceSettings } from '../broker/presence.js';
 import { AGENT_QUEUE, Subjects } from '../broker/subjects.js';
 import { TunnelHost, type TunnelHostTiming } from '../broker/tunnel-host.js';
 import { VERSION } from '../broker/version.js';
-import { parseDialAddress } from './address.js';
-import { dialTcp } from './dialer.js';
-import type { AgentIdentifiers } from './identifiers.js';
+import { dialTcp, mapSocketError } from './dialer.js';
 import { createAgentMetrics } from './metrics.js';
+import { type DestinationPolicy, defaultDestinationPolicy, guardedDial } from './policy.js';
 import { bridgeSocket } from './tcp-bridge.js';
 
 export interface AgentConfig {
@@ -34,6 +38,8 @@ export interface AgentConfig {
   readonly subjectPrefix: string;
   readonly identifiers: AgentIdentifiers;
   readonly dialTimeoutMs: number;
+  /** --allow-destinations / --deny-destinations; default: only cloud metadata endpoints denied. */
+  readonly destinationPolicy?: DestinationPolicy;
   readonly healthPort: number;
   readonly healthBindAddress: string;
   readonly adminPort: number;
@@ -114,8 +120,9 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       openTunnels: tunnelHost.size,
       draining,
       uptimeMs: Date.now() - startedAt,
-      bytesIn: 0,
-      bytesOut: 0,
+      bytesIn: tunnelHost.totalBytes().in,
+      bytesOut: tunnelHost.totalBytes().out,
+      proxyStrategies: '',
     }),
     onPeerGone: (peer, why) => tunnelHost.closePeer(peer.info.id, `frontend ${peer.info.id} ${why}`),
   });
@@ -134,13 +141,46 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     );
   };
 
+  const policy = config.destinationPolicy ?? defaultDestinationPolicy;
+  /** Tunnel ids of dials in flight, so a replayed id cannot take over a tunnel. */
+  const dialingTunnelIds = new Set<string>();
+
   const onDial = async (msg: Msg) => {
     metrics.streamPackets.labels('from_frontend', 'DIAL_REQ').inc();
+    // Anything on the dial subjects may be hostile: validate before logging or echoing a field.
+    const refuse = (err: KnatsError, tunnelId = '') => {
+      metrics.dialFailures.labels(reasonLabel(err.code)).inc();
+      logger.warn(
+        { code: err.code, reason: err.message, replySubject: Boolean(msg.reply) },
+        'dial request refused',
+      );
+      if (msg.reply) reply(msg, tunnelId, err);
+    };
+    if (!msg.reply) {
+      refuse(new KnatsError(ErrorCode.MalformedFrame, 'dial request without a reply subject'));
+      return;
+    }
     let request: BusDialRequest;
     try {
       request = dialRequestCodec.decode(msg.data);
     } catch {
-      reply(msg, '', new KnatsError(ErrorCode.MalformedFrame, 'malformed dial request'));
+      refuse(new KnatsError(ErrorCode.MalformedFrame, `malformed dial request (${msg.data.length} bytes)`));
+      return;
+    }
+    const invalid = invalidDialRequest(request);
+    if (invalid) {
+      refuse(invalid, TUNNEL_ID.test(request.tunnelId) ? request.tunnelId : '');
+      return;
+    }
+    if (tunnelHost.get(request.tunnelId) || dialingTunnelIds.has(request.tunnelId)) {
+      refuse(new KnatsError(ErrorCode.MalformedFrame, 'dial request reuses a live tunnel id'));
+      return;
+    }
+    if (pendingDials >= MAX_PENDING_DIALS) {
+      refuse(
+        new KnatsError(ErrorCode.TooManyPendingDials, `${pendingDials} dials already pending on this agent`),
+        request.tunnelId,
+      );
       return;
     }
     const dialLogger = logger.child({
@@ -150,43 +190,38 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     });
     const fail = (err: KnatsError) => {
       metrics.dialFailures.labels(reasonLabel(err.code)).inc();
-      dialLogger.info({ code: err.code, reason: err.message }, 'dial failed');
+      if (err.code === ErrorCode.DestinationDenied) {
+        dialLogger.warn({ code: err.code, reason: err.message }, 'dial denied by destination policy');
+      } else {
+        dialLogger.info({ code: err.code, reason: err.message }, 'dial failed');
+      }
       reply(msg, request.tunnelId, err);
     };
-    if (request.protocolVersion < MIN_PROTOCOL_VERSION) {
-      fail(
-        new KnatsError(ErrorCode.IncompatiblePeer, `frontend speaks bus protocol ${request.protocolVersion}`),
-      );
-      return;
-    }
     if (draining) {
       fail(new KnatsError(ErrorCode.ShuttingDown, 'agent is draining'));
       return;
     }
+    // Acknowledge at once: the frontend takes an agent that stays silent for dead (see BusDialer).
+    nc.publish(subjects.frontendTunnel(request.frontendId, request.tunnelId), encodeAccepted());
     let socket: Socket;
+    let ip: string;
     const started = process.hrtime.bigint();
     pendingDials++;
+    dialingTunnelIds.add(request.tunnelId);
     try {
-      if (request.protocol !== 'tcp') {
-        throw new KnatsError(
-          ErrorCode.BadAddress,
-          `unsupported protocol ${JSON.stringify(request.protocol)}`,
-        );
-      }
-      if (
-        !/^[A-Za-z0-9_-]{1,64}$/.test(request.tunnelId) ||
-        !/^[A-Za-z0-9_-]{1,128}$/.test(request.frontendId)
-      ) {
-        throw new KnatsError(ErrorCode.MalformedFrame, 'dial request with an invalid tunnel or frontend id');
-      }
       const address = parseDialAddress(request.address);
       const timeout = Math.min(config.dialTimeoutMs, request.dialTimeoutMs || config.dialTimeoutMs);
-      socket = await dialTcp(address, timeout, dialAborts.signal);
+      ({ socket, ip } = await guardedDial(policy, address, timeout, {
+        lookup: async (host) => (await lookup(host, { all: true, verbatim: true })).map((a) => a.address),
+        dial: (to, port, ms) => dialTcp({ host: to, port }, ms, dialAborts.signal),
+        lookupError: (err, host) => mapSocketError(err as NodeJS.ErrnoException, `${host}:${address.port}`),
+      }));
     } catch (err) {
       fail(isKnatsError(err) ? err : new KnatsError(ErrorCode.DialFailed, String(err)));
       return;
     } finally {
       pendingDials--;
+      dialingTunnelIds.delete(request.tunnelId);
     }
     metrics.dialDuration.observe(Number(process.hrtime.bigint() - started) / 1e9);
     const tunnel = tunnelHost.create(
@@ -208,7 +243,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       metrics.openEndpointConnections.dec();
     });
     reply(msg, request.tunnelId, undefined, tunnel.initialWindow);
-    tunnel.logger.info({ localPort: socket.localPort }, 'tunnel open');
+    tunnel.logger.info({ localPort: socket.localPort, ip }, 'tunnel open');
   };
 
   const dialSubscriptions: Subscription[] = [];
@@ -237,6 +272,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     unconfirmedTunnels: tunnelHost.unconfirmedCount,
     blockedTunnels: tunnelHost.blockedCount,
     sockets: sockets.size,
+    socketLocalPorts: [...sockets].map((s) => s.localPort),
     pendingDials,
     maxBuffered: tunnelHost.maxBuffered(),
     receiveBudgetInUse: tunnelHost.budget.inUse,
@@ -296,4 +332,38 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       logger.info('agent stopped');
     },
   };
+}
+
+/** Dials in flight per agent; beyond it a dial is answered at once with TooManyPendingDials. */
+const MAX_PENDING_DIALS = 1024;
+const TUNNEL_ID = /^[A-Za-z0-9_-]{1,64}$/;
+const FRONTEND_ID = /^[A-Za-z0-9_-]{1,128}$/;
+/** host:port with the longest DNS name (253) fits with room to spare; longer is hostile or broken. */
+const MAX_ADDRESS_BYTES = 1024;
+
+/** The fields of a dial request that must be sane before it is logged, echoed or acted on. */
+function invalidDialRequest(request: BusDialRequest): KnatsError | undefined {
+  if (!TUNNEL_ID.test(request.tunnelId)) {
+    return new KnatsError(ErrorCode.MalformedFrame, 'dial request with an invalid tunnel id');
+  }
+  if (!FRONTEND_ID.test(request.frontendId)) {
+    return new KnatsError(ErrorCode.MalformedFrame, 'dial request with an invalid frontend id');
+  }
+  if (request.protocolVersion < MIN_PROTOCOL_VERSION) {
+    return new KnatsError(
+      ErrorCode.IncompatiblePeer,
+      `frontend speaks bus protocol ${request.protocolVersion}, this agent needs >= ${MIN_PROTOCOL_VERSION}`,
+    );
+  }
+  if (request.protocol !== 'tcp') {
+    const shown = request.protocol.length > 32 ? `${request.protocol.slice(0, 32)}...` : request.protocol;
+    return new KnatsError(ErrorCode.BadAddress, `unsupported protocol ${JSON.stringify(shown)} (only tcp)`);
+  }
+  if (request.address.length > MAX_ADDRESS_BYTES) {
+    return new KnatsError(
+      ErrorCode.BadAddress,
+      `address of ${request.address.length} bytes exceeds the limit of ${MAX_ADDRESS_BYTES}`,
+    );
+  }
+  return undefined;
 }

@@ -3,8 +3,8 @@
  * the stable error codes (and so to upstream's DIAL_RSP/HTTP statuses).
  */
 import { connect, type Socket } from 'node:net';
+import type { DialAddress } from '../broker/address.js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
-import type { DialAddress } from './address.js';
 
 export function dialTcp(address: DialAddress, timeoutMs: number, signal?: AbortSignal): Promise<Socket> {
   return new Promise((resolve, reject) => {

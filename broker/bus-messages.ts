@@ -41,6 +41,7 @@ export interface PresenceInfo {
   bytesIn: number;
   bytesOut: number;
   alive: boolean;
+  proxyStrategies: string;
 }
 
 export const protoDir = fileURLToPath(new URL('../../proto/', import.meta.url));

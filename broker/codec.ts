@@ -12,6 +12,7 @@
  *   BLOCKED  0x04 | sent u48           sender has no credit; receiver answers with WINDOW
  *   PING     0x05 | lastSeq u32        sender's last DATA seq; peer checks it and answers PONG
  *   PONG     0x06 | lastSeq u32
+ *   ACCEPTED 0x07                     agent -> frontend: "I got your dial and am working on it"
  *
  * Unknown frame types decode to `undefined` and are ignored by the receiver
  * (skew tolerance: a newer peer may add types).
@@ -25,6 +26,7 @@ export const FrameType = {
   Blocked: 0x04,
   Ping: 0x05,
   Pong: 0x06,
+  Accepted: 0x07,
 } as const;
 
 export const DATA_HEADER_BYTES = 5;
@@ -38,7 +40,8 @@ export type Frame =
   | { type: typeof FrameType.Window; limit: number }
   | { type: typeof FrameType.Blocked; sent: number }
   | { type: typeof FrameType.Ping; lastSeq: number }
-  | { type: typeof FrameType.Pong; lastSeq: number };
+  | { type: typeof FrameType.Pong; lastSeq: number }
+  | { type: typeof FrameType.Accepted };
 
 /** Copies `payload` behind a DATA header into one new buffer. */
 export function encodeData(seq: number, payload: Uint8Array): Buffer {
@@ -94,6 +97,10 @@ export function encodePong(lastSeq: number): Buffer {
   return encodeSeq(FrameType.Pong, lastSeq);
 }
 
+export function encodeAccepted(): Buffer {
+  return Buffer.from([FrameType.Accepted]);
+}
+
 function malformed(what: string): KnatsError {
   return new KnatsError(ErrorCode.MalformedFrame, what);
 }
@@ -136,6 +143,8 @@ export function decodeFrame(frame: Buffer): Frame | undefined {
     case FrameType.Pong:
       need(frame, 5, 'PONG');
       return { type: FrameType.Pong, lastSeq: frame.readUInt32BE(1) };
+    case FrameType.Accepted:
+      return { type: FrameType.Accepted };
     default:
       return undefined;
   }

@@ -107,6 +107,7 @@ export class Presence {
         bytesIn: 0,
         bytesOut: 0,
         alive: true,
+        proxyStrategies: '',
       },
       lastSeen: Date.now(),
       provisional: true,

@@ -60,6 +60,8 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
   private lastBlockedProbe = Date.now();
   private disconnectedSince = 0;
   private stopped = false;
+  private closedBytesIn = 0;
+  private closedBytesOut = 0;
   framesIn = 0;
   framesOut = 0;
   unknownTunnelFrames = 0;
@@ -91,6 +93,17 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
   }
   get unconfirmedCount(): number {
     return this.unconfirmed.size;
+  }
+
+  /** Bytes carried by all tunnels of this process, ended and open, each way. */
+  totalBytes(): { in: number; out: number } {
+    let bytesIn = this.closedBytesIn;
+    let bytesOut = this.closedBytesOut;
+    for (const tunnel of this.tunnels.values()) {
+      bytesIn += tunnel.bytesIn;
+      bytesOut += tunnel.bytesOut;
+    }
+    return { in: bytesIn, out: bytesOut };
   }
 
   /** The largest per-tunnel buffers now, to check the memory bound from outside. */
@@ -161,6 +174,8 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
 
   ended(tunnel: Tunnel, err: KnatsError | undefined): void {
     this.tunnels.delete(tunnel.id);
+    this.closedBytesIn += tunnel.bytesIn;
+    this.closedBytesOut += tunnel.bytesOut;
     this.blocked.delete(tunnel);
     this.unconfirmed.delete(tunnel);
     const set = this.byPeer.get(tunnel.peerId);

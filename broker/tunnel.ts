@@ -100,6 +100,8 @@ export class Tunnel {
   private finishDeadline = 0;
   /** Time of the last frame from the peer, for idle probes and confirm timeouts. */
   lastPeerFrameAt = Date.now();
+  /** Frontend: called when the agent acknowledges the dial request (before it dials). */
+  onAccepted: (() => void) | undefined;
   /** False on the agent until the frontend's first frame arrives. */
   confirmed = false;
   bytesIn = 0;
@@ -285,6 +287,9 @@ export class Tunnel {
         return;
       case FrameType.Pong:
         this.checkPeerSeq(frame.lastSeq);
+        return;
+      case FrameType.Accepted:
+        this.onAccepted?.();
         return;
     }
   }

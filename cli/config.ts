@@ -5,16 +5,18 @@
 import { hostname } from 'node:os';
 import { nuid } from '@nats-io/transport-node';
 import type { AgentConfig } from '../agent/agent.js';
-import { parseAgentIdentifiers } from '../agent/identifiers.js';
+import { createDestinationPolicy } from '../agent/policy.js';
 import type { NatsSettings } from '../broker/connection.js';
 import { type CreditSettings, defaultCreditSettings } from '../broker/credit.js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
+import { parseAgentIdentifiers } from '../broker/identifiers.js';
 import type { LogLevel } from '../broker/logging.js';
 import { defaultPresenceSettings } from '../broker/presence.js';
 import { assertToken } from '../broker/subjects.js';
 import { defaultTunnelHostTiming } from '../broker/tunnel-host.js';
 import type { FrontendConfig } from '../frontend/frontend.js';
 import { type ProxyStrategy, parseStrategies } from '../frontend/router.js';
+import { parseCipherSuites, parseTlsMinVersion } from '../frontend/tls.js';
 import { FlagReader, type FlagSpec, parseFlags } from './flags.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -125,6 +127,20 @@ export const frontendFlags: FlagSpec[] = [
     placeholder: 'FILE',
   },
   {
+    name: 'tls-min-version',
+    kind: 'string',
+    default: 'VersionTLS12',
+    help: 'lowest TLS version of the TCP listener: VersionTLS12 or VersionTLS13',
+    placeholder: 'VERSION',
+  },
+  {
+    name: 'cipher-suites',
+    kind: 'string',
+    default: '',
+    help: 'comma-separated TLS 1.2 cipher suites, Go/IANA names (TLS 1.3 suites are not configurable); empty: defaults',
+    placeholder: 'LIST',
+  },
+  {
     name: 'proxy-strategies',
     kind: 'string',
     default: 'default',
@@ -136,6 +152,13 @@ export const frontendFlags: FlagSpec[] = [
     kind: 'duration',
     default: '5s',
     help: 'how long an agent may take to dial',
+    placeholder: 'DUR',
+  },
+  {
+    name: 'dial-accept-timeout',
+    kind: 'duration',
+    default: '1s',
+    help: 'an agent that does not acknowledge a dial within this is taken for dead and the dial moves on',
     placeholder: 'DUR',
   },
   {
@@ -212,6 +235,27 @@ export const agentFlags: FlagSpec[] = [
     placeholder: 'QUERY',
   },
   { name: 'dial-timeout', kind: 'duration', default: '5s', help: 'TCP dial timeout', placeholder: 'DUR' },
+  {
+    name: 'allow-destinations',
+    kind: 'string',
+    default: '',
+    help:
+      'only these destinations may be dialed (empty: all not denied). Comma-separated entries, each ' +
+      "optionally with ports: CIDR or IP (10.0.0.0/8, fd00::/8), host name, '*.' wildcard name " +
+      "(*.svc.cluster.local), '*'; ports as ENTRY:443,8443,9000-9100 (IPv6 with ports in brackets: " +
+      '[fd00::]/8:443). Names are checked before DNS, every resolved address after it',
+    placeholder: 'LIST',
+  },
+  {
+    name: 'deny-destinations',
+    kind: 'string',
+    default: '',
+    help:
+      'destinations never dialed, same syntax; deny wins over allow. Cloud metadata endpoints ' +
+      '(169.254.169.254, fd00:ec2::254, metadata.google.internal, metadata) are denied by default ' +
+      'unless allowed by an exact entry (a single IP or exact name) in --allow-destinations',
+    placeholder: 'LIST',
+  },
   {
     name: 'health-server-port',
     kind: 'int',
@@ -380,8 +424,13 @@ export function frontendConfig(
       serverCert: flags.string('server-cert'),
       serverKey: flags.string('server-key'),
       serverCaCert: flags.string('server-ca-cert'),
+      tlsMinVersion: flagValue('tls-min-version', () =>
+        parseTlsMinVersion(flags.string('tls-min-version') ?? ''),
+      ),
+      cipherSuites: flagValue('cipher-suites', () => parseCipherSuites(flags.string('cipher-suites') ?? '')),
       proxyStrategies,
       backendDialTimeoutMs: positiveDuration(flags, 'backend-dial-timeout'),
+      dialAcceptTimeoutMs: positiveDuration(flags, 'dial-accept-timeout'),
       healthPort: flags.port('health-port'),
       healthBindAddress: flags.string('health-bind-address') ?? '',
       adminPort: flags.port('admin-port'),
@@ -394,6 +443,15 @@ export function frontendConfig(
       presence: presenceSettings(flags),
     },
   };
+}
+
+/** Runs a value parser whose errors become one-line flag errors. */
+function flagValue<T>(flag: string, parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    throw bad(`--${flag}: ${(err as Error).message}`);
+  }
 }
 
 function subjectPrefix(flags: FlagReader): string {
@@ -421,6 +479,10 @@ export function agentConfig(
       subjectPrefix: subjectPrefix(flags),
       identifiers: parseAgentIdentifiers(flags.string('agent-identifiers') ?? ''),
       dialTimeoutMs: positiveDuration(flags, 'dial-timeout'),
+      destinationPolicy: createDestinationPolicy({
+        allow: flags.string('allow-destinations') ?? '',
+        deny: flags.string('deny-destinations') ?? '',
+      }),
       healthPort: flags.port('health-server-port'),
       healthBindAddress: flags.string('health-bind-address') ?? '',
       adminPort: flags.port('admin-server-port'),

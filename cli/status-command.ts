@@ -4,6 +4,7 @@
 import type { PresenceInfo } from '../broker/bus-messages.js';
 import { presenceCodec } from '../broker/bus-messages.js';
 import { connectBus } from '../broker/connection.js';
+import { parseAgentIdentifiers } from '../broker/identifiers.js';
 import { silentLogger } from '../broker/logging.js';
 import { Subjects } from '../broker/subjects.js';
 import { VERSION } from '../broker/version.js';
@@ -23,13 +24,12 @@ export async function collectFleet(
 ) {
   const subjects = new Subjects(prefix);
   const seen = new Map<string, PresenceInfo & { lastSeenMs: number }>();
-  const started = Date.now();
   const sub = nc.subscribe(subjects.presence(), {
     callback: (err, msg) => {
       if (err) return;
       try {
         const info = presenceCodec.decode(msg.data);
-        if (info.alive) seen.set(info.id, { ...info, lastSeenMs: Date.now() - started });
+        if (info.alive) seen.set(info.id, { ...info, lastSeenMs: Date.now() });
         else seen.delete(info.id);
       } catch {
         // a malformed heartbeat is not our problem to report here
@@ -40,7 +40,55 @@ export async function collectFleet(
   nc.publish(subjects.presenceQuery());
   await new Promise((r) => setTimeout(r, waitMs));
   sub.unsubscribe();
-  return [...seen.values()].sort((a, b) => a.role.localeCompare(b.role) || a.id.localeCompare(b.id));
+  const now = Date.now();
+  return [...seen.values()]
+    .map((m) => ({ ...m, lastSeenMs: now - m.lastSeenMs }))
+    .sort((a, b) => a.role.localeCompare(b.role) || a.id.localeCompare(b.id));
+}
+
+type Member = PresenceInfo & { lastSeenMs: number };
+
+/** Warnings an operator should see: version skew, and agents no frontend's strategies can reach. */
+export function fleetWarnings(fleet: readonly Member[]): string[] {
+  const warnings: string[] = [];
+  const versions = new Set(fleet.map((p) => p.version));
+  if (versions.size > 1) warnings.push(`version skew: ${[...versions].sort().join(', ')}`);
+  const agents = fleet.filter((p) => p.role === 'agent');
+  const frontends = fleet.filter((p) => p.role === 'frontend');
+  if (agents.length === 0) warnings.push('no agent on the bus: every dial fails with "No agent available"');
+  if (frontends.length === 0) warnings.push('no frontend on the bus');
+  for (const agent of agents) {
+    let ids: ReturnType<typeof parseAgentIdentifiers> | undefined;
+    try {
+      ids = parseAgentIdentifiers(agent.identifiers);
+    } catch {
+      ids = undefined;
+    }
+    const reachable = frontends.some((fe) => {
+      const strategies = (fe.proxyStrategies || 'default').split(',');
+      if (strategies.includes('default')) return true;
+      if (strategies.includes('defaultRoute') && ids?.defaultRoute) return true;
+      return (
+        strategies.includes('destHost') &&
+        !!ids &&
+        ids.host.length + ids.ipv4.length + ids.ipv6.length + ids.cidr.length > 0
+      );
+    });
+    if (frontends.length > 0 && !reachable) {
+      warnings.push(`agent ${agent.id} is reachable by no frontend's --proxy-strategies`);
+    }
+  }
+  return warnings;
+}
+
+function humanBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${i === 0 ? n : n.toFixed(1)}${units[i]}`;
 }
 
 export async function runStatus(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<void> {
@@ -48,18 +96,16 @@ export async function runStatus(argv: readonly string[], env: NodeJS.ProcessEnv)
   const nc = await connectBus(natsSettings(flags), 'knats-status', silentLogger(), {}, false);
   const fleet = await collectFleet(nc, flags.string('subject-prefix') ?? 'knats', flags.duration('wait'));
   await nc.close();
-  const versions = new Set(fleet.map((p) => p.version));
-  const warnings: string[] = [];
-  if (versions.size > 1) warnings.push(`version skew: ${[...versions].join(', ')}`);
-  if (!fleet.some((p) => p.role === 'agent'))
-    warnings.push('no agent on the bus: every dial fails with "No agent available"');
+  const warnings = fleetWarnings(fleet);
   if (flags.bool('json')) {
     process.stdout.write(
       `${JSON.stringify({ statusVersion: VERSION, members: fleet, warnings }, null, 2)}\n`,
     );
     return;
   }
-  const rows = [['ROLE', 'ID', 'VERSION', 'UPTIME', 'TUNNELS', 'DRAINING', 'IDENTIFIERS']];
+  const rows = [
+    ['ROLE', 'ID', 'VERSION', 'UPTIME', 'TUNNELS', 'BYTES IN/OUT', 'DRAINING', 'LAST SEEN', 'IDENTIFIERS'],
+  ];
   for (const p of fleet) {
     rows.push([
       p.role,
@@ -67,11 +113,19 @@ export async function runStatus(argv: readonly string[], env: NodeJS.ProcessEnv)
       p.version,
       `${Math.round(p.uptimeMs / 1000)}s`,
       String(p.openTunnels),
+      `${humanBytes(p.bytesIn)}/${humanBytes(p.bytesOut)}`,
       p.draining ? 'yes' : 'no',
-      p.identifiers || '-',
+      `${p.lastSeenMs}ms ago`,
+      p.role === 'frontend' ? `strategies=${p.proxyStrategies || 'default'}` : p.identifiers || '-',
     ]);
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  for (const row of rows) process.stdout.write(`${row.map((c, i) => c.padEnd(widths[i]!)).join('  ')}\n`);
+  for (const row of rows)
+    process.stdout.write(
+      `${row
+        .map((c, i) => c.padEnd(widths[i]!))
+        .join('  ')
+        .trimEnd()}\n`,
+    );
   for (const w of warnings) process.stdout.write(`warning: ${w}\n`);
 }

@@ -28,6 +28,8 @@ export interface BusDialerOptions {
   readonly agentsForHost: (host: string) => readonly string[];
   /** The agent's TCP dial timeout; the bus request waits a little longer. */
   readonly dialTimeoutMs: number;
+  /** An agent that has not acknowledged a dial within this is taken for dead. */
+  readonly acceptTimeoutMs: number;
   /** Dials in flight in this process; beyond it, dials fail at once. */
   readonly maxPendingDials: number;
   readonly logger: Logger;
@@ -40,6 +42,9 @@ export interface DialOutcome {
   readonly agentId: string;
   readonly strategy: ProxyStrategy;
 }
+
+/** How often one dial subject is asked again when the answering agent was draining. */
+const MAX_ATTEMPTS_PER_TARGET = 3;
 
 /** Margin over the agent's dial timeout for the bus round trip. */
 const BUS_MARGIN_MS = 1000;
@@ -60,21 +65,60 @@ export class BusDialer {
    * Dials `address` through an agent. Resolves with an open tunnel, or
    * rejects with a KnatsError. If `signal` aborts first (DIAL_CLS, client
    * gone), rejects with DialCancelled and closes whatever the agent opened.
+   *
+   * Targets are tried in order: "no responders" falls through to the next.
+   * An agent acknowledges a dial at once (ACCEPTED frame) and answers after
+   * its TCP dial; one that does not acknowledge within `acceptTimeoutMs` is
+   * taken for dead (a crashed or partitioned agent the NATS server has not
+   * noticed yet still receives requests), so the dial moves on instead of
+   * waiting the whole dial timeout. Each attempt uses a fresh tunnel id, so
+   * a late answer from the slow agent can never be confused with the new one.
    */
   async dial(address: string, protocol: string, logger: Logger, signal?: AbortSignal): Promise<DialOutcome> {
-    const { host, subjects, frontendId } = this.options;
     if (this.pending >= this.options.maxPendingDials) {
       throw new KnatsError(
         ErrorCode.TooManyPendingDials,
         `${this.pending} dials already pending on this frontend (limit ${this.options.maxPendingDials})`,
       );
     }
-    const hostname = splitHost(address);
-    const targets = dialTargets(this.options.strategies, subjects, this.options.agentsForHost, hostname);
+    const targets = dialTargets(
+      this.options.strategies,
+      this.options.subjects,
+      this.options.agentsForHost,
+      splitHost(address),
+    );
+    this.pending++;
+    try {
+      for (const target of targets) {
+        for (let attempt = 1; attempt <= MAX_ATTEMPTS_PER_TARGET; attempt++) {
+          if (signal?.aborted) throw new KnatsError(ErrorCode.DialCancelled, 'client cancelled the dial');
+          const outcome = await this.attempt(target, address, protocol, logger, signal);
+          if (outcome === 'no-responders') break;
+          // A queue group has other members; a named agent does not.
+          if (outcome === 'retry') {
+            if (target.strategy === 'destHost') break;
+            continue;
+          }
+          return outcome;
+        }
+      }
+      throw new KnatsError(ErrorCode.NoAgent, 'No agent available');
+    } finally {
+      this.pending--;
+    }
+  }
+
+  private async attempt(
+    target: DialTarget,
+    address: string,
+    protocol: string,
+    logger: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<DialOutcome | 'no-responders' | 'retry'> {
+    const { host, subjects, frontendId } = this.options;
     const tunnelId = nuid.next();
     const tunnelLogger = logger.child({ tunnelId, frontendId, destination: address });
     const tunnel = host.create(tunnelId, subjects.frontendTunnel(frontendId, tunnelId), tunnelLogger);
-    this.pending++;
     try {
       const request = dialRequestCodec.encode({
         protocolVersion: PROTOCOL_VERSION,
@@ -85,75 +129,90 @@ export class BusDialer {
         initialWindow: tunnel.initialWindow,
         dialTimeoutMs: this.options.dialTimeoutMs,
       });
-      const { response, target } = await this.firstAnswer(targets, request, signal);
+      const accepted = new Promise<'accepted'>((resolve) => {
+        tunnel.onAccepted = () => resolve('accepted');
+      });
+      const answer = this.request(target.subject, request, this.options.dialTimeoutMs + BUS_MARGIN_MS);
+      let acceptTimer: NodeJS.Timeout | undefined;
+      const unresponsive = new Promise<'unresponsive'>((resolve) => {
+        acceptTimer = setTimeout(() => resolve('unresponsive'), this.options.acceptTimeoutMs);
+      });
+      const first = await Promise.race([accepted, answer, unresponsive]);
+      clearTimeout(acceptTimer);
+      if (first === 'unresponsive') {
+        answer.catch(() => {}); // the abandoned request's late answer or timeout
+        tunnelLogger.warn(
+          { subject: target.subject, ms: this.options.acceptTimeoutMs },
+          'agent did not acknowledge the dial; trying again',
+        );
+        return 'retry';
+      }
+      const reply = await answer;
+      if (!reply) return 'no-responders';
+      const response = decodeResponse(reply);
       const agentId = response.agentId;
-      const agentLogger = tunnelLogger.child({ agentId });
+      // A draining agent may still get a dial that crossed its unsubscribe.
+      if (response.errorCode === ErrorCode.ShuttingDown) return 'retry';
       if (response.errorCode) {
-        tunnel.end(undefined);
         throw new KnatsError(parseErrorCode(response.errorCode), response.errorMessage || response.errorCode);
       }
-      tunnel.open(agentId, subjects.agentTunnel(agentId, tunnelId), response.initialWindow, agentLogger);
+      tunnel.open(
+        agentId,
+        subjects.agentTunnel(agentId, tunnelId),
+        response.initialWindow,
+        tunnelLogger.child({ agentId }),
+      );
       this.options.onAgentUsed(agentId);
       host.bindPeer(tunnel, false);
-      // The first frame confirms the dial to the agent; a cancelled dial tells it to close instead.
       if (signal?.aborted) {
+        // The agent did open a socket: tell it to close instead of confirming.
         tunnel.close(new KnatsError(ErrorCode.DialCancelled, 'client cancelled the dial (DIAL_CLS)'));
         throw new KnatsError(ErrorCode.DialCancelled, 'client cancelled the dial');
       }
+      // The first frame confirms the dial to the agent.
       tunnel.sendInitialGrant();
       return { tunnel, agentId, strategy: target.strategy };
-    } catch (err) {
-      if (!tunnel.isClosed) tunnel.end(undefined);
-      throw err;
     } finally {
-      this.pending--;
+      tunnel.onAccepted = undefined;
+      if (!tunnel.isOpen && !tunnel.isClosed) tunnel.end(undefined);
     }
   }
 
-  /**
-   * Tries each target in order; "no responders" falls through to the next.
-   * An abort does not cancel the NATS request: the answer is still awaited
-   * (up to the timeout) so that an agent that did open a socket is told to
-   * close it. Doors answer the client without waiting for this.
-   */
-  private async firstAnswer(
-    targets: readonly DialTarget[],
+  /** One NATS request; undefined when nobody listens on the subject. */
+  private async request(
+    subject: string,
     request: Uint8Array,
-    signal: AbortSignal | undefined,
-  ): Promise<{ response: BusDialResponse; target: DialTarget }> {
-    const timeout = this.options.dialTimeoutMs + BUS_MARGIN_MS;
-    for (const target of targets) {
-      if (signal?.aborted) throw new KnatsError(ErrorCode.DialCancelled, 'client cancelled the dial');
-      let reply: Uint8Array;
-      try {
-        const msg = await this.options.nc.request(target.subject, request, { timeout });
-        reply = msg.data;
-      } catch (err) {
-        if (err instanceof NoRespondersError || isNoResponders(err)) continue;
-        if (err instanceof TimeoutError || isTimeout(err)) {
-          throw new KnatsError(ErrorCode.DialTimeout, `no dial answer within ${timeout} ms`);
-        }
-        if (isKnatsError(err)) throw err;
-        throw new KnatsError(ErrorCode.DialFailed, `dial request failed: ${(err as Error).message}`, {
-          cause: err,
-        });
+    timeout: number,
+  ): Promise<Uint8Array | undefined> {
+    try {
+      return (await this.options.nc.request(subject, request, { timeout })).data;
+    } catch (err) {
+      if (err instanceof NoRespondersError || isNoResponders(err)) return undefined;
+      if (err instanceof TimeoutError || isTimeout(err)) {
+        throw new KnatsError(ErrorCode.DialTimeout, `no dial answer within ${timeout} ms`);
       }
-      let response: BusDialResponse;
-      try {
-        response = dialResponseCodec.decode(reply);
-      } catch (err) {
-        throw new KnatsError(ErrorCode.MalformedFrame, 'malformed dial response', { cause: err });
-      }
-      if (response.protocolVersion < MIN_PROTOCOL_VERSION) {
-        throw new KnatsError(
-          ErrorCode.IncompatiblePeer,
-          `agent ${response.agentId} speaks bus protocol ${response.protocolVersion}, need >= ${MIN_PROTOCOL_VERSION}`,
-        );
-      }
-      return { response, target };
+      if (isKnatsError(err)) throw err;
+      throw new KnatsError(ErrorCode.DialFailed, `dial request failed: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
-    throw new KnatsError(ErrorCode.NoAgent, 'No agent available');
   }
+}
+
+function decodeResponse(reply: Uint8Array): BusDialResponse {
+  let response: BusDialResponse;
+  try {
+    response = dialResponseCodec.decode(reply);
+  } catch (err) {
+    throw new KnatsError(ErrorCode.MalformedFrame, 'malformed dial response', { cause: err });
+  }
+  if (response.protocolVersion < MIN_PROTOCOL_VERSION) {
+    throw new KnatsError(
+      ErrorCode.IncompatiblePeer,
+      `agent ${response.agentId} speaks bus protocol ${response.protocolVersion}, need >= ${MIN_PROTOCOL_VERSION}`,
+    );
+  }
+  return response;
 }
 
 function isNoResponders(err: unknown): boolean {

@@ -3,7 +3,10 @@
  * turns each into a tunnel over the bus. Stateless: it holds only the tunnels
  * it serves now and learns the fleet from presence heartbeats.
  */
-import { chmodSync, existsSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
+import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { createServer as createNetServer, type Server as NetServer, connect as netConnect } from 'node:net';
+import { dirname } from 'node:path';
+import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { connectBus, type NatsSettings } from '../broker/connection.js';
@@ -17,9 +20,11 @@ import { Subjects } from '../broker/subjects.js';
 import { TunnelHost, type TunnelHostTiming } from '../broker/tunnel-host.js';
 import { VERSION } from '../broker/version.js';
 import { BusDialer } from './bus-dialer.js';
+import { ConnectDoor } from './connect-door.js';
 import { addProxyService, type ProxyStream } from './grpc-door.js';
-import { createFrontendMetrics } from './metrics.js';
-import type { ProxyStrategy } from './router.js';
+import { createFrontendMetrics, type FrontendMetrics } from './metrics.js';
+import { agentsForHost, candidatesFrom, type ProxyStrategy } from './router.js';
+import { ServerTls, type TlsMinVersion } from './tls.js';
 
 export interface FrontendConfig {
   readonly id: string;
@@ -35,8 +40,20 @@ export interface FrontendConfig {
   readonly serverCert?: string;
   readonly serverKey?: string;
   readonly serverCaCert?: string;
+  /** Lowest TLS version of the TCP listener (--tls-min-version); default TLS 1.2. */
+  readonly tlsMinVersion?: TlsMinVersion;
+  /** OpenSSL cipher string from --cipher-suites (see tls.ts parseCipherSuites); default Node's. */
+  readonly cipherSuites?: string;
+  /** Fallback poll for certificate changes (fs.watch reacts at once); default 10 s. */
+  readonly certPollIntervalMs?: number;
+  /** HTTP CONNECT: the request header must arrive within this (slowloris); default 10 s. */
+  readonly headerTimeoutMs?: number;
+  /** HTTP CONNECT: largest request header (431 beyond); default 16 KiB. */
+  readonly maxHeaderBytes?: number;
   readonly proxyStrategies: readonly ProxyStrategy[];
   readonly backendDialTimeoutMs: number;
+  /** An agent that does not acknowledge a dial within this is taken for dead; the dial moves on. */
+  readonly dialAcceptTimeoutMs: number;
   readonly healthPort: number;
   readonly healthBindAddress: string;
   readonly adminPort: number;
@@ -56,6 +73,8 @@ export interface RunningFrontend {
   readonly healthPort: number;
   readonly adminPort: number;
   readonly nc: NatsConnection;
+  /** The TCP listener's certificates (reloaded from disk on change); undefined without TCP. */
+  readonly tls: ServerTls | undefined;
   debugState(): Record<string, unknown>;
   /** Graceful: readiness off, listeners closed, tunnels drain up to the timeout. */
   stop(options?: { immediate?: boolean }): Promise<void>;
@@ -63,9 +82,9 @@ export interface RunningFrontend {
 
 export async function startFrontend(config: FrontendConfig): Promise<RunningFrontend> {
   const logger = config.logger.child({ frontendId: config.id });
-  if (config.mode !== 'grpc') {
-    throw new KnatsError(ErrorCode.BadConfig, `--mode ${config.mode}: this build serves only --mode grpc`);
-  }
+  const wantTcp = config.serverPort > 0 || !config.udsName;
+  // Certificates are checked before anything connects, so a bad file fails startup at once.
+  const serverTls = wantTcp ? loadServerTls(config, logger) : undefined;
   const subjects = new Subjects(config.subjectPrefix);
   const startedAt = Date.now();
   const bus = createBusMetrics('frontend');
@@ -118,8 +137,9 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
       openTunnels: tunnelHost.size,
       draining,
       uptimeMs: Date.now() - startedAt,
-      bytesIn: 0,
-      bytesOut: 0,
+      bytesIn: tunnelHost.totalBytes().in,
+      bytesOut: tunnelHost.totalBytes().out,
+      proxyStrategies: config.proxyStrategies.join(','),
     }),
     onPeerGone: (peer, why) => tunnelHost.closePeer(peer.info.id, `agent ${peer.info.id} ${why}`),
   });
@@ -139,37 +159,41 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
     subjects,
     frontendId: config.id,
     strategies: config.proxyStrategies,
-    agentsForHost: () => [],
+    agentsForHost: (host) => agentsForHost(candidatesFrom(presence.snapshot()), host),
     dialTimeoutMs: config.backendDialTimeoutMs,
+    acceptTimeoutMs: config.dialAcceptTimeoutMs,
     maxPendingDials: config.maxPendingDials,
     logger,
     onAgentUsed: (agentId) => presence.touch(agentId, 'agent'),
   });
 
-  const streams = new Set<ProxyStream>();
-  const grpcServer = new Server({
-    'grpc.max_receive_message_length': 16 * 1024 * 1024,
-    'grpc.max_send_message_length': 16 * 1024 * 1024,
-    'grpc.keepalive_time_ms': 30_000,
-    'grpc.keepalive_timeout_ms': 10_000,
-  });
-  addProxyService(
-    grpcServer,
-    {
-      dialer,
-      metrics,
-      logger,
-      maxPendingDialsPerStream: config.maxPendingDialsPerStream,
-      accepting: () => !draining,
-      onTunnelOpened: () => {},
-    },
-    streams,
-  );
-
-  if (config.udsName) await bindUds(grpcServer, config, logger);
+  const doorDeps: DoorDeps = { dialer, metrics, logger, config, accepting: () => !draining };
+  const door = config.mode === 'grpc' ? grpcDoor(doorDeps) : connectDoor(doorDeps);
+  let uds: UdsListener | undefined;
   let tcpPort: number | undefined;
-  if (config.serverPort > 0 || !config.udsName) {
-    tcpPort = await bindTcp(grpcServer, config, logger);
+  try {
+    if (config.udsName) uds = await listenUds(door, config, logger);
+    if (wantTcp) {
+      tcpPort = await door.listenTcp(config.serverBindAddress, config.serverPort, serverTls!);
+      serverTls!.watch();
+      logger.info(
+        {
+          address: config.serverBindAddress,
+          port: tcpPort,
+          mode: config.mode,
+          tlsMinVersion: config.tlsMinVersion,
+        },
+        'listening on TCP with mTLS',
+      );
+    }
+  } catch (err) {
+    await door.forceClose('frontend failed to start');
+    serverTls?.stop();
+    uds?.remove();
+    presence.stop();
+    await tunnelHost.stop();
+    await nc.close();
+    throw err;
   }
 
   const debugState = () => ({
@@ -177,7 +201,9 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
     role: 'frontend',
     tunnels: tunnelHost.size,
     blockedTunnels: tunnelHost.blockedCount,
-    grpcStreams: streams.size,
+    grpcStreams: config.mode === 'grpc' ? door.clients() : 0,
+    httpConnections: config.mode === 'http-connect' ? door.clients() : 0,
+    tlsReloads: serverTls?.reloads ?? 0,
     pendingDials: dialer.pendingDials,
     maxBuffered: tunnelHost.maxBuffered(),
     receiveBudgetInUse: tunnelHost.budget.inUse,
@@ -215,6 +241,7 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
     healthPort: health.port,
     adminPort: admin.port,
     nc,
+    tls: serverTls,
     debugState,
     async stop({ immediate = false } = {}) {
       if (stopped) return;
@@ -223,22 +250,22 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
       presence.beat();
       logger.info({ tunnels: tunnelHost.size, immediate }, 'frontend stopping');
       const deadline = Date.now() + (immediate ? 0 : config.gracefulShutdownTimeoutMs);
-      // tryShutdown closes the listeners at once and completes when the open calls have ended.
-      const callsDone = new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve()));
+      // Listeners close at once; open clients get until the deadline to finish.
+      const clientsDone = door.drain();
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([
-        callsDone,
+        clientsDone,
         new Promise((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now())))),
       ]);
       clearTimeout(timer);
-      for (const stream of [...streams]) stream.shutdown('frontend stopping');
+      await door.forceClose('frontend stopping');
       tunnelHost.closeAll(new KnatsError(ErrorCode.ShuttingDown, 'frontend stopping'));
-      grpcServer.forceShutdown();
+      serverTls?.stop();
       presence.stop();
       await tunnelHost.stop();
       await Promise.all([health.close(), admin.close()]);
       await nc.drain().catch(() => nc.close());
-      if (config.udsName) removeSocketFile(config.udsName);
+      uds?.remove();
       logger.info('frontend stopped');
     },
   };
@@ -250,61 +277,271 @@ function activeResources(): Record<string, number> {
   return counts;
 }
 
-function removeSocketFile(path: string): void {
-  try {
-    if (lstatSync(path).isSocket()) unlinkSync(path);
-  } catch {
-    // gone already
-  }
+// ---- front doors ------------------------------------------------------------
+
+interface DoorDeps {
+  readonly dialer: BusDialer;
+  readonly metrics: FrontendMetrics;
+  readonly logger: Logger;
+  readonly config: FrontendConfig;
+  readonly accepting: () => boolean;
 }
 
-async function bindUds(server: Server, config: FrontendConfig, logger: Logger): Promise<void> {
-  const path = config.udsName!;
-  if (existsSync(path)) {
-    if (!config.deleteExistingUdsFile) {
-      throw new KnatsError(
-        ErrorCode.BadConfig,
-        `--uds-name ${path} exists and --delete-existing-uds-file=false`,
-      );
-    }
-    if (!lstatSync(path).isSocket()) {
-      throw new KnatsError(
-        ErrorCode.BadConfig,
-        `--uds-name ${path} exists and is not a socket; refusing to delete it`,
-      );
-    }
-    unlinkSync(path);
-  }
-  await bind(server, `unix:${path}`, ServerCredentials.createInsecure());
-  chmodSync(path, config.udsMode);
-  logger.info({ uds: path, mode: config.udsMode.toString(8) }, 'listening on unix socket');
+/** A front door's listeners, whatever its protocol: the frontend wires and stops them alike. */
+interface ServingDoor {
+  /** Open client streams (gRPC) or connections (HTTP CONNECT). */
+  clients(): number;
+  /** Binds a Unix socket at `path` (the path was prepared; the caller sets its mode). */
+  listenUds(path: string): Promise<void>;
+  /** Binds the mTLS TCP listener; resolves with the port. */
+  listenTcp(host: string, port: number, tls: ServerTls): Promise<number>;
+  /** Stops accepting; resolves once every client is gone. */
+  drain(): Promise<void>;
+  /** Ends every client now and closes the listeners. */
+  forceClose(why: string): Promise<void>;
 }
 
-async function bindTcp(server: Server, config: FrontendConfig, logger: Logger): Promise<number> {
+function grpcDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): ServingDoor {
+  const streams = new Set<ProxyStream>();
+  const server = new Server({
+    'grpc.max_receive_message_length': 16 * 1024 * 1024,
+    'grpc.max_send_message_length': 16 * 1024 * 1024,
+    'grpc.keepalive_time_ms': 30_000,
+    'grpc.keepalive_timeout_ms': 10_000,
+  });
+  addProxyService(
+    server,
+    {
+      dialer,
+      metrics,
+      logger,
+      maxPendingDialsPerStream: config.maxPendingDialsPerStream,
+      accepting,
+      onTunnelOpened: () => {},
+    },
+    streams,
+  );
+  const bind = (address: string, credentials: ServerCredentials) =>
+    new Promise<number>((resolve, reject) => {
+      server.bindAsync(address, credentials, (err, port) => {
+        if (err) reject(new KnatsError(ErrorCode.BadConfig, `cannot listen on ${address}: ${err.message}`));
+        else resolve(port);
+      });
+    });
+  return {
+    clients: () => streams.size,
+    listenUds: async (path) => {
+      await bind(`unix:${path}`, ServerCredentials.createInsecure());
+    },
+    listenTcp: (host, port, tls) =>
+      bind(host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`, tls.grpcCredentials()),
+    // tryShutdown closes the listeners at once and completes when the open calls have ended.
+    drain: () => new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
+    forceClose: async (why) => {
+      for (const stream of [...streams]) stream.shutdown(why);
+      server.forceShutdown();
+    },
+  };
+}
+
+function connectDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): ServingDoor {
+  const door = new ConnectDoor({
+    dialer,
+    metrics,
+    logger,
+    accepting,
+    onTunnelOpened: () => {},
+    headerTimeoutMs: config.headerTimeoutMs,
+    maxHeaderBytes: config.maxHeaderBytes,
+  });
+  const servers: (NetServer | TlsServer)[] = [];
+  const closeServers = () =>
+    Promise.all(
+      servers.map(
+        (server) =>
+          new Promise<void>((resolve) => {
+            if (!server.listening) resolve();
+            else server.close(() => resolve());
+          }),
+      ),
+    );
+  return {
+    clients: () => door.size,
+    listenUds: async (path) => {
+      const server = createNetServer({ allowHalfOpen: false }, (socket) => door.accept(socket));
+      servers.push(server);
+      await listen(server, { path }, path);
+    },
+    listenTcp: async (host, port, tls) => {
+      const server = createTlsServer(
+        {
+          ...tls.serverOptions(),
+          // HTTP/1.1 only: a client that insists on h2 is refused in the handshake.
+          ALPNProtocols: ['http/1.1'],
+          handshakeTimeout: door.headerTimeoutMs,
+          allowHalfOpen: false,
+        },
+        (socket) => door.accept(socket),
+      );
+      servers.push(server);
+      tls.onChange((options) => server.setSecureContext(options));
+      server.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
+        metrics.streamErrors.labels('from_client', 'tls_handshake').inc();
+        door.logger.info(
+          { remote: `${socket.remoteAddress}:${socket.remotePort}`, err: err.code ?? err.message },
+          'TLS handshake refused',
+        );
+      });
+      await listen(server, { host, port }, `${host}:${port}`);
+      const address = server.address();
+      return typeof address === 'object' && address ? address.port : port;
+    },
+    drain: async () => {
+      const closed = closeServers();
+      await door.idle();
+      await closed;
+    },
+    forceClose: async (why) => {
+      const closed = closeServers();
+      door.shutdown(why);
+      await closed;
+    },
+  };
+}
+
+function listen(server: NetServer, options: { path?: string; host?: string; port?: number }, what: string) {
+  return new Promise<void>((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException) =>
+      reject(new KnatsError(ErrorCode.BadConfig, `cannot listen on ${what}: ${err.code ?? err.message}`));
+    server.once('error', onError);
+    server.listen(options, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+}
+
+function loadServerTls(config: FrontendConfig, logger: Logger): ServerTls {
   if (!config.serverCert || !config.serverKey || !config.serverCaCert) {
     throw new KnatsError(
       ErrorCode.BadConfig,
       '--server-port needs --server-cert, --server-key and --server-ca-cert: TCP frontends require client certificates',
     );
   }
-  const credentials = ServerCredentials.createSsl(
-    readFileSync(config.serverCaCert),
-    [{ cert_chain: readFileSync(config.serverCert), private_key: readFileSync(config.serverKey) }],
-    true,
+  return new ServerTls(
+    {
+      certFile: config.serverCert,
+      keyFile: config.serverKey,
+      caFile: config.serverCaCert,
+      minVersion: config.tlsMinVersion ?? 'TLSv1.2',
+      ciphers: config.cipherSuites,
+      pollIntervalMs: config.certPollIntervalMs,
+    },
+    logger,
   );
-  const address = config.serverBindAddress.includes(':')
-    ? `[${config.serverBindAddress}]:${config.serverPort}`
-    : `${config.serverBindAddress}:${config.serverPort}`;
-  const port = await bind(server, address, credentials);
-  logger.info({ address: config.serverBindAddress, port }, 'listening on TCP with mTLS');
-  return port;
 }
 
-function bind(server: Server, address: string, credentials: ServerCredentials): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.bindAsync(address, credentials, (err, port) => {
-      if (err) reject(new KnatsError(ErrorCode.BadConfig, `cannot listen on ${address}: ${err.message}`));
-      else resolve(port);
-    });
+// ---- Unix socket hygiene ----------------------------------------------------
+
+interface UdsListener {
+  /** Removes the socket file, unless another process has replaced it meanwhile. */
+  remove(): void;
+}
+
+/**
+ * Binds the door on --uds-name: a stale socket file never blocks startup, the
+ * socket is created with no more than --uds-mode (umask during bind) and then
+ * set to exactly that mode, and only our own socket file is removed at stop.
+ */
+async function listenUds(door: ServingDoor, config: FrontendConfig, logger: Logger): Promise<UdsListener> {
+  const path = config.udsName!;
+  await prepareSocketPath(path, config.deleteExistingUdsFile, logger);
+  await withUmask(0o777 & ~config.udsMode, () => door.listenUds(path));
+  chmodSync(path, config.udsMode);
+  const inode = lstatSync(path).ino;
+  logger.info({ uds: path, mode: config.udsMode.toString(8), door: config.mode }, 'listening on unix socket');
+  return {
+    remove() {
+      try {
+        const stat = lstatSync(path);
+        if (stat.isSocket() && stat.ino === inode) unlinkSync(path);
+      } catch {
+        // gone already
+      }
+    },
+  };
+}
+
+/**
+ * Makes `path` free for a new socket. A non-socket file is never deleted. A
+ * socket file is deleted when --delete-existing-uds-file is true (upstream's
+ * behaviour), and also when it is false but nothing listens on it any more
+ * (left by a crashed process); a live socket with the flag false is an error.
+ */
+async function prepareSocketPath(path: string, deleteExisting: boolean, logger: Logger): Promise<void> {
+  let stat: ReturnType<typeof lstatSync>;
+  try {
+    stat = lstatSync(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      try {
+        lstatSync(dirname(path));
+      } catch {
+        throw new KnatsError(
+          ErrorCode.BadConfig,
+          `--uds-name ${path}: directory ${dirname(path)} does not exist`,
+        );
+      }
+      return;
+    }
+    throw new KnatsError(ErrorCode.BadConfig, `--uds-name ${path}: ${(err as Error).message}`);
+  }
+  if (!stat.isSocket()) {
+    throw new KnatsError(
+      ErrorCode.BadConfig,
+      `--uds-name ${path} exists and is not a socket; refusing to delete it`,
+    );
+  }
+  const state = await probeSocket(path);
+  if (!deleteExisting && state !== 'stale') {
+    throw new KnatsError(
+      ErrorCode.BadConfig,
+      `--uds-name ${path}: ${state === 'live' ? 'another process listens on it' : 'it exists'} and --delete-existing-uds-file=false`,
+    );
+  }
+  unlinkSync(path);
+  if (state === 'live') logger.warn({ uds: path }, 'replaced a socket another process was listening on');
+  else logger.info({ uds: path, state }, 'removed an existing socket file');
+}
+
+/** Whether a process still accepts connections on a socket file. */
+function probeSocket(path: string): Promise<'live' | 'stale' | 'unknown'> {
+  return new Promise((resolve) => {
+    const socket = netConnect({ path });
+    const done = (state: 'live' | 'stale' | 'unknown') => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(state);
+    };
+    const timer = setTimeout(() => done('unknown'), 1000);
+    socket.once('connect', () => done('live'));
+    socket.once('error', (err: NodeJS.ErrnoException) =>
+      done(err.code === 'ECONNREFUSED' || err.code === 'ENOENT' ? 'stale' : 'unknown'),
+    );
   });
+}
+
+/** Runs `bind` with a restrictive umask so the socket is never created wider than wanted. */
+async function withUmask<T>(mask: number, bind: () => Promise<T>): Promise<T> {
+  let previous: number | undefined;
+  try {
+    previous = process.umask(mask);
+  } catch {
+    // worker threads cannot change the umask: chmod afterwards still applies
+  }
+  try {
+    return await bind();
+  } finally {
+    if (previous !== undefined) process.umask(previous);
+  }
 }

@@ -9,7 +9,7 @@ import type {
   ServiceDefinition,
   UntypedServiceImplementation,
 } from '@grpc/grpc-js';
-import { dialResponseText, ErrorCode, isKnatsError, KnatsError, reasonLabel } from '../broker/errors.js';
+import { dialResponseText, ErrorCode, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
 import type { Tunnel, TunnelLocalSide } from '../broker/tunnel.js';
 import type { BusDialer } from './bus-dialer.js';
@@ -24,6 +24,7 @@ import {
   PROXY_METHOD_PATH,
   toNumber,
 } from './client-packets.js';
+import { countDialFailure, dialForClient, tunnelEstablished, tunnelFinished } from './door-dial.js';
 import type { FrontendMetrics } from './metrics.js';
 
 const PACKET_NAMES = ['DIAL_REQ', 'DIAL_RSP', 'CLOSE_REQ', 'CLOSE_RSP', 'DATA', 'DIAL_CLS', 'DRAIN'];
@@ -141,13 +142,9 @@ export class ProxyStream {
     const key = int64Key(random);
     const address = request?.address ?? '';
     const protocol = request?.protocol || 'tcp';
-    const { metrics, dialer } = this.options;
     const fail = (err: KnatsError) => {
-      metrics.dialFailures.labels(reasonLabel(err.code)).inc();
-      this.write({
-        type: PacketType.DIAL_RSP,
-        dialResponse: { error: dialResponseText(err), connectID: 0, random },
-      });
+      countDialFailure(this.options, err);
+      this.answerDialFailure(random, err);
     };
     if (!this.options.accepting()) {
       fail(new KnatsError(ErrorCode.ShuttingDown, 'frontend is draining'));
@@ -174,39 +171,34 @@ export class ProxyStream {
     }
     const pending: PendingDial = { controller: new AbortController(), random };
     this.pendingDials.set(key, pending);
-    metrics.pendingDials.inc();
-    const started = process.hrtime.bigint();
     const dialLogger = this.logger.child({ random: key });
-    dialer.dial(address, protocol, dialLogger, pending.controller.signal).then(
-      ({ tunnel, agentId }) => {
-        metrics.pendingDials.dec();
-        if (this.pendingDials.get(key) !== pending || this.ended) {
-          // Cancelled meanwhile (DIAL_CLS or stream gone): close what the agent opened.
-          this.pendingDials.delete(key);
-          tunnel.close(new KnatsError(ErrorCode.DialCancelled, 'client went away before the dial completed'));
-          return;
-        }
+    dialForClient(this.options, address, dialLogger, pending.controller.signal).then(
+      (outcome) => {
+        // A DIAL_CLS or the stream's end aborts the signal, so dialForClient has already failed those.
         this.pendingDials.delete(key);
-        metrics.dialDuration.observe(Number(process.hrtime.bigint() - started) / 1e9);
+        const { tunnel } = outcome;
         const connectID = this.nextConnectID++;
         tunnel.logger = tunnel.logger.child({ connectID });
         this.tunnels.set(connectID, tunnel);
         tunnel.attach(this.localSide(connectID, tunnel));
         this.write({ type: PacketType.DIAL_RSP, dialResponse: { error: '', connectID, random } });
-        metrics.established.inc();
+        tunnelEstablished(this.options, outcome, { connectID });
         this.options.onTunnelOpened(tunnel);
-        tunnel.logger.info({ agentId }, 'tunnel open');
       },
-      (err: unknown) => {
-        metrics.pendingDials.dec();
-        const error = isKnatsError(err) ? err : new KnatsError(ErrorCode.DialFailed, String(err));
+      (err: KnatsError) => {
         const wasPending = this.pendingDials.get(key) === pending;
         this.pendingDials.delete(key);
-        dialLogger.info({ address, code: error.code, reason: error.message }, 'dial failed');
-        if (wasPending && !this.ended) fail(error);
-        else metrics.dialFailures.labels(reasonLabel(ErrorCode.DialCancelled)).inc();
+        // Counted and logged by dialForClient; a cancelled dial gets no answer (the client asked to forget it).
+        if (wasPending && !this.ended) this.answerDialFailure(random, err);
       },
     );
+  }
+
+  private answerDialFailure(random: Int64, err: KnatsError): void {
+    this.write({
+      type: PacketType.DIAL_RSP,
+      dialResponse: { error: dialResponseText(err), connectID: 0, random },
+    });
   }
 
   private onDialClose(random: Int64 | undefined): void {
@@ -268,8 +260,7 @@ export class ProxyStream {
       finish: (err) => {
         this.tunnels.delete(connectID);
         if (this.pausedBy.delete(connectID) && this.pausedBy.size === 0 && !this.ended) this.call.resume();
-        this.options.metrics.established.dec();
-        this.options.metrics.connectionDuration.observe((Date.now() - tunnel.openedAt) / 1000);
+        tunnelFinished(this.options, tunnel);
         if (!this.ended) {
           this.write({
             type: PacketType.CLOSE_RSP,

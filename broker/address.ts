@@ -1,7 +1,7 @@
 /**
  * Parsing of dial addresses ("host:port", "[v6]:port"), pure.
  */
-import { ErrorCode, KnatsError } from '../broker/errors.js';
+import { ErrorCode, KnatsError } from './errors.js';
 
 export interface DialAddress {
   readonly host: string;

@@ -2,7 +2,7 @@
  * --agent-identifiers, in upstream's URL query syntax:
  * `host=a&host=b&ipv4=10.0.0.1&ipv6=::1&cidr=10.0.0.0/8&default-route=true`.
  */
-import { ErrorCode, KnatsError } from '../broker/errors.js';
+import { ErrorCode, KnatsError } from './errors.js';
 
 const KNOWN_KEYS = ['host', 'ipv4', 'ipv6', 'cidr', 'default-route'] as const;
 

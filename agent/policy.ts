@@ -1,0 +1,538 @@
+/**
+ * Destination policy of an agent (--allow-destinations / --deny-destinations),
+ * pure: parsing, matching, and the guarded dial sequence with DNS and TCP
+ * injected, so every rule is unit-tested without a network.
+ *
+ * Syntax of a list: comma-separated entries, each optionally with ports.
+ *
+ *   ENTRY[:PORTS]       ENTRY is one of
+ *                         10.0.0.0/8        IPv4 CIDR (host bits are masked, as Go's ParseCIDR)
+ *                         10.1.2.3          one IPv4 address (= /32)
+ *                         fd00::/8          IPv6 CIDR or address; with ports it needs brackets:
+ *                         [fd00::]/8:443    or [fd00::/8]:443, [fd00::1]:443
+ *                         api.example.com   one host name (case-insensitive, trailing dot ignored)
+ *                         *.svc.cluster.local  any name below that suffix (not the suffix itself)
+ *                         *                 every destination
+ *                       PORTS is a port or a range (8000-8999); further ports of the same
+ *                       entry follow as separate comma-separated items:
+ *                         10.0.0.0/8:443,8443,9000-9100,*.svc.cluster.local:443
+ *                       = 10.0.0.0/8 on 443, 8443 and 9000-9100; *.svc.cluster.local on 443.
+ *
+ * Decision for a dial of HOST:PORT (HOST a name resolved to ADDRS, or a literal IP = ADDRS):
+ *   1. Deny wins: denied if HOST (by name entries) or any address in ADDRS (by IP entries)
+ *      matches a --deny-destinations entry.
+ *   2. An empty allow list allows everything; otherwise HOST must match a name entry,
+ *      or every address in ADDRS must match an IP entry, of --allow-destinations.
+ *   3. Cloud metadata endpoints are denied by default (DEFAULT_DENIED_DESTINATIONS), for
+ *      the name and for every resolved address, unless that very name or address is
+ *      allowed by an exact entry (a single IP or an exact name, not a range, wildcard or
+ *      '*'), so allowing 0.0.0.0/0 or '*' never re-opens the metadata service.
+ * Names are checked before the DNS lookup (a denied name is not even resolved) and every
+ * address the lookup returns is checked after it; the dial then goes to a checked
+ * address, never through a second lookup, so DNS cannot smuggle a denied IP.
+ */
+import { ErrorCode, KnatsError } from '../broker/errors.js';
+
+/** Denied unless allowed by an exact entry: link-local metadata services of the big clouds. */
+export const DEFAULT_DENIED_DESTINATIONS: readonly string[] = [
+  '169.254.169.254', // AWS, GCP, Azure, OpenStack, Oracle, DigitalOcean
+  'fd00:ec2::254', // AWS over IPv6
+  'metadata.google.internal',
+  'metadata',
+];
+
+export interface PortRange {
+  readonly from: number;
+  readonly to: number;
+}
+
+interface IpNet {
+  readonly family: 4 | 6;
+  /** Network address, big-endian, 32 or 128 bits. */
+  readonly bits: bigint;
+  readonly prefix: number;
+}
+
+type Matcher =
+  | { readonly kind: 'any' }
+  | { readonly kind: 'ip'; readonly net: IpNet }
+  | { readonly kind: 'name'; readonly name: string }
+  | { readonly kind: 'suffix'; readonly suffix: string };
+
+export interface DestinationRule {
+  /** The entry as written (ports included), for messages. */
+  readonly text: string;
+  readonly matcher: Matcher;
+  /** undefined: every port. */
+  readonly ports?: readonly PortRange[];
+}
+
+export interface DestinationPolicy {
+  readonly allow: readonly DestinationRule[];
+  readonly deny: readonly DestinationRule[];
+  readonly defaultDeny: readonly DestinationRule[];
+}
+
+export type Verdict = { readonly allowed: true } | { readonly allowed: false; readonly reason: string };
+
+const ALLOWED: Verdict = { allowed: true };
+
+// ---------------------------------------------------------------------------
+// IP addresses.
+
+function parseIpv4(text: string): bigint | undefined {
+  const parts = text.split('.');
+  if (parts.length !== 4) return undefined;
+  let value = 0n;
+  for (const part of parts) {
+    if (!/^(0|[1-9][0-9]{0,2})$/.test(part)) return undefined;
+    const n = Number(part);
+    if (n > 255) return undefined;
+    value = (value << 8n) | BigInt(n);
+  }
+  return value;
+}
+
+function parseIpv6(text: string): bigint | undefined {
+  if (text.length > 45 || !/^[0-9A-Fa-f:.]+$/.test(text)) return undefined;
+  const halves = text.split('::');
+  if (halves.length > 2) return undefined;
+  const groupsOf = (part: string): number[] | undefined => {
+    if (part === '') return [];
+    const out: number[] = [];
+    const items = part.split(':');
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i]!;
+      if (i === items.length - 1 && item.includes('.')) {
+        const v4 = parseIpv4(item);
+        if (v4 === undefined) return undefined;
+        out.push(Number(v4 >> 16n), Number(v4 & 0xffffn));
+      } else {
+        if (!/^[0-9A-Fa-f]{1,4}$/.test(item)) return undefined;
+        out.push(Number.parseInt(item, 16));
+      }
+    }
+    return out;
+  };
+  const head = groupsOf(halves[0]!);
+  const tail = halves.length === 2 ? groupsOf(halves[1]!) : [];
+  if (!head || !tail) return undefined;
+  let groups: number[];
+  if (halves.length === 2) {
+    const missing = 8 - head.length - tail.length;
+    if (missing < 1) return undefined;
+    groups = [...head, ...new Array<number>(missing).fill(0), ...tail];
+  } else {
+    groups = head;
+  }
+  if (groups.length !== 8) return undefined;
+  return groups.reduce((acc, g) => (acc << 16n) | BigInt(g), 0n);
+}
+
+const V4_MAPPED_PREFIX = 0xffffn << 32n;
+
+/**
+ * An IP literal as {family, bits}, or undefined if `text` is not one. A zone
+ * (fe80::1%eth0) is ignored, and an IPv4-mapped IPv6 address (::ffff:a.b.c.d)
+ * is the IPv4 address it maps to, because that is where a socket goes.
+ */
+export function parseIp(text: string): { family: 4 | 6; bits: bigint } | undefined {
+  const v4 = parseIpv4(text);
+  if (v4 !== undefined) return { family: 4, bits: v4 };
+  const zone = text.indexOf('%');
+  const v6 = parseIpv6(zone >= 0 ? text.slice(0, zone) : text);
+  if (v6 === undefined) return undefined;
+  if (v6 >> 32n === V4_MAPPED_PREFIX >> 32n) return { family: 4, bits: v6 & 0xffffffffn };
+  return { family: 6, bits: v6 };
+}
+
+function netContains(net: IpNet, ip: { family: 4 | 6; bits: bigint }): boolean {
+  if (net.family !== ip.family) return false;
+  const width = net.family === 4 ? 32 : 128;
+  const shift = BigInt(width - net.prefix);
+  return ip.bits >> shift === net.bits >> shift;
+}
+
+// ---------------------------------------------------------------------------
+// Names.
+
+/** Lower case, without one trailing dot. */
+export function normalizeName(host: string): string {
+  const lower = host.toLowerCase();
+  return lower.endsWith('.') ? lower.slice(0, -1) : lower;
+}
+
+const LABEL = /^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$/;
+
+function validName(name: string): boolean {
+  if (name.length === 0 || name.length > 253) return false;
+  const labels = name.split('.');
+  if (!labels.every((l) => LABEL.test(l))) return false;
+  // 10.0.0.256 or 10.1 are typos of addresses, not names.
+  return !/^[0-9]+$/.test(labels[labels.length - 1]!);
+}
+
+// ---------------------------------------------------------------------------
+// Parsing.
+
+function bad(flag: string, entry: string, why: string): KnatsError {
+  return new KnatsError(ErrorCode.BadConfig, `--${flag}: bad entry ${JSON.stringify(entry)}: ${why}`);
+}
+
+const PORT_ITEM = /^[0-9]{1,5}(-[0-9]{1,5})?$/;
+
+function parsePortItem(item: string, flag: string, entry: string): PortRange {
+  if (!PORT_ITEM.test(item)) throw bad(flag, entry, `${JSON.stringify(item)} is not a port or port range`);
+  const [fromText, toText] = item.split('-');
+  const from = Number(fromText);
+  const to = toText === undefined ? from : Number(toText);
+  if (from < 1 || to > 65535 || from > to) throw bad(flag, entry, `port range ${item} outside 1-65535`);
+  return { from, to };
+}
+
+function parseNet(text: string, flag: string, entry: string): IpNet {
+  const slash = text.indexOf('/');
+  const addressText = slash >= 0 ? text.slice(0, slash) : text;
+  const ip = parseIp(addressText);
+  if (!ip || addressText.includes('%'))
+    throw bad(flag, entry, `${JSON.stringify(addressText)} is not an IP address`);
+  // ::ffff:10.0.0.0/104 is the IPv4 net 10.0.0.0/8.
+  const mapped = ip.family === 4 && addressText.includes(':');
+  const width = ip.family === 4 ? 32 : 128;
+  let prefix = width;
+  if (slash >= 0) {
+    const prefixText = text.slice(slash + 1);
+    if (!/^[0-9]{1,3}$/.test(prefixText)) throw bad(flag, entry, 'prefix length must be a number');
+    prefix = Number(prefixText) - (mapped ? 96 : 0);
+    if (prefix < 0 || prefix > width) throw bad(flag, entry, `prefix length out of range 0-${width}`);
+  }
+  const shift = BigInt(width - prefix);
+  return { family: ip.family, bits: (ip.bits >> shift) << shift, prefix };
+}
+
+/** Splits an entry (without any following port items) into its target and first port item. */
+function splitEntry(entry: string, flag: string): { target: string; port?: string; bracketed: boolean } {
+  if (entry.startsWith('[')) {
+    const end = entry.indexOf(']');
+    if (end < 0) throw bad(flag, entry, "missing ']'");
+    let target = entry.slice(1, end);
+    let rest = entry.slice(end + 1);
+    const prefixMatch = /^\/[0-9]{1,3}/.exec(rest);
+    if (prefixMatch) {
+      if (target.includes('/')) throw bad(flag, entry, 'two prefix lengths');
+      target += prefixMatch[0];
+      rest = rest.slice(prefixMatch[0].length);
+    }
+    if (rest === '') return { target, bracketed: true };
+    if (!rest.startsWith(':')) throw bad(flag, entry, `unexpected ${JSON.stringify(rest)} after ']'`);
+    return { target, port: rest.slice(1), bracketed: true };
+  }
+  const colons = entry.split(':').length - 1;
+  if (colons >= 2) return { target: entry, bracketed: false }; // bare IPv6: no ports without brackets
+  if (colons === 1) {
+    const colon = entry.indexOf(':');
+    return { target: entry.slice(0, colon), port: entry.slice(colon + 1), bracketed: false };
+  }
+  return { target: entry, bracketed: false };
+}
+
+function parseTarget(target: string, bracketed: boolean, flag: string, entry: string): Matcher {
+  if (target === '') throw bad(flag, entry, 'empty destination');
+  if (target === '*') {
+    if (bracketed) throw bad(flag, entry, "'*' needs no brackets");
+    return { kind: 'any' };
+  }
+  if (bracketed || target.includes('/') || target.includes(':') || parseIpv4(target) !== undefined) {
+    const net = parseNet(target, flag, entry);
+    if (bracketed && net.family === 4 && !target.includes(':')) {
+      throw bad(flag, entry, 'brackets are for IPv6 addresses');
+    }
+    return { kind: 'ip', net };
+  }
+  const name = normalizeName(target);
+  if (name.startsWith('*.')) {
+    const suffix = name.slice(2);
+    if (!validName(suffix)) throw bad(flag, entry, `${JSON.stringify(target)} is not a valid wildcard name`);
+    return { kind: 'suffix', suffix: `.${suffix}` };
+  }
+  if (!validName(name)) {
+    throw bad(
+      flag,
+      entry,
+      `${JSON.stringify(target)} is not an IP address, CIDR or host name ('*.' only as the first label)`,
+    );
+  }
+  return { kind: 'name', name };
+}
+
+/**
+ * Parses one flag's list. `flag` names the flag in errors (KnatsError BadConfig).
+ * Whitespace around items is ignored; an empty list is [].
+ */
+export function parseDestinationList(text: string, flag: string): DestinationRule[] {
+  const rules: { text: string; matcher: Matcher; ports?: PortRange[] }[] = [];
+  const items = text
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '');
+  let last: { text: string; ports?: PortRange[] } | undefined;
+  for (const item of items) {
+    if (PORT_ITEM.test(item)) {
+      // A further port of the entry before: "10.0.0.0/8:443,8443".
+      if (!last?.ports) {
+        throw bad(
+          flag,
+          item,
+          last
+            ? `a bare port must follow an entry that has ports (write ${last.text}:${item})`
+            : 'a list cannot start with a port',
+        );
+      }
+      last.ports.push(parsePortItem(item, flag, `${last.text},${item}`));
+      last.text += `,${item}`;
+      continue;
+    }
+    const { target, port, bracketed } = splitEntry(item, flag);
+    const matcher = parseTarget(target, bracketed, flag, item);
+    const rule: { text: string; matcher: Matcher; ports?: PortRange[] } = { text: item, matcher };
+    if (port !== undefined) rule.ports = [parsePortItem(port, flag, item)];
+    rules.push(rule);
+    last = rule;
+  }
+  return rules;
+}
+
+export interface PolicyOptions {
+  /** --allow-destinations text; empty: everything not denied. */
+  readonly allow?: string;
+  /** --deny-destinations text. */
+  readonly deny?: string;
+}
+
+export function createDestinationPolicy(options: PolicyOptions = {}): DestinationPolicy {
+  return {
+    allow: parseDestinationList(options.allow ?? '', 'allow-destinations'),
+    deny: parseDestinationList(options.deny ?? '', 'deny-destinations'),
+    defaultDeny: parseDestinationList(DEFAULT_DENIED_DESTINATIONS.join(','), 'default-deny'),
+  };
+}
+
+/** The default: metadata endpoints denied, everything else allowed. */
+export const defaultDestinationPolicy: DestinationPolicy = createDestinationPolicy();
+
+// ---------------------------------------------------------------------------
+// Matching.
+
+function portMatches(rule: DestinationRule, port: number): boolean {
+  return rule.ports === undefined || rule.ports.some((r) => port >= r.from && port <= r.to);
+}
+
+function matchesName(rule: DestinationRule, name: string, port: number): boolean {
+  const m = rule.matcher;
+  const hit =
+    m.kind === 'any' ||
+    (m.kind === 'name' && m.name === name) ||
+    (m.kind === 'suffix' && name.endsWith(m.suffix));
+  return hit && portMatches(rule, port);
+}
+
+function matchesIp(rule: DestinationRule, ip: { family: 4 | 6; bits: bigint }, port: number): boolean {
+  const m = rule.matcher;
+  const hit = m.kind === 'any' || (m.kind === 'ip' && netContains(m.net, ip));
+  return hit && portMatches(rule, port);
+}
+
+/** An allow entry naming exactly this name or address (not a range, wildcard or '*'). */
+function exactlyAllowed(
+  policy: DestinationPolicy,
+  port: number,
+  name: string | undefined,
+  ip: { family: 4 | 6; bits: bigint } | undefined,
+): boolean {
+  return policy.allow.some((rule) => {
+    const m = rule.matcher;
+    if (!portMatches(rule, port)) return false;
+    if (name !== undefined) return m.kind === 'name' && m.name === name;
+    if (ip === undefined || m.kind !== 'ip') return false;
+    const width = m.net.family === 4 ? 32 : 128;
+    return m.net.prefix === width && netContains(m.net, ip);
+  });
+}
+
+function denied(reason: string): Verdict {
+  return { allowed: false, reason };
+}
+
+function destinationText(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/**
+ * Before DNS: is the host name itself denied? (An IP literal is decided in
+ * full here, since there is nothing to resolve.) Allowed means "go on and
+ * resolve", not yet "dial".
+ */
+export function checkName(policy: DestinationPolicy, host: string, port: number): Verdict {
+  if (parseIp(host)) return checkResolved(policy, host, port, [host]);
+  const name = normalizeName(host);
+  const dest = destinationText(host, port);
+  const deny = policy.deny.find((r) => matchesName(r, name, port));
+  if (deny) return denied(`${dest} matches --deny-destinations entry ${JSON.stringify(deny.text)}`);
+  if (
+    policy.defaultDeny.some((r) => matchesName(r, name, port)) &&
+    !exactlyAllowed(policy, port, name, undefined)
+  ) {
+    return denied(
+      `${dest} is a cloud metadata endpoint, denied by default (allow it explicitly with --allow-destinations ${name})`,
+    );
+  }
+  return ALLOWED;
+}
+
+/**
+ * After DNS: `addresses` are every address the name resolved to (or the
+ * literal IP itself). Denied if any of them is; see the module comment.
+ */
+export function checkResolved(
+  policy: DestinationPolicy,
+  host: string,
+  port: number,
+  addresses: readonly string[],
+): Verdict {
+  const literal = parseIp(host) !== undefined;
+  const name = literal ? undefined : normalizeName(host);
+  const dest = destinationText(host, port);
+  if (name !== undefined) {
+    const byName = checkName(policy, host, port);
+    if (!byName.allowed) return byName;
+  }
+  if (addresses.length === 0) return denied(`${dest} resolved to no address`);
+  const ips: { text: string; ip: { family: 4 | 6; bits: bigint } }[] = [];
+  for (const text of addresses) {
+    const ip = parseIp(text);
+    if (!ip) return denied(`${dest} resolved to ${JSON.stringify(text)}, which is not an IP address`);
+    ips.push({ text, ip });
+  }
+  const via = (text: string) => (literal ? `address ${text}` : `${host} resolves to ${text}, which`);
+  for (const { text, ip } of ips) {
+    const deny = policy.deny.find((r) => matchesIp(r, ip, port));
+    if (deny) {
+      return denied(
+        literal
+          ? `${dest} matches --deny-destinations entry ${JSON.stringify(deny.text)}`
+          : `${dest} denied: ${via(text)} matches --deny-destinations entry ${JSON.stringify(deny.text)}`,
+      );
+    }
+  }
+  if (policy.allow.length > 0) {
+    const nameAllowed = name !== undefined && policy.allow.some((r) => matchesName(r, name, port));
+    if (!nameAllowed) {
+      const outside = ips.find(({ ip }) => !policy.allow.some((r) => matchesIp(r, ip, port)));
+      if (outside) {
+        return denied(
+          literal || ips.length === 1
+            ? `${dest} is not in --allow-destinations`
+            : `${dest} is not in --allow-destinations (${host} resolves to ${outside.text}, which is not allowed)`,
+        );
+      }
+    }
+  }
+  for (const { text, ip } of ips) {
+    if (
+      policy.defaultDeny.some((r) => matchesIp(r, ip, port)) &&
+      !exactlyAllowed(policy, port, undefined, ip)
+    ) {
+      return denied(
+        `${dest} denied: ${literal ? `${text} is` : `${host} resolves to ${text}, which is`} a cloud metadata address, denied by default (allow it explicitly with --allow-destinations ${text})`,
+      );
+    }
+  }
+  return ALLOWED;
+}
+
+// ---------------------------------------------------------------------------
+// The guarded dial: resolve once, check every answer, dial only checked addresses.
+
+export interface GuardedDialDeps<S> {
+  /** Every address of `host` (dns.lookup with all: true). Not called for IP literals. */
+  lookup(host: string): Promise<readonly string[]>;
+  /** Dials one IP address with a timeout. */
+  dial(ip: string, port: number, timeoutMs: number): Promise<S>;
+  /** Maps a lookup failure to a KnatsError (DNS codes). */
+  lookupError(err: unknown, host: string): KnatsError;
+  now?(): number;
+}
+
+/** Go's net.Dialer gives each of several addresses a fair part of the deadline, at least 2 s. */
+const MIN_ATTEMPT_MS = 2000;
+
+/**
+ * Checks `host:port` against the policy, resolves it once, checks every
+ * address, and dials the checked addresses in order until one connects. A
+ * denied destination rejects with KnatsError(DestinationDenied) before any
+ * socket is opened. Returns the socket and the address it went to.
+ */
+export async function guardedDial<S>(
+  policy: DestinationPolicy,
+  destination: { host: string; port: number },
+  timeoutMs: number,
+  deps: GuardedDialDeps<S>,
+): Promise<{ socket: S; ip: string }> {
+  const { host, port } = destination;
+  const now = deps.now ?? Date.now;
+  const deadline = now() + timeoutMs;
+  const deny = (verdict: Verdict) => {
+    if (!verdict.allowed) throw new KnatsError(ErrorCode.DestinationDenied, verdict.reason);
+  };
+  deny(checkName(policy, host, port));
+  let addresses: readonly string[];
+  if (parseIp(host)) {
+    addresses = [host];
+  } else {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      addresses = await Promise.race([
+        deps.lookup(host).catch((err: unknown) => {
+          throw deps.lookupError(err, host);
+        }),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () =>
+              reject(
+                new KnatsError(
+                  ErrorCode.DialTimeout,
+                  `dial tcp ${host}:${port}: DNS lookup timed out after ${timeoutMs} ms`,
+                ),
+              ),
+            timeoutMs,
+          );
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+    deny(checkResolved(policy, host, port, addresses));
+  }
+  let firstError: unknown;
+  for (let i = 0; i < addresses.length; i++) {
+    const remaining = deadline - now();
+    if (remaining <= 0) break;
+    const share = Math.floor(remaining / (addresses.length - i));
+    const attemptMs = share < MIN_ATTEMPT_MS ? Math.min(MIN_ATTEMPT_MS, remaining) : share;
+    const ip = addresses[i]!;
+    try {
+      return { socket: await deps.dial(ip, port, attemptMs), ip };
+    } catch (err) {
+      firstError ??= err;
+      // A cancelled dial (agent stopping) is not retried on the next address.
+      if (err instanceof KnatsError && err.code === ErrorCode.DialCancelled) throw err;
+    }
+  }
+  throw (
+    firstError ??
+    new KnatsError(
+      ErrorCode.DialTimeout,
+      `dial tcp ${destinationText(host, port)}: i/o timeout after ${timeoutMs} ms`,
+    )
+  );
+}

@@ -1,0 +1,82 @@
+/**
+ * What every front door (gRPC, HTTP CONNECT) does around a dial, in one
+ * place: the pending-dial gauge, dial duration, dial failures by reason,
+ * established connections and connection duration, and the "dial failed" /
+ * "tunnel open" log lines. The doors only translate their protocol.
+ */
+import { ErrorCode, isKnatsError, KnatsError, reasonLabel } from '../broker/errors.js';
+import type { Logger } from '../broker/logging.js';
+import type { Tunnel } from '../broker/tunnel.js';
+import type { BusDialer, DialOutcome } from './bus-dialer.js';
+import type { FrontendMetrics } from './metrics.js';
+
+export interface DoorDialContext {
+  readonly dialer: BusDialer;
+  readonly metrics: FrontendMetrics;
+}
+
+export function asKnatsError(err: unknown): KnatsError {
+  return isKnatsError(err)
+    ? err
+    : new KnatsError(ErrorCode.DialFailed, String((err as Error)?.message ?? err));
+}
+
+/**
+ * Dials through the bus for a client. Resolves with an open tunnel, or
+ * rejects with a KnatsError that is already counted in
+ * dial_failure_count{reason} and logged. If `signal` aborted meanwhile, a
+ * tunnel the agent did open is closed and the dial fails with DialCancelled
+ * (reason frontend_close).
+ */
+export async function dialForClient(
+  context: DoorDialContext,
+  address: string,
+  logger: Logger,
+  signal?: AbortSignal,
+): Promise<DialOutcome> {
+  const { dialer, metrics } = context;
+  metrics.pendingDials.inc();
+  const started = process.hrtime.bigint();
+  try {
+    const outcome = await dialer.dial(address, 'tcp', logger, signal);
+    if (signal?.aborted) {
+      outcome.tunnel.close(
+        new KnatsError(ErrorCode.DialCancelled, 'client went away before the dial completed'),
+      );
+      throw new KnatsError(ErrorCode.DialCancelled, 'client went away before the dial completed');
+    }
+    metrics.dialDuration.observe(Number(process.hrtime.bigint() - started) / 1e9);
+    return outcome;
+  } catch (err) {
+    const error = asKnatsError(err);
+    countDialFailure(context, error);
+    logger.info({ address, code: error.code, reason: error.message }, 'dial failed');
+    throw error;
+  } finally {
+    metrics.pendingDials.dec();
+  }
+}
+
+/** A dial refused by the door itself (bad request, draining, limits): counted like an agent's answer. */
+export function countDialFailure(context: Pick<DoorDialContext, 'metrics'>, err: KnatsError): void {
+  context.metrics.dialFailures.labels(reasonLabel(err.code)).inc();
+}
+
+/** The client was told the dial succeeded: the tunnel is established. */
+export function tunnelEstablished(
+  context: Pick<DoorDialContext, 'metrics'>,
+  outcome: DialOutcome,
+  fields: Record<string, unknown> = {},
+): void {
+  context.metrics.established.inc();
+  outcome.tunnel.logger.info(
+    { agentId: outcome.agentId, strategy: outcome.strategy, ...fields },
+    'tunnel open',
+  );
+}
+
+/** An established tunnel ended (its door calls this from TunnelLocalSide.finish). */
+export function tunnelFinished(context: Pick<DoorDialContext, 'metrics'>, tunnel: Tunnel): void {
+  context.metrics.established.dec();
+  context.metrics.connectionDuration.observe((Date.now() - tunnel.openedAt) / 1000);
+}

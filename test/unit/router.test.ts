@@ -1,0 +1,103 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { parseAgentIdentifiers } from '../../broker/identifiers.js';
+import { Subjects } from '../../broker/subjects.js';
+import {
+  type AgentCandidate,
+  agentsForHost,
+  candidatesFrom,
+  dialTargets,
+  matchSpecificity,
+} from '../../frontend/router.js';
+
+const agent = (id: string, ids: string, load = 0): AgentCandidate => ({
+  id,
+  identifiers: parseAgentIdentifiers(ids),
+  load,
+});
+
+describe('destHost matching', () => {
+  it('matches host names case-insensitively and IPs exactly, in any notation', () => {
+    const ids = parseAgentIdentifiers('host=Node-1.example&ipv4=10.0.0.5&ipv6=fd00::5');
+    assert.ok(matchSpecificity(ids, 'node-1.EXAMPLE') > 0);
+    assert.ok(matchSpecificity(ids, '10.0.0.5') > 0);
+    assert.ok(matchSpecificity(ids, 'fd00:0:0::5') > 0);
+    assert.equal(matchSpecificity(ids, '10.0.0.6'), 0);
+    assert.equal(matchSpecificity(ids, 'node-2.example'), 0);
+  });
+
+  it('prefers the most specific CIDR, and an exact IP over any CIDR', () => {
+    const agents = [
+      agent('wide', 'cidr=10.0.0.0/8'),
+      agent('narrow', 'cidr=10.1.0.0/16'),
+      agent('exact', 'ipv4=10.1.2.3'),
+      agent('v6', 'cidr=fd00::/8'),
+    ];
+    assert.deepEqual(agentsForHost(agents, '10.1.2.3'), ['exact', 'narrow', 'wide']);
+    assert.deepEqual(agentsForHost(agents, '10.1.9.9'), ['narrow', 'wide']);
+    assert.deepEqual(agentsForHost(agents, '10.200.0.1'), ['wide']);
+    assert.deepEqual(agentsForHost(agents, 'fd12::1'), ['v6']);
+    assert.deepEqual(agentsForHost(agents, '192.168.0.1'), []);
+    assert.deepEqual(agentsForHost(agents, 'some.host'), []);
+  });
+
+  it('a /0 CIDR matches everything of its family', () => {
+    assert.deepEqual(agentsForHost([agent('all', 'cidr=0.0.0.0/0')], '8.8.8.8'), ['all']);
+  });
+
+  it('spreads equally specific matches with the power of two choices', () => {
+    const agents = [
+      agent('a', 'cidr=10.0.0.0/8', 5),
+      agent('b', 'cidr=10.0.0.0/8', 1),
+      agent('c', 'cidr=10.0.0.0/8', 9),
+    ];
+    const firsts = new Map<string, number>();
+    let seed = 1;
+    const random = () => {
+      seed = (seed * 16807) % 2147483647;
+      return seed / 2147483647;
+    };
+    for (let i = 0; i < 3000; i++) {
+      const order = agentsForHost(agents, '10.0.0.1', random);
+      assert.equal(order.length, 3, 'every match stays as a fallback');
+      firsts.set(order[0]!, (firsts.get(order[0]!) ?? 0) + 1);
+    }
+    // With two random choices, the least loaded wins 2/3 of the time, the most loaded never.
+    assert.ok((firsts.get('b') ?? 0) > 1700, `least loaded first ${firsts.get('b')} times`);
+    assert.ok((firsts.get('a') ?? 0) > 700, `middle first ${firsts.get('a')} times`);
+    assert.equal(firsts.get('c') ?? 0, 0);
+  });
+
+  it('builds candidates from presence, skipping draining agents and frontends', () => {
+    const peer = (id: string, role: string, identifiers: string, draining = false) => ({
+      info: { id, role, identifiers, draining, openTunnels: 0 },
+    });
+    const list = candidatesFrom([
+      peer('a', 'agent', 'host=x'),
+      peer('b', 'agent', 'host=x', true),
+      peer('f', 'frontend', ''),
+      peer('c', 'agent', ''),
+      peer('d', 'agent', 'future-key=1'),
+    ]);
+    assert.deepEqual(
+      list.map((c) => c.id),
+      ['a'],
+    );
+  });
+});
+
+describe('strategy order', () => {
+  const subjects = new Subjects('p');
+  it('tries strategies in the configured order and skips destHost without a match', () => {
+    const none = () => [];
+    assert.deepEqual(
+      dialTargets(['destHost', 'defaultRoute', 'default'], subjects, none, 'h').map((t) => t.subject),
+      ['p.dial.route', 'p.dial.any'],
+    );
+    assert.deepEqual(
+      dialTargets(['destHost', 'default'], subjects, () => ['a1', 'a2'], 'h').map((t) => t.subject),
+      ['p.dial.agent.a1', 'p.dial.agent.a2', 'p.dial.any'],
+    );
+    assert.deepEqual(dialTargets(['destHost'], subjects, none, 'h'), []);
+  });
+});
