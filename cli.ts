@@ -7,7 +7,7 @@ import { startAgent } from './agent/agent.js';
 import { isKnatsError } from './broker/errors.js';
 import { createLogger } from './broker/logging.js';
 import { VERSION } from './broker/version.js';
-import { brokerFlags, runBroker } from './cli/broker-command.js';
+import { brokerHelp, runBroker } from './cli/broker-command.js';
 import { agentConfig, agentFlags, frontendConfig, frontendFlags } from './cli/config.js';
 import { runDemo } from './cli/demo-command.js';
 import { dialFlags, runDial } from './cli/dial-command.js';
@@ -21,9 +21,9 @@ const USAGE = `knats ${VERSION}: a Konnectivity-compatible egress proxy brokered
 usage: knats <command> [flags]
 
 commands:
-  frontend   accept kube-apiserver's dials (gRPC ProxyService) and tunnel them over NATS
+  frontend   accept kube-apiserver's dials (gRPC ProxyService or HTTP CONNECT) and tunnel them over NATS
   agent      run in the cluster: answer dials from NATS and bridge them to TCP destinations
-  broker     start a local nats-server for development; prints its URL
+  broker     local nats-server with per-role nkey auth; 'broker config' prints a production nats-server configuration
   demo       broker + frontend + agent + a demo destination in one process tree
   dial       test client: dial HOST:PORT through a frontend and pipe stdio
   status     the fleet as seen on the bus
@@ -35,7 +35,7 @@ const HELP: Record<string, () => string> = {
   frontend: () =>
     helpText('frontend', '--nats-url URL (--uds-name PATH | --server-port N ...)', frontendFlags),
   agent: () => helpText('agent', '--nats-url URL [flags]', agentFlags),
-  broker: () => helpText('broker', '[flags]', brokerFlags),
+  broker: () => brokerHelp(process.argv.slice(3)),
   dial: () => helpText('dial', '(--uds-name PATH | --server-address HOST:PORT) HOST:PORT', dialFlags),
   status: () => helpText('status', '--nats-url URL [--json]', statusFlags),
   demo: () => 'usage: knats demo',

@@ -86,6 +86,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
   const tunnelHost = new TunnelHost({
     nc,
     subscribeSubject: subjects.agentTunnels(config.id),
+    peerFramePrefix: subjects.frontendFramePrefix(),
     credit: config.credit,
     timing: config.timing,
     logger,

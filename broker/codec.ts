@@ -128,7 +128,8 @@ export function decodeFrame(frame: Buffer): Frame | undefined {
         type: FrameType.Close,
         lastSeq: frame.readUInt32BE(1),
         code: frame.toString('latin1', 6, codeEnd),
-        message: frame.toString('utf8', codeEnd),
+        // The encoder caps messages; a peer that does not is cut to the same size.
+        message: frame.toString('utf8', codeEnd, Math.min(frame.length, codeEnd + MAX_CLOSE_MESSAGE_BYTES)),
       };
     }
     case FrameType.Window:

@@ -35,8 +35,10 @@ export interface LinkEvents {
 function authenticatorsFor(settings: NatsSettings): Authenticator[] {
   const auth: Authenticator[] = [];
   if (settings.credsFile) auth.push(credsAuthenticator(readFileSync(settings.credsFile)));
-  if (settings.nkeyFile)
-    auth.push(nkeyAuthenticator(readFileSync(settings.nkeyFile, 'utf8').trim() as never));
+  if (settings.nkeyFile) {
+    // The authenticator wants the seed's bytes (SU...), not a string.
+    auth.push(nkeyAuthenticator(new TextEncoder().encode(readFileSync(settings.nkeyFile, 'utf8').trim())));
+  }
   return auth;
 }
 

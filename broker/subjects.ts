@@ -53,6 +53,13 @@ export class Subjects {
   agentTunnel(agentId: string, tunnelId: string): string {
     return `${this.prefix}.ag.${agentId}.${tunnelId}`;
   }
+  /** Prefix of every agent-side / frontend-side frame subject. */
+  agentFramePrefix(): string {
+    return `${this.prefix}.ag.`;
+  }
+  frontendFramePrefix(): string {
+    return `${this.prefix}.fe.`;
+  }
   /** The one wildcard subscription a process holds for all its tunnel ends. */
   frontendTunnels(frontendId: string): string {
     return `${this.prefix}.fe.${frontendId}.*`;

@@ -39,6 +39,12 @@ export interface TunnelHostOptions {
   readonly credit: CreditSettings;
   readonly timing: TunnelHostTiming;
   readonly logger: Logger;
+  /**
+   * Where peers' tunnel ends live (Subjects.agentTunnelsPrefix / frontendTunnelsPrefix):
+   * frames for unknown tunnels are answered only on reply subjects under it, so
+   * nobody can make this process publish to an arbitrary subject.
+   */
+  readonly peerFramePrefix: string;
   /** Called once per tunnel when it ends, after it left the registry. */
   readonly onTunnelEnded?: (tunnel: Tunnel, err: KnatsError | undefined) => void;
 }
@@ -218,7 +224,7 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
     // A frame for a tunnel we do not know (closed, or never ours). Probes carry
     // a reply subject: answer them so the peer closes its end instead of leaking it.
     this.unknownTunnelFrames++;
-    if (msg.reply && bytes[0] !== 0x02) {
+    if (msg.reply && bytes[0] !== 0x02 && msg.reply.startsWith(this.options.peerFramePrefix)) {
       this.publish(msg.reply, encodeClose(0, ErrorCode.PeerGone, 'unknown tunnel'));
     }
   }

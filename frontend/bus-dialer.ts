@@ -3,7 +3,8 @@
  * an agent that dialed the destination (or failed to, with a reason code).
  * Shared by every front door (gRPC, HTTP CONNECT).
  */
-import { type NatsConnection, NoRespondersError, nuid, TimeoutError } from '@nats-io/transport-node';
+import { randomBytes } from 'node:crypto';
+import { type NatsConnection, NoRespondersError, TimeoutError } from '@nats-io/transport-node';
 import {
   type BusDialResponse,
   dialRequestCodec,
@@ -116,7 +117,7 @@ export class BusDialer {
     signal: AbortSignal | undefined,
   ): Promise<DialOutcome | 'no-responders' | 'retry'> {
     const { host, subjects, frontendId } = this.options;
-    const tunnelId = nuid.next();
+    const tunnelId = newTunnelId();
     const tunnelLogger = logger.child({ tunnelId, frontendId, destination: address });
     const tunnel = host.create(tunnelId, subjects.frontendTunnel(frontendId, tunnelId), tunnelLogger);
     try {
@@ -197,6 +198,15 @@ export class BusDialer {
       });
     }
   }
+}
+
+/**
+ * Tunnel ids are unguessable (128 random bits): agents may publish to
+ * frontends' frame subjects, so an id that could be predicted would let one
+ * agent inject frames into another agent's tunnel.
+ */
+export function newTunnelId(): string {
+  return randomBytes(16).toString('base64url');
 }
 
 function decodeResponse(reply: Uint8Array): BusDialResponse {

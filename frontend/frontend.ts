@@ -103,6 +103,7 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
   const tunnelHost = new TunnelHost({
     nc,
     subscribeSubject: subjects.frontendTunnels(config.id),
+    peerFramePrefix: subjects.agentFramePrefix(),
     credit: config.credit,
     timing: config.timing,
     logger,

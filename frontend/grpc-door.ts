@@ -3,11 +3,12 @@
  * Packets. One ProxyStream per gRPC call; each successful dial on it becomes
  * a connectID bound to one Tunnel.
  */
-import type {
-  Server,
-  ServerDuplexStream,
-  ServiceDefinition,
-  UntypedServiceImplementation,
+import {
+  type Server,
+  type ServerDuplexStream,
+  type ServiceDefinition,
+  status,
+  type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import { dialResponseText, ErrorCode, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
@@ -112,8 +113,10 @@ export class ProxyStream {
       // Garbage on the stream: the client is broken, not one of its tunnels.
       this.options.metrics.streamErrors.labels('from_client', 'malformed_packet').inc();
       this.logger.warn({ err: (err as Error).message }, 'malformed packet from client; ending stream');
-      this.call.destroy(new Error('malformed packet'));
-      this.shutdown('malformed packet');
+      this.shutdown('malformed packet', {
+        code: status.INVALID_ARGUMENT,
+        details: `malformed packet: ${(err as Error).message}`,
+      });
       return;
     }
     this.options.metrics.streamPackets.labels('from_client', PACKET_NAMES[packet.type] ?? 'UNKNOWN').inc();
@@ -277,8 +280,11 @@ export class ProxyStream {
     this.call.write(encodePacket(packet));
   }
 
-  /** The client stream is over: every tunnel and pending dial on it goes. */
-  shutdown(why: string): void {
+  /**
+   * The client stream is over: every tunnel and pending dial on it goes.
+   * With `error`, the client gets that gRPC status instead of OK.
+   */
+  shutdown(why: string, error?: { code: status; details: string }): void {
     if (this.ended) return;
     this.ended = true;
     this.options.metrics.grpcConnections.labels('Proxy').dec();
@@ -291,7 +297,9 @@ export class ProxyStream {
       tunnel.close(new KnatsError(ErrorCode.PeerGone, `client stream ended: ${why}`));
     }
     try {
-      this.call.end();
+      // grpc-js turns an 'error' emitted on the server stream into the call's status.
+      if (error) this.call.emit('error', Object.assign(new Error(error.details), error));
+      else this.call.end();
     } catch {
       // already destroyed
     }

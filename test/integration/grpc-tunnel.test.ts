@@ -55,7 +55,8 @@ describe('gRPC ProxyService over UDS', () => {
     const dials = await Promise.all(dests.map((d) => client.dial(d.address)));
     const ids = dials.map((d) => d.connectID);
     assert.equal(new Set(ids).size, 3, 'connectIDs are unique per stream');
-    for (const [i, d] of dials.entries()) client.send(d.connectID, Buffer.from(`GET /p${i} HTTP/1.0\r\n\r\n`));
+    for (const [i, d] of dials.entries())
+      client.send(d.connectID, Buffer.from(`GET /p${i} HTTP/1.0\r\n\r\n`));
     const tags = ['alpha', 'beta', 'gamma'];
     await Promise.all(dials.map((d) => client.waitClosed(d.connectID)));
     dials.forEach((d, i) => {

@@ -1,0 +1,235 @@
+/**
+ * Least privilege on the bus (DESIGN §5.6): the permissions of each role, the
+ * nats-server configuration that enforces them, and the nkey credentials of
+ * each role.
+ *
+ * Design:
+ * - One NATS account per subject prefix: accounts are nats-server's hard
+ *   isolation boundary, so one prefix (one cluster) cannot see another's
+ *   subjects, not even the `_INBOX.>` replies of its dials. Inside the
+ *   account every user is further limited to its role's subjects.
+ * - Users authenticate with nkeys: the server configuration holds only
+ *   public keys (no secret, no password hash to protect), and each process
+ *   gets its seed file (`--nats-nkey FILE`). Rotating a key is editing one
+ *   line and reloading nats-server (`nats-server --signal reload`).
+ * - Roles: `frontend`, `agent` (shared by all agents, or one user per agent
+ *   id for per-agent isolation), and `status` (read-only fleet view, for
+ *   `knats status`).
+ */
+import { existsSync } from 'node:fs';
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { nkeys } from '@nats-io/transport-node';
+import { ErrorCode, KnatsError } from './errors.js';
+import { AGENT_QUEUE, assertToken, Subjects } from './subjects.js';
+
+export type Role = 'frontend' | 'agent' | 'status';
+
+export interface RolePermissions {
+  readonly publish: readonly string[];
+  readonly subscribe: readonly string[];
+  /** May publish to the reply subject of a request it received (once, within 2 minutes). */
+  readonly allowResponses: boolean;
+}
+
+/**
+ * A frontend sends dials and frames to agents and announces itself; it reads
+ * frontends' frames (with `frontendId`, only its own: the user is then bound
+ * to `--server-id ID`), presence and its request replies. It may NOT read
+ * agents' frame subjects nor publish frontends' (so it cannot pose as an agent).
+ */
+export function frontendPermissions(prefix: string, frontendId?: string): RolePermissions {
+  const s = new Subjects(prefix);
+  if (frontendId !== undefined) assertToken(frontendId, 'frontend id');
+  return {
+    publish: [`${prefix}.dial.>`, `${prefix}.ag.>`, s.presence(), s.presenceQuery()],
+    subscribe: [
+      frontendId === undefined ? `${prefix}.fe.>` : s.frontendTunnels(frontendId),
+      s.presence(),
+      s.presenceQuery(),
+      '_INBOX.>',
+    ],
+    allowResponses: false,
+  };
+}
+
+/**
+ * An agent takes dials only as a member of the agents queue group (a plain
+ * subscription would see every dial), plus its direct dial subject; it reads
+ * its frames and presence; it publishes only frames to frontends, presence and
+ * dial replies. Without `agentId` the user is shared by all agents (any agent
+ * may then read any agent's frames); with it, only that agent's subjects.
+ */
+export function agentPermissions(prefix: string, agentId?: string): RolePermissions {
+  const s = new Subjects(prefix);
+  if (agentId !== undefined) assertToken(agentId, 'agent id');
+  return {
+    publish: [`${prefix}.fe.>`, s.presence(), s.presenceQuery()],
+    subscribe: [
+      `${s.dialAny()} ${AGENT_QUEUE}`,
+      `${s.dialRoute()} ${AGENT_QUEUE}`,
+      agentId === undefined ? s.dialAgent('*') : s.dialAgent(agentId),
+      agentId === undefined ? `${prefix}.ag.>` : s.agentTunnels(agentId),
+      s.presence(),
+      s.presenceQuery(),
+    ],
+    allowResponses: true,
+  };
+}
+
+/** `knats status`: reads presence, asks for it; nothing else. */
+export function statusPermissions(prefix: string): RolePermissions {
+  const s = new Subjects(prefix);
+  return { publish: [s.presenceQuery()], subscribe: [s.presence()], allowResponses: false };
+}
+
+/** `id`: the agent or frontend id a per-process user is bound to. */
+export function permissionsFor(prefix: string, role: Role, id?: string): RolePermissions {
+  switch (role) {
+    case 'frontend':
+      return frontendPermissions(prefix, id);
+    case 'agent':
+      return agentPermissions(prefix, id);
+    case 'status':
+      return statusPermissions(prefix);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Users and the server configuration.
+
+export interface AuthUser {
+  readonly role: Role;
+  /** Per-process user bound to this agent / frontend id; absent for a role's shared user. */
+  readonly id?: string;
+  /** Public user nkey (U...). */
+  readonly nkey: string;
+  /** Shown as a comment next to the user (where its seed is). */
+  readonly comment?: string;
+}
+
+export interface PrefixAuth {
+  readonly prefix: string;
+  readonly users: readonly AuthUser[];
+}
+
+/** Throws BadConfig unless `key` is a public user nkey. */
+export function assertUserNkey(key: string, what: string): string {
+  let ok = false;
+  try {
+    ok = key.startsWith('U') && nkeys.fromPublic(key).getPublicKey() === key;
+  } catch {
+    ok = false;
+  }
+  if (!ok) {
+    throw new KnatsError(
+      ErrorCode.BadConfig,
+      `${what}: ${JSON.stringify(key)} is not a public user nkey (U..., 56 characters)`,
+    );
+  }
+  return key;
+}
+
+const list = (items: readonly string[]) => `[${items.map((i) => JSON.stringify(i)).join(', ')}]`;
+
+function userBlock(prefix: string, user: AuthUser, indent: string): string[] {
+  const p = permissionsFor(prefix, user.role, user.id);
+  const label = user.id === undefined ? user.role : `${user.role} ${user.id}`;
+  const lines = [
+    `${indent}# ${label}${user.comment ? ` (${user.comment})` : ''}`,
+    `${indent}{`,
+    `${indent}  nkey: ${JSON.stringify(user.nkey)}`,
+    `${indent}  permissions: {`,
+    `${indent}    publish: { allow: ${list(p.publish)} }`,
+    `${indent}    subscribe: { allow: ${list(p.subscribe)} }`,
+  ];
+  if (p.allowResponses) lines.push(`${indent}    allow_responses: true`);
+  lines.push(`${indent}  }`, `${indent}}`);
+  return lines;
+}
+
+/**
+ * The `accounts { ... }` block of a nats-server configuration (2.2 or
+ * newer; checked with Debian's 2.9.10): one account per prefix, users by
+ * public nkey, per-role permissions. Clients must authenticate: there is no
+ * `no_auth_user`.
+ */
+export function natsAuthConfig(prefixes: readonly PrefixAuth[]): string {
+  const seen = new Set<string>();
+  const lines = [
+    '# konnectivity-nats: least privilege on the bus (one account per subject prefix,',
+    '# one nkey user per role). Generated by `knats broker config`; see the README.',
+    'accounts {',
+  ];
+  for (const { prefix, users } of prefixes) {
+    assertToken(prefix, 'subject prefix');
+    if (seen.has(prefix)) throw new KnatsError(ErrorCode.BadConfig, `prefix ${prefix} given twice`);
+    seen.add(prefix);
+    lines.push(`  # subject prefix ${prefix}`, `  ${JSON.stringify(prefix)}: {`, '    users: [');
+    for (const user of users) lines.push(...userBlock(prefix, user, '      '));
+    lines.push('    ]', '  }');
+  }
+  lines.push('}');
+  return `${lines.join('\n')}\n`;
+}
+
+// ---------------------------------------------------------------------------
+// Credentials on disk.
+
+export interface RoleCredential {
+  readonly prefix: string;
+  readonly role: Role;
+  readonly id?: string;
+  /** Seed file for `--nats-nkey`. */
+  readonly seedFile: string;
+  readonly publicKey: string;
+  /** True if the seed was created by this call. */
+  readonly created: boolean;
+}
+
+export function seedFileFor(stateDir: string, prefix: string, role: Role, id?: string): string {
+  const name = id === undefined ? `${role}.nk` : `${role}-${assertToken(id, `${role} id`)}.nk`;
+  return path.join(stateDir, assertToken(prefix, 'subject prefix'), name);
+}
+
+/**
+ * Returns the role's seed file under `stateDir/<prefix>/`, creating a fresh
+ * user nkey (mode 0600, folder 0700) unless one is there already; an
+ * existing seed is reused, so restarts keep the same credentials.
+ */
+export async function ensureRoleCredential(
+  stateDir: string,
+  prefix: string,
+  role: Role,
+  id?: string,
+): Promise<RoleCredential> {
+  const seedFile = seedFileFor(stateDir, prefix, role, id);
+  await mkdir(path.dirname(seedFile), { recursive: true, mode: 0o700 });
+  await chmod(path.dirname(seedFile), 0o700);
+  let created = false;
+  if (!existsSync(seedFile)) {
+    const seed = new TextDecoder().decode(nkeys.createUser().getSeed());
+    try {
+      await writeFile(seedFile, `${seed}\n`, { mode: 0o600, flag: 'wx' });
+      created = true;
+    } catch (err) {
+      // Another process created it meanwhile: use theirs.
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  }
+  const text = (await readFile(seedFile, 'utf8')).trim();
+  let publicKey: string;
+  try {
+    const pair = nkeys.fromSeed(new TextEncoder().encode(text));
+    publicKey = pair.getPublicKey();
+  } catch (err) {
+    throw new KnatsError(ErrorCode.BadConfig, `${seedFile} does not hold an nkey seed`, { cause: err });
+  }
+  if (!publicKey.startsWith('U')) {
+    throw new KnatsError(
+      ErrorCode.BadConfig,
+      `${seedFile} holds a ${publicKey[0]} nkey, not a user (U) nkey`,
+    );
+  }
+  return { prefix, role, ...(id !== undefined ? { id } : {}), seedFile, publicKey, created };
+}

@@ -1,0 +1,234 @@
+/**
+ * Hostile input on the gRPC door and on the bus: each case gets its specific
+ * error, the process stays up, and a concurrent healthy tunnel moves all its
+ * bytes.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { encodeData, FrameType } from '../../broker/codec.js';
+import {
+  type Destination,
+  echoServer,
+  hangingPort,
+  randomBytesSeeded,
+  sha256,
+} from '../helpers/destinations.js';
+import { eventually, Fleet, fetchText } from '../helpers/fleet.js';
+import { ProxyStreamClient, randomId } from '../helpers/proxy-client.js';
+
+const MiB = 1024 * 1024;
+
+describe('hostile input on the gRPC door and the bus', () => {
+  const fleet = new Fleet();
+  let uds: string;
+  let healthPort: number;
+  let echo: Destination;
+  let nc: NatsConnection;
+
+  before(async () => {
+    await fleet.startNats();
+    const fe = await fleet.frontend([
+      '--tunnel-window',
+      '65536',
+      '--max-pending-dials-per-stream',
+      '8',
+      '--backend-dial-timeout',
+      '1s',
+    ]);
+    uds = fe.uds;
+    healthPort = fe.healthPort;
+    await fleet.agent(['--dial-timeout', '1s']);
+    echo = await echoServer();
+    nc = await connect({ servers: fleet.nats.url });
+  });
+  after(async () => {
+    await nc.close();
+    await echo.close();
+    await fleet.stop();
+  });
+
+  /** Runs `attack` while an 8 MiB echo transfer goes on beside it; the transfer must be byte-exact. */
+  async function besideHealthyTunnel(attack: () => Promise<void>): Promise<void> {
+    const client = new ProxyStreamClient(`unix:${uds}`);
+    const dial = await client.dial(echo.address);
+    assert.equal(dial.error, '');
+    const payload = randomBytesSeeded(8 * MiB, 42);
+    const transfer = (async () => {
+      await client.sendAll(dial.connectID, payload);
+      await client.waitBytes(dial.connectID, payload.length, 60_000);
+    })();
+    await attack();
+    await transfer;
+    assert.equal(
+      sha256(client.dataOf(dial.connectID)),
+      sha256(payload),
+      'the healthy tunnel moved every byte',
+    );
+    client.close();
+  }
+
+  const metric = async (pattern: RegExp) => {
+    const { body } = await fetchText(healthPort, '/metrics');
+    return Number(pattern.exec(body)?.[1] ?? 0);
+  };
+
+  it('garbage bytes on the gRPC stream end that stream only', async () => {
+    await besideHealthyTunnel(async () => {
+      const Raw = grpc.makeGenericClientConstructor(
+        {
+          Proxy: {
+            path: '/ProxyService/Proxy',
+            requestStream: true,
+            responseStream: true,
+            requestSerialize: (b: Buffer) => b,
+            requestDeserialize: (b: Buffer) => b,
+            responseSerialize: (b: Buffer) => b,
+            responseDeserialize: (b: Buffer) => b,
+          },
+        },
+        'ProxyService',
+      );
+      const raw = new Raw(`unix:${uds}`, grpc.credentials.createInsecure());
+      const call = (raw as unknown as { Proxy(): grpc.ClientDuplexStream<Buffer, Buffer> }).Proxy();
+      const ended = new Promise<string>((resolve) => {
+        call.on('error', (err) => resolve(err.message));
+        call.on('end', () => resolve('end'));
+        call.on('data', () => {});
+      });
+      call.write(Buffer.from([0xff, 0xff, 0xff, 0xff]));
+      assert.ok(await ended, 'the stream was ended by the server');
+      raw.close();
+    });
+    assert.ok(
+      (await metric(/stream_errors_total\{segment="from_client",reason="malformed_packet"[^}]*\} (\d+)/)) >=
+        1,
+      'counted as a malformed packet',
+    );
+  });
+
+  it('unknown packet types are ignored and the stream stays usable', async () => {
+    await besideHealthyTunnel(async () => {
+      const client = new ProxyStreamClient(`unix:${uds}`);
+      client.call.write({ type: 99 });
+      client.call.write({ type: 6, drain: {} } as never);
+      const dial = await client.dial(echo.address);
+      assert.equal(dial.error, '');
+      client.close();
+    });
+  });
+
+  it('DATA and CLOSE_REQ for unknown connectIDs get a CLOSE_RSP error', async () => {
+    await besideHealthyTunnel(async () => {
+      const client = new ProxyStreamClient(`unix:${uds}`);
+      client.send(4242, Buffer.from('nobody'));
+      assert.match(await client.waitClosed(4242), /unknown connectID 4242/);
+      client.closeRequest(777);
+      assert.match(await client.waitClosed(777), /unknown connectID 777/);
+      client.close();
+    });
+  });
+
+  it('a flood of DIAL_REQs on one stream: the excess is refused at once', async () => {
+    const hanging = await hangingPort();
+    await besideHealthyTunnel(async () => {
+      const client = new ProxyStreamClient(`unix:${uds}`);
+      const answers = await Promise.all(
+        Array.from({ length: 40 }, () => client.dial(`127.0.0.1:${hanging.port}`, randomId())),
+      );
+      const refused = answers.filter((a) => /KNATS_TOO_MANY_PENDING_DIALS/.test(a.error));
+      const timedOut = answers.filter((a) => /KNATS_DIAL_TIMEOUT/.test(a.error));
+      assert.equal(refused.length, 32, 'all beyond the per-stream limit of 8 are refused');
+      assert.ok(
+        refused.every((a) => a.ms < 500),
+        'refused at once',
+      );
+      assert.equal(timedOut.length, 8, 'the 8 admitted dials end with the dial timeout');
+      client.close();
+    });
+    hanging.close();
+  });
+
+  it('a duplicate random on one stream is refused', async () => {
+    const hanging = await hangingPort();
+    const client = new ProxyStreamClient(`unix:${uds}`);
+    const random = randomId();
+    const first = client.dial(`127.0.0.1:${hanging.port}`, random);
+    const second = await client.dial(echo.address, random);
+    assert.match(second.error, /already pending/);
+    client.dialClose(random);
+    client.close();
+    void first;
+    hanging.close();
+  });
+
+  /** Opens a victim tunnel and learns its frame subject on the frontend side from the bus. */
+  async function victimTunnel() {
+    const seen: { subject: string; seq: number }[] = [];
+    const marker = `victim-${randomId()}`;
+    const sub = nc.subscribe('knats.fe.*.*', {
+      callback: (_err, msg) => {
+        // The healthy tunnel's frames pass here too: the victim is the one that echoes its marker.
+        const frame = Buffer.from(msg.data);
+        if (frame[0] === FrameType.Data && frame.subarray(5).toString() === marker) {
+          seen.push({ subject: msg.subject, seq: frame.readUInt32BE(1) });
+        }
+      },
+    });
+    const client = new ProxyStreamClient(`unix:${uds}`);
+    const dial = await client.dial(echo.address);
+    client.send(dial.connectID, Buffer.from(marker));
+    await client.waitBytes(dial.connectID, marker.length);
+    await nc.flush();
+    const last = await eventually(() => seen.at(-1), 'a DATA frame of the victim on the bus');
+    sub.unsubscribe();
+    assert.equal(seen.length, 1, 'exactly one frame carried the marker');
+    return { client, connectID: dial.connectID, subject: last.subject, lastSeq: last.seq };
+  }
+
+  it('a forged frame with a bad sequence number closes that tunnel with KNATS_SEQUENCE_GAP', async () => {
+    await besideHealthyTunnel(async () => {
+      const victim = await victimTunnel();
+      nc.publish(victim.subject, encodeData(victim.lastSeq + 5, Buffer.from('forged')));
+      assert.match(await victim.client.waitClosed(victim.connectID), /KNATS_SEQUENCE_GAP/);
+      assert.ok(
+        !victim.client.dataOf(victim.connectID).toString().includes('forged'),
+        'no forged byte was delivered',
+      );
+      victim.client.close();
+    });
+  });
+
+  it('an oversized frame beyond the credit window closes that tunnel with KNATS_CREDIT_VIOLATION', async () => {
+    await besideHealthyTunnel(async () => {
+      const victim = await victimTunnel();
+      nc.publish(victim.subject, encodeData(victim.lastSeq + 1, Buffer.alloc(200 * 1024, 1)));
+      assert.match(await victim.client.waitClosed(victim.connectID), /KNATS_CREDIT_VIOLATION/);
+      victim.client.close();
+    });
+  });
+
+  it('a truncated frame closes that tunnel with KNATS_MALFORMED_FRAME', async () => {
+    await besideHealthyTunnel(async () => {
+      const victim = await victimTunnel();
+      nc.publish(victim.subject, Buffer.from([FrameType.Window, 1]));
+      assert.match(await victim.client.waitClosed(victim.connectID), /KNATS_MALFORMED_FRAME/);
+      victim.client.close();
+    });
+  });
+
+  it('frames for unknown tunnels are counted and answered, and nothing leaks', async () => {
+    nc.publish(`knats.fe.${fleet.frontends[0]!.id}.no-such-tunnel`, encodeData(1, Buffer.from('x')));
+    await nc.flush();
+    await eventually(
+      async () => (await metric(/knats_unknown_tunnel_frames_total\{role="frontend"\} (\d+)/)) >= 1,
+      'unknown tunnel frame counted',
+    );
+    await eventually(() => {
+      const fe = fleet.frontends[0]!.debugState();
+      const ag = fleet.agents[0]!.debugState();
+      return fe.tunnels === 0 && fe.pendingDials === 0 && ag.tunnels === 0 && ag.sockets === 0;
+    }, 'everything closed');
+  });
+});
