@@ -15,17 +15,16 @@ import {
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
 } from '../broker/bus-messages.js';
+import { joinBus, leaveBus, startEndpoints } from '../broker/bus-node.js';
 import { encodeAccepted } from '../broker/codec.js';
-import { connectBus, type NatsSettings } from '../broker/connection.js';
+import type { NatsSettings } from '../broker/connection.js';
 import type { CreditSettings } from '../broker/credit.js';
 import { ErrorCode, isKnatsError, KnatsError, reasonLabel } from '../broker/errors.js';
-import { startHealthServer } from '../broker/health-server.js';
 import type { AgentIdentifiers } from '../broker/identifiers.js';
 import type { Logger } from '../broker/logging.js';
-import { createBusMetrics } from '../broker/metrics.js';
-import { Presence, type PresenceSettings } from '../broker/presence.js';
+import type { PresenceSettings } from '../broker/presence.js';
 import { AGENT_QUEUE, Subjects } from '../broker/subjects.js';
-import { TunnelHost, type TunnelHostTiming } from '../broker/tunnel-host.js';
+import type { TunnelHostTiming } from '../broker/tunnel-host.js';
 import { VERSION } from '../broker/version.js';
 import { dialTcp, mapSocketError } from './dialer.js';
 import { createAgentMetrics } from './metrics.js';
@@ -64,10 +63,6 @@ export interface RunningAgent {
 export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
   const logger = config.logger.child({ agentId: config.id });
   const subjects = new Subjects(config.subjectPrefix);
-  const startedAt = Date.now();
-  const bus = createBusMetrics('agent');
-  const metrics = createAgentMetrics(bus.registry);
-  let host: TunnelHost | undefined;
   let draining = false;
   let stopped = false;
   let pendingDials = 0;
@@ -76,57 +71,21 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
   // Every pending dial listens on this one signal; their number is bounded elsewhere, not by a warning.
   setMaxListeners(0, dialAborts.signal);
 
-  const nc = await connectBus(config.nats, `knats-agent-${config.id}`, logger, {
-    disconnected: () => host?.onDisconnect(),
-    reconnected: () => {
-      bus.reconnects.inc();
-      host?.onReconnect();
-    },
-  });
-  const tunnelHost = new TunnelHost({
-    nc,
-    subscribeSubject: subjects.agentTunnels(config.id),
-    peerFramePrefix: subjects.frontendFramePrefix(),
+  const node = await joinBus({
+    role: 'agent',
+    id: config.id,
+    nats: config.nats,
+    subjects,
     credit: config.credit,
     timing: config.timing,
+    presence: config.presence,
     logger,
-    onTunnelEnded: (tunnel, err) => {
-      bus.tunnelEnded(tunnel.bytesIn, tunnel.bytesOut, err);
-      tunnel.logger.info(
-        {
-          bytesIn: tunnel.bytesIn,
-          bytesOut: tunnel.bytesOut,
-          durationMs: Date.now() - tunnel.openedAt,
-          reason: err?.code ?? 'ok',
-          message: err?.message,
-        },
-        'tunnel closed',
-      );
-    },
+    identifiers: config.identifiers.text,
+    proxyStrategies: '',
+    isDraining: () => draining,
   });
-  host = tunnelHost;
-  bus.watchHost(() => host);
-
-  const presence = new Presence({
-    nc,
-    subjects,
-    settings: config.presence,
-    logger,
-    selfId: config.id,
-    self: () => ({
-      id: config.id,
-      role: 'agent',
-      identifiers: config.identifiers.text,
-      version: VERSION,
-      openTunnels: tunnelHost.size,
-      draining,
-      uptimeMs: Date.now() - startedAt,
-      bytesIn: tunnelHost.totalBytes().in,
-      bytesOut: tunnelHost.totalBytes().out,
-      proxyStrategies: '',
-    }),
-    onPeerGone: (peer, why) => tunnelHost.closePeer(peer.info.id, `frontend ${peer.info.id} ${why}`),
-  });
+  const { nc, host: tunnelHost, presence } = node;
+  const metrics = createAgentMetrics(node.metrics.registry);
 
   const reply = (msg: Msg, tunnelId: string, err?: KnatsError, initialWindow = 0) => {
     metrics.streamPackets.labels('to_frontend', 'DIAL_RSP').inc();
@@ -286,19 +245,9 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     if (!subscribed) return 'not subscribed for dials';
     return undefined;
   };
-  const health = await startHealthServer({
-    host: config.healthBindAddress,
-    port: config.healthPort,
-    registry: bus.registry,
+  const endpoints = await startEndpoints(config, {
+    metrics: node.metrics,
     logger,
-    notReadyReason,
-    debugState,
-  });
-  const admin = await startHealthServer({
-    host: config.adminBindAddress,
-    port: config.adminPort,
-    registry: bus.registry,
-    logger: logger.child({ server: 'admin' }),
     notReadyReason,
     debugState,
   });
@@ -306,8 +255,8 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
 
   return {
     id: config.id,
-    healthPort: health.port,
-    adminPort: admin.port,
+    healthPort: endpoints.healthPort,
+    adminPort: endpoints.adminPort,
     nc,
     debugState,
     async stop({ immediate = false } = {}) {
@@ -320,16 +269,10 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       presence.beat();
       logger.info({ tunnels: tunnelHost.size, immediate }, 'agent stopping');
       const deadline = Date.now() + (immediate ? 0 : config.gracefulShutdownTimeoutMs);
-      while (tunnelHost.size > 0 && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      await leaveBus(node, deadline, 'agent stopping');
       dialAborts.abort();
-      tunnelHost.closeAll(new KnatsError(ErrorCode.ShuttingDown, 'agent stopping'));
       for (const socket of sockets) socket.destroy();
-      presence.stop();
-      await tunnelHost.stop();
-      await Promise.all([health.close(), admin.close()]);
-      await nc.drain().catch(() => nc.close());
+      await endpoints.close();
       logger.info('agent stopped');
     },
   };

@@ -4,7 +4,7 @@
  * Upstream-named metrics live with each component (frontend/metrics.ts,
  * agent/metrics.ts) under upstream's names, so existing dashboards keep working.
  */
-import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { KnatsError } from './errors.js';
 import type { TunnelHost } from './tunnel-host.js';
 
@@ -97,5 +97,31 @@ export function createBusMetrics(role: 'frontend' | 'agent'): BusMetrics {
     watchHost(host) {
       hostRef = host;
     },
+  };
+}
+
+/**
+ * The dial latency histogram and failure counter both sides have, under the
+ * component's upstream prefix and failure-counter name.
+ */
+export function createDialMetrics(
+  registry: Registry,
+  prefix: string,
+  failureName: string,
+  failureHelp: string,
+) {
+  return {
+    dialDuration: new Histogram({
+      name: `${prefix}dial_duration_seconds`,
+      help: 'Latency of dial to the remote endpoint in seconds',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25],
+      registers: [registry],
+    }),
+    dialFailures: new Counter({
+      name: `${prefix}${failureName}`,
+      help: failureHelp,
+      labelNames: ['reason'],
+      registers: [registry],
+    }),
   };
 }

@@ -20,7 +20,7 @@ export interface TunnelHostTiming {
   readonly confirmTimeoutMs: number;
   /** Our NATS link down for this long closes every tunnel (peers have given up on us by then). */
   readonly busLostMs: number;
-  /** How long a clean close may wait for credit to flush its last bytes. */
+  /** How long a clean close may wait without any new credit to flush its last bytes. */
   readonly lingerMs: number;
 }
 
@@ -29,7 +29,7 @@ export const defaultTunnelHostTiming: TunnelHostTiming = {
   idleProbeMs: 30_000,
   confirmTimeoutMs: 10_000,
   busLostMs: 6_000,
-  lingerMs: 10_000,
+  lingerMs: 30_000,
 };
 
 export interface TunnelHostOptions {

@@ -96,7 +96,11 @@ export class Tunnel {
   private localPaused = false;
   private waitingForBudget = false;
   private readonly lingerMs: number;
-  /** Set when the local side asked for a clean close while bytes still wait for credit. */
+  /**
+   * Set when the local side asked for a clean close while bytes still wait
+   * for credit; moved on by every grant, so only a peer that stops consuming
+   * for lingerMs is given up on.
+   */
   private finishDeadline = 0;
   /** Time of the last frame from the peer, for idle probes and confirm timeouts. */
   lastPeerFrameAt = Date.now();
@@ -273,7 +277,11 @@ export class Tunnel {
         this.onData(frame.seq, frame.payload);
         return;
       case FrameType.Window:
-        if (this.send.grant(frame.limit) && this.state !== 'opening') this.flushPendingOut();
+        if (this.send.grant(frame.limit) && this.state !== 'opening') {
+          // A finishing tunnel whose peer keeps consuming is not stuck: its linger starts over.
+          if (this.state === 'finishing') this.finishDeadline = Date.now() + this.lingerMs;
+          this.flushPendingOut();
+        }
         return;
       case FrameType.Close:
         this.onPeerClose(frame.lastSeq, frame.code, frame.message);

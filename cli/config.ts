@@ -81,6 +81,52 @@ const tunnelFlags: FlagSpec[] = [
   },
 ];
 
+/** Health, admin and shutdown flags; the port flags' names and defaults are upstream's, per component. */
+function processFlags(
+  healthPort: string,
+  healthDefault: number,
+  adminPort: string,
+  adminDefault: number,
+): FlagSpec[] {
+  return [
+    {
+      name: healthPort,
+      kind: 'int',
+      default: healthDefault,
+      help: 'port of /healthz, /readyz, /metrics (0: pick one)',
+      placeholder: 'N',
+    },
+    {
+      name: 'health-bind-address',
+      kind: 'string',
+      default: '',
+      help: 'bind address of the health port (default: all interfaces, as upstream)',
+      placeholder: 'ADDR',
+    },
+    {
+      name: adminPort,
+      kind: 'int',
+      default: adminDefault,
+      help: 'port of /debug/state (0: pick one)',
+      placeholder: 'N',
+    },
+    {
+      name: 'admin-bind-address',
+      kind: 'string',
+      default: '127.0.0.1',
+      help: 'bind address of the admin port',
+      placeholder: 'ADDR',
+    },
+    {
+      name: 'graceful-shutdown-timeout',
+      kind: 'duration',
+      default: '15s',
+      help: 'how long open tunnels may finish on SIGTERM',
+      placeholder: 'DUR',
+    },
+  ];
+}
+
 export const frontendFlags: FlagSpec[] = [
   ...natsFlags,
   {
@@ -167,41 +213,7 @@ export const frontendFlags: FlagSpec[] = [
     help: 'frontend id on the bus (default: hostname + random)',
     placeholder: 'ID',
   },
-  {
-    name: 'health-port',
-    kind: 'int',
-    default: 8092,
-    help: 'port of /healthz, /readyz, /metrics (0: pick one)',
-    placeholder: 'N',
-  },
-  {
-    name: 'health-bind-address',
-    kind: 'string',
-    default: '',
-    help: 'bind address of the health port (default: all interfaces, as upstream)',
-    placeholder: 'ADDR',
-  },
-  {
-    name: 'admin-port',
-    kind: 'int',
-    default: 8095,
-    help: 'port of /debug/state (0: pick one)',
-    placeholder: 'N',
-  },
-  {
-    name: 'admin-bind-address',
-    kind: 'string',
-    default: '127.0.0.1',
-    help: 'bind address of the admin port',
-    placeholder: 'ADDR',
-  },
-  {
-    name: 'graceful-shutdown-timeout',
-    kind: 'duration',
-    default: '15s',
-    help: 'how long open tunnels may finish on SIGTERM',
-    placeholder: 'DUR',
-  },
+  ...processFlags('health-port', 8092, 'admin-port', 8095),
   {
     name: 'max-pending-dials',
     kind: 'int',
@@ -256,41 +268,7 @@ export const agentFlags: FlagSpec[] = [
       'unless allowed by an exact entry (a single IP or exact name) in --allow-destinations',
     placeholder: 'LIST',
   },
-  {
-    name: 'health-server-port',
-    kind: 'int',
-    default: 8093,
-    help: 'port of /healthz, /readyz, /metrics (0: pick one)',
-    placeholder: 'N',
-  },
-  {
-    name: 'health-bind-address',
-    kind: 'string',
-    default: '',
-    help: 'bind address of the health port (default: all interfaces, as upstream)',
-    placeholder: 'ADDR',
-  },
-  {
-    name: 'admin-server-port',
-    kind: 'int',
-    default: 8094,
-    help: 'port of /debug/state (0: pick one)',
-    placeholder: 'N',
-  },
-  {
-    name: 'admin-bind-address',
-    kind: 'string',
-    default: '127.0.0.1',
-    help: 'bind address of the admin port',
-    placeholder: 'ADDR',
-  },
-  {
-    name: 'graceful-shutdown-timeout',
-    kind: 'duration',
-    default: '15s',
-    help: 'how long open tunnels may finish on SIGTERM',
-    placeholder: 'DUR',
-  },
+  ...processFlags('health-server-port', 8093, 'admin-server-port', 8094),
   ...tunnelFlags,
 ];
 

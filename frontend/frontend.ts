@@ -9,15 +9,14 @@ import { dirname } from 'node:path';
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { connectBus, type NatsSettings } from '../broker/connection.js';
+import { joinBus, leaveBus, startEndpoints } from '../broker/bus-node.js';
+import type { NatsSettings } from '../broker/connection.js';
 import type { CreditSettings } from '../broker/credit.js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
-import { startHealthServer } from '../broker/health-server.js';
 import type { Logger } from '../broker/logging.js';
-import { createBusMetrics } from '../broker/metrics.js';
-import { Presence, type PresenceSettings } from '../broker/presence.js';
+import type { PresenceSettings } from '../broker/presence.js';
 import { Subjects } from '../broker/subjects.js';
-import { TunnelHost, type TunnelHostTiming } from '../broker/tunnel-host.js';
+import type { TunnelHostTiming } from '../broker/tunnel-host.js';
 import { VERSION } from '../broker/version.js';
 import { BusDialer } from './bus-dialer.js';
 import { ConnectDoor } from './connect-door.js';
@@ -86,64 +85,24 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
   // Certificates are checked before anything connects, so a bad file fails startup at once.
   const serverTls = wantTcp ? loadServerTls(config, logger) : undefined;
   const subjects = new Subjects(config.subjectPrefix);
-  const startedAt = Date.now();
-  const bus = createBusMetrics('frontend');
-  const metrics = createFrontendMetrics(bus.registry);
-  let host: TunnelHost | undefined;
   let draining = false;
   let stopped = false;
 
-  const nc = await connectBus(config.nats, `knats-frontend-${config.id}`, logger, {
-    disconnected: () => host?.onDisconnect(),
-    reconnected: () => {
-      bus.reconnects.inc();
-      host?.onReconnect();
-    },
-  });
-  const tunnelHost = new TunnelHost({
-    nc,
-    subscribeSubject: subjects.frontendTunnels(config.id),
-    peerFramePrefix: subjects.agentFramePrefix(),
+  const node = await joinBus({
+    role: 'frontend',
+    id: config.id,
+    nats: config.nats,
+    subjects,
     credit: config.credit,
     timing: config.timing,
+    presence: config.presence,
     logger,
-    onTunnelEnded: (tunnel, err) => {
-      bus.tunnelEnded(tunnel.bytesIn, tunnel.bytesOut, err);
-      tunnel.logger.info(
-        {
-          bytesIn: tunnel.bytesIn,
-          bytesOut: tunnel.bytesOut,
-          durationMs: Date.now() - tunnel.openedAt,
-          reason: err?.code ?? 'ok',
-          message: err?.message,
-        },
-        'tunnel closed',
-      );
-    },
+    identifiers: '',
+    proxyStrategies: config.proxyStrategies.join(','),
+    isDraining: () => draining,
   });
-  host = tunnelHost;
-  bus.watchHost(() => host);
-
-  const presence = new Presence({
-    nc,
-    subjects,
-    settings: config.presence,
-    logger,
-    selfId: config.id,
-    self: () => ({
-      id: config.id,
-      role: 'frontend',
-      identifiers: '',
-      version: VERSION,
-      openTunnels: tunnelHost.size,
-      draining,
-      uptimeMs: Date.now() - startedAt,
-      bytesIn: tunnelHost.totalBytes().in,
-      bytesOut: tunnelHost.totalBytes().out,
-      proxyStrategies: config.proxyStrategies.join(','),
-    }),
-    onPeerGone: (peer, why) => tunnelHost.closePeer(peer.info.id, `agent ${peer.info.id} ${why}`),
-  });
+  const { nc, host: tunnelHost, presence } = node;
+  const metrics = createFrontendMetrics(node.metrics.registry);
   const liveAgents = () => presence.count('agent', { excludeDraining: true });
   metrics.watchReadyBackends(() => {
     const agents = presence.snapshot().filter((p) => p.info.role === 'agent' && !p.info.draining);
@@ -218,19 +177,9 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
     if (liveAgents() === 0) return 'no agent known on the bus';
     return undefined;
   };
-  const health = await startHealthServer({
-    host: config.healthBindAddress,
-    port: config.healthPort,
-    registry: bus.registry,
+  const endpoints = await startEndpoints(config, {
+    metrics: node.metrics,
     logger,
-    notReadyReason,
-    debugState,
-  });
-  const admin = await startHealthServer({
-    host: config.adminBindAddress,
-    port: config.adminPort,
-    registry: bus.registry,
-    logger: logger.child({ server: 'admin' }),
     notReadyReason,
     debugState,
   });
@@ -239,8 +188,8 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
   return {
     id: config.id,
     tcpPort,
-    healthPort: health.port,
-    adminPort: admin.port,
+    healthPort: endpoints.healthPort,
+    adminPort: endpoints.adminPort,
     nc,
     tls: serverTls,
     debugState,
@@ -260,12 +209,9 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
       ]);
       clearTimeout(timer);
       await door.forceClose('frontend stopping');
-      tunnelHost.closeAll(new KnatsError(ErrorCode.ShuttingDown, 'frontend stopping'));
+      await leaveBus(node, Date.now(), 'frontend stopping');
       serverTls?.stop();
-      presence.stop();
-      await tunnelHost.stop();
-      await Promise.all([health.close(), admin.close()]);
-      await nc.drain().catch(() => nc.close());
+      await endpoints.close();
       uds?.remove();
       logger.info('frontend stopped');
     },

@@ -3,6 +3,7 @@
  * (konnectivity_network_proxy_server_*), so dashboards and alerts carry over.
  */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { createDialMetrics } from '../broker/metrics.js';
 
 const PREFIX = 'konnectivity_network_proxy_server_';
 
@@ -10,18 +11,12 @@ export function createFrontendMetrics(registry: Registry) {
   const registers = [registry];
   let readyBackends: () => Record<string, number> = () => ({});
   return {
-    dialDuration: new Histogram({
-      name: `${PREFIX}dial_duration_seconds`,
-      help: 'Latency of dial to the remote endpoint in seconds',
-      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25],
-      registers,
-    }),
-    dialFailures: new Counter({
-      name: `${PREFIX}dial_failure_count`,
-      help: 'Number of dial failures observed, by reason',
-      labelNames: ['reason'],
-      registers,
-    }),
+    ...createDialMetrics(
+      registry,
+      PREFIX,
+      'dial_failure_count',
+      'Number of dial failures observed, by reason',
+    ),
     grpcConnections: new Gauge({
       name: `${PREFIX}grpc_connections`,
       help: 'Number of current gRPC streams, by service method',
