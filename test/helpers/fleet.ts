@@ -63,11 +63,16 @@ export class Fleet {
    * A `knats` child process; resolves once it logged `readyMessage`, with the
    * ports it logged (health/admin servers).
    */
-  async spawn(args: string[], readyMessage: string): Promise<{ child: ChildProcess; healthPort: number }> {
+  async spawn(
+    args: string[],
+    readyMessage: string,
+  ): Promise<{ child: ChildProcess; healthPort: number; logs: Record<string, unknown>[] }> {
     const child = spawn(process.execPath, [cliPath, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
     this.children.push(child);
     let healthPort = 0;
     let buffer = '';
+    // Every JSON log line the process writes, for tests that read its story.
+    const logs: Record<string, unknown>[] = [];
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`${args[0]} not ready in 15 s:\n${buffer}`)), 15_000);
       child.stderr!.on('data', (chunk: Buffer) => {
@@ -79,6 +84,7 @@ export class Fleet {
           nl = buffer.indexOf('\n');
           try {
             const entry = JSON.parse(line) as { msg?: string; port?: number; server?: string };
+            logs.push(entry);
             if (entry.msg === 'health server listening' && !entry.server && !healthPort)
               healthPort = entry.port ?? 0;
             if (entry.msg === readyMessage) {
@@ -95,7 +101,7 @@ export class Fleet {
         reject(new Error(`${args[0]} exited with ${code}:\n${buffer}`));
       });
     });
-    return { child, healthPort };
+    return { child, healthPort, logs };
   }
 
   async stop(): Promise<void> {
