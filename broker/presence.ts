@@ -4,7 +4,7 @@
  * `missedBeats` heartbeats is gone.
  */
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { PROTOCOL_VERSION, type PresenceInfo, presenceCodec } from './bus-messages.js';
+import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, type PresenceInfo, presenceCodec } from './bus-messages.js';
 import type { Logger } from './logging.js';
 import type { Subjects } from './subjects.js';
 
@@ -37,6 +37,7 @@ export interface PresenceOptions {
 
 export class Presence {
   private readonly peers = new Map<string, Peer>();
+  private readonly incompatible = new Set<string>();
   private readonly options: PresenceOptions;
   private readonly subscriptions: Subscription[] = [];
   private readonly timer: NodeJS.Timeout;
@@ -138,6 +139,17 @@ export class Presence {
       return;
     }
     if (!info.id || info.id === this.options.selfId) return;
+    if (info.protocolVersion < MIN_PROTOCOL_VERSION) {
+      // Not routable: a dial to it would fail anyway. Said once per peer, not per beat.
+      if (!this.incompatible.has(info.id)) {
+        this.incompatible.add(info.id);
+        this.options.logger.warn(
+          { peerId: info.id, role: info.role, protocolVersion: info.protocolVersion, version: info.version },
+          `peer speaks bus protocol ${info.protocolVersion}, this build needs >= ${MIN_PROTOCOL_VERSION}; ignored`,
+        );
+      }
+      return;
+    }
     if (!info.alive) {
       const peer = this.peers.get(info.id);
       if (peer) this.drop(peer, 'said goodbye');

@@ -1,0 +1,57 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { PROTOCOL_VERSION, type PresenceInfo, presenceCodec } from '../../broker/bus-messages.js';
+import { eventually, Fleet } from '../helpers/fleet.js';
+
+const heartbeat = (overrides: Partial<PresenceInfo>): Uint8Array =>
+  presenceCodec.encode({
+    protocolVersion: PROTOCOL_VERSION,
+    id: 'x',
+    role: 'agent',
+    identifiers: '',
+    version: '9.9.9',
+    openTunnels: 0,
+    draining: false,
+    uptimeMs: 1,
+    heartbeatIntervalMs: 60_000,
+    bytesIn: 0,
+    bytesOut: 0,
+    alive: true,
+    proxyStrategies: '',
+    ...overrides,
+  });
+
+describe('version skew', () => {
+  const fleet = new Fleet();
+  let nc: NatsConnection;
+  before(async () => {
+    await fleet.startNats();
+    await fleet.frontend(['--server-id', 'fe-skew']);
+    nc = await connect({ servers: fleet.nats.url });
+  });
+  after(async () => {
+    await nc.close();
+    await fleet.stop();
+  });
+
+  it('accepts a newer peer whose heartbeat carries fields this build does not know', async () => {
+    // Field 99 (varint) appended: a field a future version might add.
+    const future = Buffer.concat([heartbeat({ id: 'future-agent' }), Buffer.from([0x98, 0x06, 0x01])]);
+    nc.publish('knats.presence', future);
+    await eventually(() => fleet.frontends[0]!.debugState().agents === 1, 'the future agent is known');
+  });
+
+  it('ignores a peer that speaks an incompatible bus protocol', async () => {
+    nc.publish('knats.presence', heartbeat({ id: 'ancient-agent', protocolVersion: 0 }));
+    await nc.flush();
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(fleet.frontends[0]!.debugState().agents, 1, 'only the compatible agent counts');
+  });
+
+  it('ignores unknown frame types on a tunnel subject', async () => {
+    nc.publish(`knats.fe.fe-skew.unknown`, Buffer.from([0x7e, 1, 2, 3]));
+    await nc.flush();
+    assert.equal(fleet.frontends[0]!.debugState().tunnels, 0);
+  });
+});
