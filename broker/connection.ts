@@ -62,6 +62,8 @@ export function connectionOptions(
     pingInterval: 5000,
     maxPingOut: 2,
     waitOnFirstConnect: waitForFirstConnect,
+    // A stack trace captured for every request (every dial) is measurable on the dial path.
+    noAsyncTraces: true,
     timeout: 5000,
   };
   if (settings.user !== undefined) options.user = settings.user;

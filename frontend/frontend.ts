@@ -20,7 +20,7 @@ import type { TunnelHostTiming } from '../broker/tunnel-host.js';
 import { VERSION } from '../broker/version.js';
 import { BusDialer } from './bus-dialer.js';
 import { ConnectDoor } from './connect-door.js';
-import { addProxyService, type ProxyStream } from './grpc-door.js';
+import { addProxyService, HTTP2_RECEIVE_WINDOW, type ProxyStream, widenHttp2Windows } from './grpc-door.js';
 import { createFrontendMetrics, type FrontendMetrics } from './metrics.js';
 import { agentsForHost, candidatesFrom, type ProxyStrategy } from './router.js';
 import { ServerTls, type TlsMinVersion } from './tls.js';
@@ -272,7 +272,10 @@ function grpcDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): Ser
     new Promise<number>((resolve, reject) => {
       server.bindAsync(address, credentials, (err, port) => {
         if (err) reject(new KnatsError(ErrorCode.BadConfig, `cannot listen on ${address}: ${err.message}`));
-        else resolve(port);
+        else {
+          widenHttp2Windows(server, HTTP2_RECEIVE_WINDOW, logger);
+          resolve(port);
+        }
       });
     });
   return {

@@ -3,6 +3,8 @@
  * Packets. One ProxyStream per gRPC call; each successful dial on it becomes
  * a connectID bound to one Tunnel.
  */
+
+import type { Http2Server } from 'node:http2';
 import {
   type Server,
   type ServerDuplexStream,
@@ -119,7 +121,7 @@ export class ProxyStream {
       });
       return;
     }
-    this.options.metrics.streamPackets.labels('from_client', PACKET_NAMES[packet.type] ?? 'UNKNOWN').inc();
+    this.options.metrics.countPacket('from_client', PACKET_NAMES[packet.type] ?? 'UNKNOWN');
     switch (packet.type) {
       case PacketType.DIAL_REQ:
         this.onDialRequest(packet);
@@ -249,7 +251,7 @@ export class ProxyStream {
           done();
           return;
         }
-        this.options.metrics.streamPackets.labels('to_client', 'DATA').inc();
+        this.options.metrics.countPacket('to_client', 'DATA');
         this.call.write(encodeDataPacket(connectID, chunk), () => done());
       },
       pause: () => {
@@ -276,7 +278,7 @@ export class ProxyStream {
 
   private write(packet: ClientPacket): void {
     if (this.ended) return;
-    this.options.metrics.streamPackets.labels('to_client', PACKET_NAMES[packet.type] ?? 'UNKNOWN').inc();
+    this.options.metrics.countPacket('to_client', PACKET_NAMES[packet.type] ?? 'UNKNOWN');
     this.call.write(encodePacket(packet));
   }
 
@@ -306,3 +308,34 @@ export class ProxyStream {
     this.onDone();
   }
 }
+
+/**
+ * HTTP/2 receive window of the gRPC door, per stream.
+ * Node's default (64 KiB) caps uploads at 64 KiB per round trip; 1 MiB lets
+ * the tunnel's own credit set the pace. It also bounds what one client
+ * connection can make us buffer while its tunnel waits for credit
+ * (kube-apiserver opens one connection per tunnel).
+ */
+export const HTTP2_RECEIVE_WINDOW = 1024 * 1024;
+
+/**
+ * grpc-js has no server option for HTTP/2 windows, so they are set on the
+ * HTTP/2 servers it created (an internal field; if a grpc-js upgrade renames
+ * it, the door keeps working with Node's default windows and says so).
+ */
+export function widenHttp2Windows(server: Server, bytes: number, logger: Logger): void {
+  const http2Servers = (server as unknown as { http2Servers?: Map<Http2Server, unknown> }).http2Servers;
+  if (!(http2Servers instanceof Map)) {
+    logger.warn('cannot reach grpc-js HTTP/2 servers; uploads keep the default 64 KiB HTTP/2 window');
+    return;
+  }
+  for (const http2Server of http2Servers.keys()) {
+    if (widened.has(http2Server)) continue;
+    widened.add(http2Server);
+    // Stream-level window only: Http2Session.setLocalWindowSize on these sessions stalled
+    // server-to-client DATA under load in tests (Node 20), so the connection window is left alone.
+    http2Server.updateSettings({ initialWindowSize: bytes });
+  }
+}
+
+const widened = new WeakSet<Http2Server>();

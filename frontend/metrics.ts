@@ -10,6 +10,14 @@ const PREFIX = 'konnectivity_network_proxy_server_';
 export function createFrontendMetrics(registry: Registry) {
   const registers = [registry];
   let readyBackends: () => Record<string, number> = () => ({});
+  const streamPackets = new Counter({
+    name: `${PREFIX}stream_packets_total`,
+    help: 'Count of packets processed, by segment and packet type',
+    labelNames: ['segment', 'packet_type'],
+    registers,
+  });
+  // Resolving label values costs a hash per call; DATA packets are counted per message, so children are cached.
+  const packetChildren = new Map<string, { inc(): void }>();
   return {
     ...createDialMetrics(
       registry,
@@ -51,12 +59,16 @@ export function createFrontendMetrics(registry: Registry) {
     watchReadyBackends(read: () => Record<string, number>) {
       readyBackends = read;
     },
-    streamPackets: new Counter({
-      name: `${PREFIX}stream_packets_total`,
-      help: 'Count of packets processed, by segment and packet type',
-      labelNames: ['segment', 'packet_type'],
-      registers,
-    }),
+    streamPackets,
+    countPacket(segment: 'from_client' | 'to_client', packetType: string) {
+      const key = `${segment}/${packetType}`;
+      let child = packetChildren.get(key);
+      if (!child) {
+        child = streamPackets.labels(segment, packetType);
+        packetChildren.set(key, child);
+      }
+      child.inc();
+    },
     streamErrors: new Counter({
       name: `${PREFIX}stream_errors_total`,
       help: 'Count of gRPC stream errors, by segment and reason',

@@ -1,0 +1,190 @@
+/**
+ * Shared by the benchmark's processes: the destination protocol, the ways a
+ * load generator reaches a destination, the worker commands, and statistics.
+ */
+
+/** The bulk destination's request header: op u8 | length u48 big-endian. */
+export const BULK_HEADER_BYTES = 7;
+
+export function bulkHeader(op: 'U' | 'D', length: number): Buffer {
+  const header = Buffer.allocUnsafe(BULK_HEADER_BYTES);
+  header[0] = op.charCodeAt(0);
+  header.writeUIntBE(length, 1, 6);
+  return header;
+}
+
+export interface DestinationPorts {
+  bulk: number;
+  echo: number;
+  blackhole: number;
+}
+export type DestinationName = keyof DestinationPorts;
+
+/**
+ * How a load generator reaches a destination:
+ *   direct      TCP on loopback, no hop
+ *   relay       one plain Node TCP relay hop (socket.pipe)
+ *   grpc-relay  one plain Node gRPC ProxyService hop that dials the destination itself (no bus)
+ *   grpc        the frontend's gRPC door, over NATS, through the agent
+ *   connect     the frontend's HTTP CONNECT door, over NATS, through the agent
+ */
+export type Kind = 'direct' | 'relay' | 'grpc-relay' | 'grpc' | 'connect';
+
+export interface Endpoints {
+  dest: DestinationPorts;
+  relay?: DestinationPorts;
+  grpcRelayUds?: string;
+  grpcUds?: string;
+  connectUds?: string;
+}
+
+export type WorkerCommand =
+  | { cmd: 'init'; endpoints: Endpoints }
+  | { cmd: 'throughput'; kind: Kind; dir: 'up' | 'down'; bytes: number; chunk: number; warmup: number }
+  | { cmd: 'roundtrip'; kind: Kind; tunnels: number; count: number; size: number; warmup: number }
+  | {
+      cmd: 'roundtrip-interleaved';
+      kinds: Kind[];
+      count: number;
+      size: number;
+      warmup: number;
+      batch: number;
+    }
+  | { cmd: 'dials'; kind: Kind; count: number; concurrency: number; ownConnection?: boolean }
+  | { cmd: 'idle-open'; kind: Kind; count: number; concurrency: number }
+  | { cmd: 'idle-activate'; count: number; bytes: number }
+  | { cmd: 'idle-close' }
+  | { cmd: 'noisy-start'; kind: Kind; chunk: number; stallMs: number }
+  | { cmd: 'noisy-stop' }
+  | {
+      cmd: 'nats-pub';
+      url: string;
+      subject: string;
+      creditSubject: string;
+      msgSize: number;
+      bytes: number;
+    }
+  | {
+      cmd: 'nats-sub';
+      url: string;
+      subject: string;
+      creditSubject: string;
+      window: number;
+      msgSize: number;
+      payloadPerMsg: number;
+      bytes: number;
+      /** Messages received before the clock starts (connection and JIT warm-up). */
+      warmupMessages: number;
+    };
+
+export interface WorkerRequest {
+  id: number;
+  command: WorkerCommand;
+}
+export interface WorkerReply {
+  id: number;
+  result?: unknown;
+  error?: string;
+  /** Sent without id: the worker is ready (nats-pub: subscribed for credit). */
+  event?: string;
+}
+
+export interface ThroughputResult {
+  seconds: number;
+  bytes: number;
+}
+export interface SamplesResult {
+  /** Microseconds. */
+  samples: number[];
+  seconds: number;
+  failed: number;
+  firstError?: string;
+}
+export interface InterleavedResult {
+  /** Microseconds, per kind. */
+  samples: Record<string, number[]>;
+}
+export interface IdleOpenResult {
+  opened: number;
+  failed: number;
+  seconds: number;
+  firstError?: string;
+}
+export interface IdleActivateResult {
+  /** Seconds each tunnel took for its transfer. */
+  durations: number[];
+  seconds: number;
+  bytes: number;
+  failed: number;
+  firstError?: string;
+}
+export interface NoisyResult {
+  bytesAccepted: number;
+}
+
+// ---- results ----
+
+export const SCENARIOS = ['throughput', 'roundtrip', 'dial', 'many', 'noisy', 'churn'] as const;
+export type Scenario = (typeof SCENARIOS)[number];
+
+/** What the CONNECT rows say while the frontend has no --mode http-connect. */
+export const CONNECT_NA = 'n/a (frontend has no http-connect mode yet)';
+
+export interface Row {
+  scenario: Scenario;
+  figure: string;
+  /** null: not measured (see na). */
+  value: number | null;
+  unit: string;
+  baseline?: { name: string; value: number | null; unit: string };
+  /** value / baseline value. */
+  ratio?: number | null;
+  target?: string;
+  met?: boolean | null;
+  na?: string;
+  /** Shown instead of the bare value (for instance the absolute figure beside an overhead). */
+  note?: string;
+  extra?: Record<string, unknown>;
+}
+
+export interface BenchResult {
+  benchmark: 'konnectivity-nats';
+  mode: 'quick' | 'full';
+  startedAt: string;
+  seconds: number;
+  machine: Record<string, unknown>;
+  connect: { available: boolean; reason?: string };
+  scenarios: Scenario[];
+  rows: Row[];
+  cpu: CpuRecord[];
+  errors: string[];
+}
+
+export interface CpuRecord {
+  what: string;
+  wallSeconds: number;
+  /** CPU seconds per process during the measurement. */
+  cpu: Record<string, number>;
+  bytes?: number;
+}
+
+// ---- statistics -------------------------------------------------------------
+
+export function percentile(sorted: readonly number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[rank]!;
+}
+
+export function sortNumbers(values: readonly number[]): number[] {
+  return Float64Array.from(values)
+    .sort()
+    .reduce<number[]>((out, v) => {
+      out.push(v);
+      return out;
+    }, []);
+}
+
+export const MB = 1_000_000;
+export const MiB = 1024 * 1024;
+export const KiB = 1024;
