@@ -58,7 +58,7 @@ export function decodePacket(bytes: Uint8Array): ClientPacket {
   return packetType.decode(bytes) as unknown as ClientPacket;
 }
 
-function varintLength(value: number): number {
+export function varintLength(value: number): number {
   let n = 1;
   while (value >= 0x80) {
     value = Math.floor(value / 128);
@@ -67,7 +67,7 @@ function varintLength(value: number): number {
   return n;
 }
 
-function writeVarint(buf: Buffer, offset: number, value: number): number {
+export function writeVarint(buf: Buffer, offset: number, value: number): number {
   while (value >= 0x80) {
     buf[offset++] = (value & 0x7f) | 0x80;
     value = Math.floor(value / 128);

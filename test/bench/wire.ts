@@ -13,6 +13,8 @@
 import http2 from 'node:http2';
 import net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
+// Only the generic varint helpers are shared; every packet layout below is written from client.proto.
+import { varintLength, writeVarint } from '../../frontend/client-packets.js';
 
 export const PROXY_METHOD = '/ProxyService/Proxy';
 
@@ -27,24 +29,6 @@ export const PacketType = {
 } as const;
 
 // ---- protobuf by hand ------------------------------------------------------
-
-function varintLength(value: number): number {
-  let n = 1;
-  while (value >= 0x80) {
-    value = Math.floor(value / 128);
-    n++;
-  }
-  return n;
-}
-
-function writeVarint(buf: Buffer, offset: number, value: number): number {
-  while (value >= 0x80) {
-    buf[offset++] = (value & 0x7f) | 0x80;
-    value = Math.floor(value / 128);
-  }
-  buf[offset++] = value;
-  return offset;
-}
 
 /** Packet{type, <field>: <inner>} where inner is already encoded. */
 function wrap(type: number, field: number, inner: Buffer): Buffer {
