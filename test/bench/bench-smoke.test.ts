@@ -79,7 +79,7 @@ it('npm run bench -- --quick --json completes and reports every figure', { timeo
     /direct TCP upload/,
     /TCP relay hop download/,
     /CEILING/,
-    /64 KiB\+5 B frames/,
+    /raw NATS \d+\+5 B frames \(this project's\)/,
     /gRPC tunnel upload/,
     /gRPC tunnel download/,
     /HTTP CONNECT tunnel upload/,
