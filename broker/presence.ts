@@ -75,10 +75,6 @@ export class Presence {
     return [...this.peers.values()];
   }
 
-  get(id: string): Peer | undefined {
-    return this.peers.get(id);
-  }
-
   /** Counts live peers of a role (optionally only those taking new dials). */
   count(role: PresenceInfo['role'], { excludeDraining = false } = {}): number {
     let n = 0;

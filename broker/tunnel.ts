@@ -110,7 +110,6 @@ export class Tunnel {
   confirmed = false;
   bytesIn = 0;
   bytesOut = 0;
-  closeReason: string | undefined;
 
   constructor(options: TunnelOptions) {
     this.id = options.id;
@@ -140,12 +139,6 @@ export class Tunnel {
   /** Local bytes held because the peer granted no credit. */
   get bufferedOut(): number {
     return this.pendingOutBytes;
-  }
-  get isBlocked(): boolean {
-    return this.localPaused && this.pendingOutBytes > 0;
-  }
-  get sentBytesOffset(): number {
-    return this.send.sent;
   }
   get finishOverdue(): boolean {
     return this.state === 'finishing' && Date.now() > this.finishDeadline;
@@ -381,7 +374,6 @@ export class Tunnel {
   end(err: KnatsError | undefined): void {
     if (this.state === 'closed') return;
     this.state = 'closed';
-    this.closeReason = err?.code ?? 'ok';
     if (this.waitingForBudget) this.budget.cancelWait(this.grantMore);
     this.receive.release();
     this.pendingOut = [];

@@ -28,7 +28,6 @@ export interface ConnectDoorOptions {
   readonly logger: Logger;
   /** False while draining: new CONNECTs get 503. */
   readonly accepting: () => boolean;
-  readonly onTunnelOpened: (tunnel: Tunnel) => void;
   /** The whole request header must arrive within this (slowloris). */
   readonly headerTimeoutMs?: number;
   /** Largest request header accepted; beyond it: 431. */
@@ -361,7 +360,6 @@ class ConnectConnection {
         this.socket.write(ESTABLISHED);
         tunnel.attach(this.localSide(tunnel));
         tunnelEstablished(options, outcome, { door: 'http-connect' });
-        options.onTunnelOpened(tunnel);
         this.socket.on('data', (chunk: Buffer) => tunnel.write(chunk));
         if (rest.length > 0) tunnel.write(rest);
         if (!this.pausedByTunnel && this.phase === 'open') this.socket.resume();

@@ -264,7 +264,6 @@ function grpcDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): Ser
       logger,
       maxPendingDialsPerStream: config.maxPendingDialsPerStream,
       accepting,
-      onTunnelOpened: () => {},
     },
     streams,
   );
@@ -300,7 +299,6 @@ function connectDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): 
     metrics,
     logger,
     accepting,
-    onTunnelOpened: () => {},
     headerTimeoutMs: config.headerTimeoutMs,
     maxHeaderBytes: config.maxHeaderBytes,
   });

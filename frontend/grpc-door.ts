@@ -40,7 +40,6 @@ export interface GrpcDoorOptions {
   readonly maxPendingDialsPerStream: number;
   /** False while draining: new dials are refused. */
   readonly accepting: () => boolean;
-  readonly onTunnelOpened: (tunnel: Tunnel) => void;
 }
 
 /** A service definition with our own (de)serializers: raw Buffers in, Packets handled by ProxyStream. */
@@ -188,7 +187,6 @@ export class ProxyStream {
         tunnel.attach(this.localSide(connectID, tunnel));
         this.write({ type: PacketType.DIAL_RSP, dialResponse: { error: '', connectID, random } });
         tunnelEstablished(this.options, outcome, { connectID });
-        this.options.onTunnelOpened(tunnel);
       },
       (err: KnatsError) => {
         const wasPending = this.pendingDials.get(key) === pending;
