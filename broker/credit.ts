@@ -10,7 +10,10 @@
  * it. So the bytes a process has granted and not yet consumed, summed over
  * all its tunnels, are capped by one ReceiveBudget per process. Every tunnel
  * may always hold `minWindow` outstanding so none starves; beyond that it
- * borrows from the shared budget up to its own `window`.
+ * borrows from the shared budget up to its fair share (the budget divided
+ * among the open tunnels, at most its own `window`). A tunnel above its share
+ * (it came first) gives the excess back as its grant drains, so a thousand
+ * tunnels end up with equal windows, and stuck tunnels hold only their share.
  */
 
 export interface CreditSettings {
@@ -32,6 +35,7 @@ export const defaultCreditSettings: CreditSettings = {
 export class ReceiveBudget {
   readonly capacity: number;
   private borrowed = 0;
+  private holders = 0;
   private readonly waiters = new Set<() => void>();
 
   constructor(capacity: number) {
@@ -40,6 +44,20 @@ export class ReceiveBudget {
 
   get inUse(): number {
     return this.borrowed;
+  }
+
+  /** Each tunnel direction that borrows is a holder while it is open. */
+  join(): void {
+    this.holders++;
+  }
+
+  leave(): void {
+    this.holders--;
+  }
+
+  /** What one holder may borrow when the budget is shared evenly. */
+  get fairShare(): number {
+    return Math.floor(this.capacity / Math.max(1, this.holders));
   }
 
   /** Takes up to `wanted` bytes; returns how many it got (possibly 0). */
@@ -85,7 +103,8 @@ export class ReceiveCredit {
   constructor(settings: CreditSettings, budget: ReceiveBudget) {
     this.settings = settings;
     this.budget = budget;
-    this.borrowedBytes = budget.borrow(settings.window - settings.minWindow);
+    budget.join();
+    this.borrowedBytes = budget.borrow(this.share());
     this.limitOffset = settings.minWindow + this.borrowedBytes;
   }
 
@@ -122,8 +141,18 @@ export class ReceiveCredit {
    * be taken back, so credit handed out stays reserved.
    */
   nextGrant(): number | undefined {
-    const wantedBorrow = this.settings.window - this.settings.minWindow - this.borrowedBytes;
-    if (wantedBorrow > 0) this.borrowedBytes += this.budget.borrow(wantedBorrow);
+    const share = this.share();
+    if (this.borrowedBytes < share) {
+      this.borrowedBytes += this.budget.borrow(share - this.borrowedBytes);
+    } else if (this.borrowedBytes > share) {
+      // Above its share: keep only what the current grant already promised.
+      const promised = Math.max(0, this.limitOffset - this.consumedBytes - this.settings.minWindow);
+      const keep = Math.max(share, promised);
+      if (keep < this.borrowedBytes) {
+        this.budget.giveBack(this.borrowedBytes - keep);
+        this.borrowedBytes = keep;
+      }
+    }
     const window = this.settings.minWindow + this.borrowedBytes;
     const target = this.consumedBytes + window;
     if (target - this.limitOffset < Math.max(1, window >>> 2)) return undefined;
@@ -133,11 +162,16 @@ export class ReceiveCredit {
 
   /** Whether a larger grant is possible once the shared budget frees up. */
   get starved(): boolean {
-    return this.borrowedBytes < this.settings.window - this.settings.minWindow;
+    return this.borrowedBytes < this.share();
+  }
+
+  private share(): number {
+    return Math.min(this.settings.window - this.settings.minWindow, this.budget.fairShare);
   }
 
   /** Returns everything borrowed; the tunnel is done. */
   release(): void {
+    this.budget.leave();
     this.budget.giveBack(this.borrowedBytes);
     this.borrowedBytes = 0;
   }

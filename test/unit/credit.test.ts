@@ -50,6 +50,39 @@ describe('credit flow control', () => {
     assert.ok(tunnels[4]!.starved);
   });
 
+  it('shares the budget evenly: tunnels above their share give the excess back as their grants drain', () => {
+    const budget = new ReceiveBudget(400 * KiB);
+    const [a, b, c, d] = [1, 2, 3, 4].map(() => new ReceiveCredit(settings, budget)) as [
+      ReceiveCredit,
+      ReceiveCredit,
+      ReceiveCredit,
+      ReceiveCredit,
+    ];
+    // Shares when each arrived: 400, 200, 133 and 100 KiB (capped at 192 by the window), from what was left.
+    assert.deepEqual(
+      [a, b, c, d].map((t) => t.limit / KiB),
+      [256, 256, 64 + 16, 64],
+    );
+    assert.ok(d.starved);
+    let woken = 0;
+    budget.waitForCredit(() => woken++);
+    const drain = (t: ReceiveCredit, bytes: number) => {
+      t.onReceived(bytes);
+      t.onConsumed(bytes);
+      return t.nextGrant();
+    };
+    assert.equal(drain(a, 256 * KiB), 256 * KiB + 164 * KiB, 'the first shrinks to its share of 100 KiB');
+    assert.equal(woken, 1, 'what it gave back wakes the starved');
+    assert.equal(drain(b, 256 * KiB), 256 * KiB + 164 * KiB, 'so does the second');
+    assert.equal(drain(d, 64 * KiB), 64 * KiB + 164 * KiB, 'the last grows to its share');
+    assert.equal(drain(c, 80 * KiB), 80 * KiB + 164 * KiB);
+    assert.equal(budget.inUse, 400 * KiB);
+    assert.ok([a, b, c, d].every((t) => !t.starved));
+    for (const t of [a, b, c, d]) t.release();
+    assert.equal(budget.inUse, 0);
+    assert.equal(budget.fairShare, 400 * KiB, 'no holders left');
+  });
+
   it('wakes waiting tunnels when credit is given back, and returns all credit on release', () => {
     const budget = new ReceiveBudget(192 * KiB);
     const first = new ReceiveCredit(settings, budget);
