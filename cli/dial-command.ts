@@ -3,12 +3,21 @@
  * stdin/stdout through it, like `nc`.
  */
 import { readFileSync } from 'node:fs';
+import type { Duplex } from 'node:stream';
 import { credentials } from '@grpc/grpc-js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
+import { openConnectTunnel } from '../client/connect-tunnel.js';
 import { openGrpcTunnel } from '../client/grpc-tunnel.js';
 import { FlagReader, type FlagSpec, parseFlags } from './flags.js';
 
 export const dialFlags: FlagSpec[] = [
+  {
+    name: 'mode',
+    kind: 'string',
+    default: 'grpc',
+    help: "the frontend's protocol: grpc or http-connect",
+    placeholder: 'MODE',
+  },
   { name: 'uds-name', kind: 'string', help: "the frontend's Unix socket", placeholder: 'PATH' },
   {
     name: 'server-address',
@@ -34,36 +43,38 @@ export async function runDial(argv: readonly string[], env: NodeJS.ProcessEnv): 
   if (!address || rest.length > 0) {
     throw new KnatsError(
       ErrorCode.BadConfig,
-      'usage: knats dial (--uds-name PATH | --server-address HOST:PORT) HOST:PORT',
+      'usage: knats dial [--mode grpc|http-connect] (--uds-name PATH | --server-address HOST:PORT) HOST:PORT',
     );
   }
   const uds = flags.string('uds-name');
   const tcp = flags.string('server-address');
   if (!uds === !tcp)
     throw new KnatsError(ErrorCode.BadConfig, '--uds-name or --server-address: exactly one is required');
-  let target: string;
-  let channelCredentials = credentials.createInsecure();
-  if (uds) target = `unix:${uds}`;
-  else {
-    target = tcp!;
-    const ca = flags.string('ca-cert');
-    const cert = flags.string('client-cert');
-    const key = flags.string('client-key');
-    if (!ca || !cert || !key) {
-      throw new KnatsError(
-        ErrorCode.BadConfig,
-        '--ca-cert, --client-cert and --client-key: required with --server-address',
-      );
-    }
-    channelCredentials = credentials.createSsl(readFileSync(ca), readFileSync(key), readFileSync(cert));
+  const mode = flags.string('mode');
+  if (mode !== 'grpc' && mode !== 'http-connect') {
+    throw new KnatsError(
+      ErrorCode.BadConfig,
+      `--mode: must be grpc or http-connect, got ${JSON.stringify(mode)}`,
+    );
   }
-  const tunnel = await openGrpcTunnel({
-    target,
-    address,
-    credentials: channelCredentials,
-    timeoutMs: flags.duration('timeout'),
-  });
-  process.stdin.pipe(tunnel);
+  const tls = tcp ? tlsFiles(flags) : undefined;
+  const timeoutMs = flags.duration('timeout');
+  let tunnel: Duplex;
+  if (mode === 'http-connect') {
+    const target = uds ? { path: uds } : { ...tls!, ...splitHostPort(tcp!) };
+    tunnel = await openConnectTunnel(target, address, timeoutMs);
+  } else {
+    tunnel = await openGrpcTunnel({
+      target: uds ? `unix:${uds}` : tcp!,
+      address,
+      credentials: tls
+        ? credentials.createSsl(readFileSync(tls.ca), readFileSync(tls.key), readFileSync(tls.cert))
+        : credentials.createInsecure(),
+      timeoutMs,
+    });
+  }
+  // Konnectivity tunnels have no half-close: stdin ending must not end the tunnel before the answer.
+  process.stdin.pipe(tunnel, { end: false });
   tunnel.pipe(process.stdout);
   await new Promise<void>((resolve, reject) => {
     tunnel.on('end', resolve);
@@ -72,4 +83,29 @@ export async function runDial(argv: readonly string[], env: NodeJS.ProcessEnv): 
   process.stdin.unpipe(tunnel);
   process.stdin.destroy();
   tunnel.destroy();
+}
+
+function tlsFiles(flags: FlagReader): { ca: string; cert: string; key: string } {
+  const ca = flags.string('ca-cert');
+  const cert = flags.string('client-cert');
+  const key = flags.string('client-key');
+  if (!ca || !cert || !key) {
+    throw new KnatsError(
+      ErrorCode.BadConfig,
+      '--ca-cert, --client-cert and --client-key: required with --server-address',
+    );
+  }
+  return { ca, cert, key };
+}
+
+function splitHostPort(value: string): { host: string; port: number } {
+  const colon = value.lastIndexOf(':');
+  const port = Number(value.slice(colon + 1));
+  if (colon <= 0 || !Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new KnatsError(
+      ErrorCode.BadConfig,
+      `--server-address: expected HOST:PORT, got ${JSON.stringify(value)}`,
+    );
+  }
+  return { host: value.slice(0, colon).replace(/^\[|\]$/g, ''), port };
 }
