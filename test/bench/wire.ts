@@ -305,6 +305,87 @@ export interface GrpcTunnel extends Conn {
 }
 
 /**
+ * What both gRPC clients share: one dial's state, the packets that drive it,
+ * and the Conn built on top. The clients only differ in how bytes move.
+ */
+class ProxyTunnelState {
+  readonly random = nextRandom++ + Math.floor(Math.random() * 2 ** 40) * 1024;
+  connectID = 0;
+  private dataCb: (chunk: Buffer) => void = () => {};
+  private closeCb: ((err?: Error) => void) | undefined;
+  private closed = false;
+  private closeErr: Error | undefined;
+  private dialed: ((err?: Error) => void) | undefined;
+
+  finish(err?: Error): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.closeErr = err;
+    if (this.dialed) this.dialed(err ?? new Error('stream ended before DIAL_RSP'));
+    this.closeCb?.(err);
+  }
+
+  /** Handles one packet from the frontend; CLOSE_RSP also calls `closeStream`. */
+  onPacket(packet: DecodedPacket, closeStream: () => void): void {
+    switch (packet.type) {
+      case PacketType.DATA:
+        if (packet.data && packet.data.length > 0) this.dataCb(packet.data);
+        return;
+      case PacketType.DIAL_RSP:
+        if (packet.random !== this.random) return;
+        if (packet.error) this.dialed?.(new Error(`dial failed: ${packet.error}`));
+        else {
+          this.connectID = packet.connectID;
+          this.dialed?.();
+        }
+        return;
+      case PacketType.CLOSE_RSP:
+        this.finish(packet.error ? new Error(`CLOSE_RSP: ${packet.error}`) : undefined);
+        closeStream();
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** Sends the DIAL_REQ and waits for its DIAL_RSP; closes the stream on failure. */
+  async dial(send: (dialRequest: Buffer) => void, address: string, timeoutMs: number, close: () => void) {
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          this.dialed = undefined;
+          reject(new Error(`no DIAL_RSP within ${timeoutMs} ms`));
+        }, timeoutMs);
+        this.dialed = (err) => {
+          this.dialed = undefined;
+          clearTimeout(timer);
+          if (err) reject(err);
+          else resolve();
+        };
+        send(encodeDialRequest(address, this.random));
+      });
+    } catch (err) {
+      close();
+      throw err;
+    }
+  }
+
+  conn(io: Pick<Conn, 'write' | 'onDrain' | 'pause' | 'resume' | 'close'>): GrpcTunnel {
+    return {
+      ...io,
+      connectID: this.connectID,
+      onData: (cb) => {
+        this.dataCb = cb;
+      },
+      onClose: (cb) => {
+        this.closeCb = cb;
+        if (this.closed) cb(this.closeErr);
+      },
+    };
+  }
+}
+
+/**
  * One konnectivity tunnel as kube-apiserver makes it: a new gRPC client (its
  * own HTTP/2 connection), one Proxy stream, DIAL_REQ, wait for DIAL_RSP. Closing
  * closes the whole connection, as the real client does.
@@ -312,86 +393,25 @@ export interface GrpcTunnel extends Conn {
 export async function openGrpcJs(target: string, address: string, timeoutMs = 15_000): Promise<GrpcTunnel> {
   const client = new grpc.Client(target, grpc.credentials.createInsecure(), grpcChannelOptions(true));
   const call = client.makeBidiStreamRequest<Buffer, Buffer>(PROXY_METHOD, identity, identity);
-  const random = nextRandom++ + Math.floor(Math.random() * 2 ** 40) * 1024;
-  let connectID = 0;
-  let dataCb: (chunk: Buffer) => void = () => {};
-  let closeCb: ((err?: Error) => void) | undefined;
-  let closed = false;
-  let closeErr: Error | undefined;
-  let dialed: ((err?: Error) => void) | undefined;
-  const finish = (err?: Error) => {
-    if (closed) return;
-    closed = true;
-    closeErr = err;
-    if (dialed) dialed(err ?? new Error('stream ended before DIAL_RSP'));
-    closeCb?.(err);
-  };
-  call.on('data', (bytes: Buffer) => {
-    const packet = decodePacket(bytes);
-    switch (packet.type) {
-      case PacketType.DATA:
-        if (packet.data && packet.data.length > 0) dataCb(packet.data);
-        return;
-      case PacketType.DIAL_RSP:
-        if (packet.random !== random) return;
-        if (packet.error) {
-          dialed?.(new Error(`dial failed: ${packet.error}`));
-          return;
-        }
-        connectID = packet.connectID;
-        dialed?.();
-        return;
-      case PacketType.CLOSE_RSP:
-        finish(packet.error ? new Error(`CLOSE_RSP: ${packet.error}`) : undefined);
-        call.cancel();
-        client.close();
-        return;
-      default:
-        return;
-    }
-  });
-  call.on('error', (err: grpc.ServiceError) => {
-    finish(err.code === grpc.status.CANCELLED ? undefined : err);
-  });
-  call.on('end', () => finish());
+  const state = new ProxyTunnelState();
   const close = () => {
-    finish();
+    state.finish();
     call.cancel();
     client.close();
   };
-  try {
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        dialed = undefined;
-        reject(new Error(`no DIAL_RSP within ${timeoutMs} ms`));
-      }, timeoutMs);
-      dialed = (err) => {
-        dialed = undefined;
-        clearTimeout(timer);
-        if (err) reject(err);
-        else resolve();
-      };
-      call.write(encodeDialRequest(address, random));
-    });
-  } catch (err) {
-    close();
-    throw err;
-  }
-  return {
-    connectID,
-    write: (chunk) => call.write(encodeData(connectID, chunk)),
+  call.on('data', (bytes: Buffer) => state.onPacket(decodePacket(bytes), close));
+  call.on('error', (err: grpc.ServiceError) =>
+    state.finish(err.code === grpc.status.CANCELLED ? undefined : err),
+  );
+  call.on('end', () => state.finish());
+  await state.dial((request) => call.write(request), address, timeoutMs, close);
+  return state.conn({
+    write: (chunk) => call.write(encodeData(state.connectID, chunk)),
     onDrain: (cb) => call.once('drain', cb),
-    onData: (cb) => {
-      dataCb = cb;
-    },
-    onClose: (cb) => {
-      closeCb = cb;
-      if (closed) cb(closeErr);
-    },
     pause: () => call.pause(),
     resume: () => call.resume(),
     close,
-  };
+  });
 }
 
 // ---- a lean gRPC client on node:http2 -------------------------------------------------
@@ -527,92 +547,33 @@ export async function openH2Grpc(
     },
     { endStream: false },
   );
-  const random = nextRandom++ + Math.floor(Math.random() * 2 ** 40) * 1024;
-  let connectID = 0;
-  let dataCb: (chunk: Buffer) => void = () => {};
-  let closeCb: ((err?: Error) => void) | undefined;
-  let closed = false;
-  let closeErr: Error | undefined;
-  let dialed: ((err?: Error) => void) | undefined;
+  const state = new ProxyTunnelState();
   const close = () => {
-    finish();
+    state.finish();
     if (ownConnection) session.destroy();
     else if (!stream.closed) stream.close(NGHTTP2_CANCEL);
   };
-  const finish = (err?: Error) => {
-    if (closed) return;
-    closed = true;
-    closeErr = err;
-    if (dialed) dialed(err ?? new Error('stream ended before DIAL_RSP'));
-    closeCb?.(err);
-  };
-  const deframer = new Deframer((message) => {
-    const packet = decodePacket(message);
-    switch (packet.type) {
-      case PacketType.DATA:
-        if (packet.data && packet.data.length > 0) dataCb(packet.data);
-        return;
-      case PacketType.DIAL_RSP:
-        if (packet.random !== random) return;
-        if (packet.error) dialed?.(new Error(`dial failed: ${packet.error}`));
-        else {
-          connectID = packet.connectID;
-          dialed?.();
-        }
-        return;
-      case PacketType.CLOSE_RSP:
-        finish(packet.error ? new Error(`CLOSE_RSP: ${packet.error}`) : undefined);
-        close();
-        return;
-      default:
-        return;
-    }
-  });
+  const deframer = new Deframer((message) => state.onPacket(decodePacket(message), close));
   stream.on('data', (chunk: Buffer) => deframer.push(chunk));
   stream.on('trailers', (trailers) => {
     const status = trailers['grpc-status'];
     if (status !== undefined && status !== '0') {
-      finish(new Error(`grpc-status ${status}: ${trailers['grpc-message'] ?? ''}`));
+      state.finish(new Error(`grpc-status ${status}: ${trailers['grpc-message'] ?? ''}`));
     }
   });
-  stream.on('error', (err) => finish(err));
-  stream.on('close', () => finish());
-  try {
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        dialed = undefined;
-        reject(new Error(`no DIAL_RSP within ${timeoutMs} ms`));
-      }, timeoutMs);
-      dialed = (err) => {
-        dialed = undefined;
-        clearTimeout(timer);
-        if (err) reject(err);
-        else resolve();
-      };
-      stream.write(grpcFrame(encodeDialRequest(address, random)));
-    });
-  } catch (err) {
-    close();
-    throw err;
-  }
-  return {
-    connectID,
+  stream.on('error', (err) => state.finish(err));
+  stream.on('close', () => state.finish());
+  await state.dial((request) => stream.write(grpcFrame(request)), address, timeoutMs, close);
+  return state.conn({
     write: (chunk) => {
-      stream.write(dataHeader(connectID, chunk.length));
+      stream.write(dataHeader(state.connectID, chunk.length));
       return stream.write(chunk);
     },
     onDrain: (cb) => stream.once('drain', cb),
-    onData: (cb) => {
-      dataCb = cb;
-    },
-    onClose: (cb) => {
-      closeCb = cb;
-      if (closed) cb(closeErr);
-    },
     pause: () => stream.pause(),
     resume: () => stream.resume(),
     close,
-  };
+  });
 }
 
 /** The benchmark's gRPC client: the lean one, or grpc-js with BENCH_GRPC_CLIENT=grpc-js. */
