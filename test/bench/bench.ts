@@ -886,6 +886,33 @@ class Bench {
       }
       this.add(row);
     };
+    type ManyResult = Awaited<ReturnType<typeof this.manyThrough>>;
+    /** The four rows of one door: idle RSS per tunnel in frontend and agent, then the 1,000 active tunnels. */
+    const manyRows = (
+      door: { idle: string; active: string },
+      result: ManyResult,
+      base: ManyResult,
+      baseNames: { idle: string; active: string },
+      idleTarget?: Target,
+    ) => {
+      for (const side of ['frontend', 'agent'] as const) {
+        manyRow(
+          `idle ${door.idle} tunnel RSS, ${side} (${n})`,
+          result.perTunnel[side]!,
+          'KiB',
+          [baseNames.idle, base.perTunnel.relay!],
+          idleTarget,
+        );
+      }
+      manyRow(`${activeTunnels} active ${door.active} x 1 MiB: aggregate`, result.mbps, 'MB/s', [
+        baseNames.active,
+        base.mbps,
+      ]);
+      manyRow(`${activeTunnels} active ${door.active}: slowest/fastest`, result.spread, 'x', [
+        baseNames.active,
+        base.spread,
+      ]);
+    };
 
     // gRPC single-use tunnels (each its own HTTP/2 connection), against a plain gRPC hop.
     progress('many tunnels: fresh frontend and agent');
@@ -902,23 +929,10 @@ class Bench {
       () => ({ relay: fleet.grpcRelay }),
       relayIdle,
     );
-    const grpcRelayPer = grpcBase.perTunnel.relay!;
-    manyRow(`idle gRPC tunnel RSS, frontend (${n})`, grpc.perTunnel.frontend!, 'KiB', [
-      `gRPC relay hop per conn (${relayIdle})`,
-      grpcRelayPer,
-    ]);
-    manyRow(`idle gRPC tunnel RSS, agent (${n})`, grpc.perTunnel.agent!, 'KiB', [
-      `gRPC relay hop per conn (${relayIdle})`,
-      grpcRelayPer,
-    ]);
-    manyRow(`${activeTunnels} active gRPC x 1 MiB: aggregate`, grpc.mbps, 'MB/s', [
-      'same via gRPC relay',
-      grpcBase.mbps,
-    ]);
-    manyRow(`${activeTunnels} active gRPC: slowest/fastest`, grpc.spread, 'x', [
-      'same via gRPC relay',
-      grpcBase.spread,
-    ]);
+    manyRows({ idle: 'gRPC', active: 'gRPC' }, grpc, grpcBase, {
+      idle: `gRPC relay hop per conn (${relayIdle})`,
+      active: 'same via gRPC relay',
+    });
 
     if (!this.connectAvailable) {
       this.naRows(
@@ -941,30 +955,13 @@ class Bench {
     await fleet.startRelay();
     await fleet.initWorkers();
     const tcpBase = await this.manyThrough('relay', 'TCP relay', () => ({ relay: fleet.relay }), relayIdle);
-    const tcpRelayPer = tcpBase.perTunnel.relay!;
-    const small: Target = { text: '<= 16 KiB', ok: (v) => v <= 16 };
-    manyRow(
-      `idle HTTP CONNECT tunnel RSS, frontend (${n})`,
-      connect.perTunnel.frontend!,
-      'KiB',
-      [`TCP relay hop per conn (${relayIdle})`, tcpRelayPer],
-      small,
+    manyRows(
+      { idle: 'HTTP CONNECT', active: 'CONNECT' },
+      connect,
+      tcpBase,
+      { idle: `TCP relay hop per conn (${relayIdle})`, active: 'same via TCP relay' },
+      { text: '<= 16 KiB', ok: (v) => v <= 16 },
     );
-    manyRow(
-      `idle HTTP CONNECT tunnel RSS, agent (${n})`,
-      connect.perTunnel.agent!,
-      'KiB',
-      [`TCP relay hop per conn (${relayIdle})`, tcpRelayPer],
-      small,
-    );
-    manyRow(`${activeTunnels} active CONNECT x 1 MiB: aggregate`, connect.mbps, 'MB/s', [
-      'same via TCP relay',
-      tcpBase.mbps,
-    ]);
-    manyRow(`${activeTunnels} active CONNECT: slowest/fastest`, connect.spread, 'x', [
-      'same via TCP relay',
-      tcpBase.spread,
-    ]);
   }
 
   // ---- 5. noisy neighbour ----
