@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import type { Duplex } from 'node:stream';
 import { credentials } from '@grpc/grpc-js';
+import { parseDialAddress } from '../broker/address.js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
 import { openConnectTunnel } from '../client/connect-tunnel.js';
 import { openGrpcTunnel } from '../client/grpc-tunnel.js';
@@ -61,7 +62,7 @@ export async function runDial(argv: readonly string[], env: NodeJS.ProcessEnv): 
   const timeoutMs = flags.duration('timeout');
   let tunnel: Duplex;
   if (mode === 'http-connect') {
-    const target = uds ? { path: uds } : { ...tls!, ...splitHostPort(tcp!) };
+    const target = uds ? { path: uds } : { ...tls!, ...serverAddress(tcp!) };
     tunnel = await openConnectTunnel(target, address, timeoutMs);
   } else {
     tunnel = await openGrpcTunnel({
@@ -98,14 +99,11 @@ function tlsFiles(flags: FlagReader): { ca: string; cert: string; key: string } 
   return { ca, cert, key };
 }
 
-function splitHostPort(value: string): { host: string; port: number } {
-  const colon = value.lastIndexOf(':');
-  const port = Number(value.slice(colon + 1));
-  if (colon <= 0 || !Number.isInteger(port) || port < 1 || port > 65535) {
-    throw new KnatsError(
-      ErrorCode.BadConfig,
-      `--server-address: expected HOST:PORT, got ${JSON.stringify(value)}`,
-    );
+/** --server-address goes through the same host:port parser as every dial address. */
+function serverAddress(value: string): { host: string; port: number } {
+  try {
+    return parseDialAddress(value);
+  } catch (err) {
+    throw new KnatsError(ErrorCode.BadConfig, `--server-address: ${(err as Error).message}`);
   }
-  return { host: value.slice(0, colon).replace(/^\[|\]$/g, ''), port };
 }

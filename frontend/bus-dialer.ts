@@ -5,6 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { type NatsConnection, NoRespondersError, TimeoutError } from '@nats-io/transport-node';
+import { parseDialAddress } from '../broker/address.js';
 import {
   type BusDialResponse,
   dialRequestCodec,
@@ -82,11 +83,13 @@ export class BusDialer {
         `${this.pending} dials already pending on this frontend (limit ${this.options.maxPendingDials})`,
       );
     }
+    // A bad address is answered here, without a bus round trip (the agent checks again: the bus is not trusted).
+    const { host } = parseDialAddress(address);
     const targets = dialTargets(
       this.options.strategies,
       this.options.subjects,
       this.options.agentsForHost,
-      splitHost(address),
+      host,
     );
     this.pending++;
     try {
@@ -231,14 +234,4 @@ function isNoResponders(err: unknown): boolean {
 
 function isTimeout(err: unknown): boolean {
   return /timeout/i.test(String((err as Error)?.message));
-}
-
-/** The host part of host:port, brackets of an IPv6 literal removed. */
-export function splitHost(address: string): string {
-  if (address.startsWith('[')) {
-    const end = address.indexOf(']');
-    return end > 0 ? address.slice(1, end) : address;
-  }
-  const colon = address.lastIndexOf(':');
-  return colon >= 0 ? address.slice(0, colon) : address;
 }

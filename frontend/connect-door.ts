@@ -14,12 +14,11 @@
  * size limit, and nothing but HTTP/1.x.
  */
 import type { Socket } from 'node:net';
-import { parseDialAddress } from '../broker/address.js';
 import { ErrorCode, httpStatusFor, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
 import type { Tunnel, TunnelLocalSide } from '../broker/tunnel.js';
 import type { BusDialer } from './bus-dialer.js';
-import { countDialFailure, dialForClient, tunnelEstablished, tunnelFinished } from './door-dial.js';
+import { dialForClient, tunnelEstablished, tunnelFinished } from './door-dial.js';
 import type { FrontendMetrics } from './metrics.js';
 
 export interface ConnectDoorOptions {
@@ -68,10 +67,7 @@ interface Refusal {
   readonly headers?: Record<string, string>;
 }
 
-export type ConnectRequest =
-  | { readonly address: string }
-  | { readonly refusal: Refusal }
-  | { readonly badAddress: KnatsError; readonly target: string };
+export type ConnectRequest = { readonly address: string } | { readonly refusal: Refusal };
 
 /**
  * Index just past the blank line ending the header (CRLF or bare LF line
@@ -133,11 +129,7 @@ export function parseConnectRequest(header: Buffer): ConnectRequest {
       },
     };
   }
-  try {
-    parseDialAddress(target!);
-  } catch (err) {
-    return { badAddress: err as KnatsError, target: target! };
-  }
+  // The address itself is checked by the dialer, for every door alike.
   return { address: target! };
 }
 
@@ -271,13 +263,6 @@ class ConnectConnection {
       this.refuse(request.refusal);
       return;
     }
-    if ('badAddress' in request) {
-      const err = request.badAddress;
-      countDialFailure(this.door.options, err);
-      this.logger.info({ destination: request.target, code: err.code, reason: err.message }, 'dial failed');
-      this.answerDialError(request.target, err);
-      return;
-    }
     this.startDial(request.address, rest);
   };
 
@@ -335,12 +320,6 @@ class ConnectConnection {
 
   private startDial(address: string, rest: Buffer): void {
     const { options } = this.door;
-    if (!options.accepting()) {
-      const err = new KnatsError(ErrorCode.ShuttingDown, 'frontend is draining');
-      countDialFailure(options, err);
-      this.answerDialError(address, err);
-      return;
-    }
     this.phase = 'dialing';
     this.dial = new AbortController();
     const dialLogger = this.logger.child({ destination: address });

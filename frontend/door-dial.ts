@@ -13,6 +13,8 @@ import type { FrontendMetrics } from './metrics.js';
 export interface DoorDialContext {
   readonly dialer: BusDialer;
   readonly metrics: FrontendMetrics;
+  /** False while the frontend drains: new dials are refused. */
+  readonly accepting: () => boolean;
 }
 
 export function asKnatsError(err: unknown): KnatsError {
@@ -38,6 +40,7 @@ export async function dialForClient(
   metrics.pendingDials.inc();
   const started = process.hrtime.bigint();
   try {
+    if (!context.accepting()) throw new KnatsError(ErrorCode.ShuttingDown, 'frontend is draining');
     const outcome = await dialer.dial(address, 'tcp', logger, signal);
     if (signal?.aborted) {
       outcome.tunnel.close(

@@ -150,10 +150,6 @@ export class ProxyStream {
       countDialFailure(this.options, err);
       this.answerDialFailure(random, err);
     };
-    if (!this.options.accepting()) {
-      fail(new KnatsError(ErrorCode.ShuttingDown, 'frontend is draining'));
-      return;
-    }
     if (this.pendingDials.has(key)) {
       fail(
         new KnatsError(ErrorCode.BadPacket, `a dial with random ${key} is already pending on this stream`),
