@@ -188,3 +188,15 @@ export function sortNumbers(values: readonly number[]): number[] {
 export const MB = 1_000_000;
 export const MiB = 1024 * 1024;
 export const KiB = 1024;
+
+/**
+ * A benchmark child process stops when its parent does: the parent closes our
+ * stdin (also when it dies) or sends SIGTERM/SIGINT.
+ */
+export function stopWithParent(stop: () => void): void {
+  process.stdin.on('end', stop);
+  process.stdin.on('error', stop);
+  process.stdin.resume();
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}

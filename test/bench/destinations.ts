@@ -11,7 +11,7 @@
  *   blackhole  accepts and never reads (a stuck destination).
  */
 import net from 'node:net';
-import { BULK_HEADER_BYTES, type DestinationPorts } from './common.js';
+import { BULK_HEADER_BYTES, type DestinationPorts, stopWithParent } from './common.js';
 
 /** What the source sends: a fixed pattern, so no time goes into making bytes. */
 const SOURCE_CHUNK = Buffer.alloc(256 * 1024, 0x5a);
@@ -104,11 +104,7 @@ async function main(): Promise<void> {
     for (const s of sockets) s.destroy();
     process.exit(0);
   };
-  process.stdin.on('end', stop);
-  process.stdin.on('error', stop);
-  process.stdin.resume();
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
+  stopWithParent(stop);
 }
 
 main().catch((err: unknown) => {

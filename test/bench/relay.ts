@@ -13,7 +13,7 @@
  */
 import net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
-import type { DestinationPorts } from './common.js';
+import { type DestinationPorts, stopWithParent } from './common.js';
 import { decodePacket, encodeData, PacketType, PROXY_METHOD } from './wire.js';
 
 function tcpRelay(destPort: number): Promise<number> {
@@ -210,11 +210,7 @@ async function main(): Promise<void> {
     throw new Error('usage: relay.js tcp PORTS_JSON | relay.js grpc UDS_PATH');
   }
   const stop = () => process.exit(0);
-  process.stdin.on('end', stop);
-  process.stdin.on('error', stop);
-  process.stdin.resume();
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
+  stopWithParent(stop);
 }
 
 main().catch((err: unknown) => {

@@ -12,7 +12,7 @@ import {
   sha256,
   shaServer,
 } from '../helpers/destinations.js';
-import { Fleet } from '../helpers/fleet.js';
+import { agentArgs, Fleet, frontendArgs } from '../helpers/fleet.js';
 import { ProxyStreamClient } from '../helpers/proxy-client.js';
 
 const MiB = 1024 * 1024;
@@ -28,36 +28,11 @@ describe('a 3-node NATS cluster loses the node a frontend is connected to', () =
   before(async () => {
     servers = await startLocalCluster(3, {});
     const urls = servers.map((s) => s.url).join(',');
-    const { config } = frontendConfig(
-      [
-        '--nats-url',
-        urls,
-        '--uds-name',
-        uds,
-        '--health-port',
-        '0',
-        '--admin-port',
-        '0',
-        '--heartbeat-interval',
-        '500ms',
-      ],
-      {},
-    );
+    const { config } = frontendConfig(frontendArgs(urls, uds, ['--heartbeat-interval', '500ms']), {});
     frontend = await startFrontend({ ...config, logger: silentLogger() });
     for (const id of ['ag-1', 'ag-2']) {
       const { config: ac } = agentConfig(
-        [
-          '--nats-url',
-          urls,
-          '--agent-id',
-          id,
-          '--health-server-port',
-          '0',
-          '--admin-server-port',
-          '0',
-          '--heartbeat-interval',
-          '500ms',
-        ],
+        agentArgs(urls, ['--agent-id', id, '--heartbeat-interval', '500ms']),
         {},
       );
       agents.push(await startAgent({ ...ac, logger: silentLogger() }));

@@ -13,20 +13,7 @@ describe('a peer killed with SIGKILL', () => {
 
   it('agent killed mid-transfer: the client stream gets CLOSE_RSP within 15 s', async () => {
     const fe = await fleet.frontend();
-    const { child } = await fleet.spawn(
-      [
-        'agent',
-        '--nats-url',
-        fleet.nats.url,
-        '--agent-id',
-        'doomed',
-        '--health-server-port',
-        '0',
-        '--admin-server-port',
-        '0',
-      ],
-      'agent ready',
-    );
+    const { child } = await fleet.spawnAgent(['--agent-id', 'doomed']);
     // A destination that streams a lot, slowly enough to be mid-transfer when the agent dies.
     const dest = await shaServer(0, randomBytesSeeded(256 * MiB, 2));
     const client = new ProxyStreamClient(`unix:${fe.uds}`);
@@ -47,20 +34,7 @@ describe('a peer killed with SIGKILL', () => {
 
   it('frontend killed: the agent closes its destination socket within 15 s', async () => {
     const uds = fleet.socketPath();
-    const { child } = await fleet.spawn(
-      [
-        'frontend',
-        '--nats-url',
-        fleet.nats.url,
-        '--uds-name',
-        uds,
-        '--health-port',
-        '0',
-        '--admin-port',
-        '0',
-      ],
-      'frontend ready',
-    );
+    const { child } = await fleet.spawnFrontend(uds);
     const agent = await fleet.agent();
     const echo = await echoServer();
     const client = new ProxyStreamClient(`unix:${uds}`);

@@ -26,43 +26,15 @@ describe('rolling update with SIGTERM: 2 frontends, 2 agents, 20 looping clients
   const agents: Replica[] = [];
 
   const startFrontend = (i: number) =>
-    fleet.spawn(
-      [
-        'frontend',
-        '--nats-url',
-        fleet.nats.url,
-        '--uds-name',
-        sockets[i]!,
-        '--server-id',
-        `fe-${i}-${Date.now()}`,
-        '--health-port',
-        '0',
-        '--admin-port',
-        '0',
-        '--graceful-shutdown-timeout',
-        '5s',
-        ...beat,
-      ],
-      'frontend ready',
-    );
+    fleet.spawnFrontend(sockets[i]!, [
+      '--server-id',
+      `fe-${i}-${Date.now()}`,
+      '--graceful-shutdown-timeout',
+      '5s',
+      ...beat,
+    ]);
   const startAgent = (i: number) =>
-    fleet.spawn(
-      [
-        'agent',
-        '--nats-url',
-        fleet.nats.url,
-        '--agent-id',
-        `ag-${i}-${Date.now()}`,
-        '--health-server-port',
-        '0',
-        '--admin-server-port',
-        '0',
-        '--graceful-shutdown-timeout',
-        '5s',
-        ...beat,
-      ],
-      'agent ready',
-    );
+    fleet.spawnAgent(['--agent-id', `ag-${i}-${Date.now()}`, '--graceful-shutdown-timeout', '5s', ...beat]);
 
   before(async () => {
     await fleet.startNats();

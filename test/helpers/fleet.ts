@@ -20,6 +20,16 @@ function testLogger(name: string): Logger {
   return process.env.KNATS_TEST_LOG ? createLogger({ name, level: 'debug' }) : silentLogger();
 }
 
+/** What every test frontend gets: the bus, its socket, health and admin ports the OS picks. */
+export function frontendArgs(natsUrl: string, uds: string, extra: readonly string[] = []): string[] {
+  return ['--nats-url', natsUrl, '--uds-name', uds, '--health-port', '0', '--admin-port', '0', ...extra];
+}
+
+/** What every test agent gets: the bus, health and admin ports the OS picks. */
+export function agentArgs(natsUrl: string, extra: readonly string[] = []): string[] {
+  return ['--nats-url', natsUrl, '--health-server-port', '0', '--admin-server-port', '0', ...extra];
+}
+
 export class Fleet {
   readonly dir = mkdtempSync(join(tmpdir(), 'knats-test-'));
   nats!: LocalServer;
@@ -40,20 +50,14 @@ export class Fleet {
   /** In-process frontend on a fresh UDS; extra CLI flags override the defaults. */
   async frontend(extra: string[] = []): Promise<RunningFrontend & { uds: string }> {
     const uds = this.socketPath();
-    const { config } = frontendConfig(
-      ['--nats-url', this.nats.url, '--uds-name', uds, '--health-port', '0', '--admin-port', '0', ...extra],
-      {},
-    );
+    const { config } = frontendConfig(frontendArgs(this.nats.url, uds, extra), {});
     const frontend = await startFrontend({ ...config, logger: testLogger(`frontend-${config.id}`) });
     this.frontends.push(frontend);
     return Object.assign(frontend, { uds });
   }
 
   async agent(extra: string[] = []): Promise<RunningAgent> {
-    const { config } = agentConfig(
-      ['--nats-url', this.nats.url, '--health-server-port', '0', '--admin-server-port', '0', ...extra],
-      {},
-    );
+    const { config } = agentConfig(agentArgs(this.nats.url, extra), {});
     const agent = await startAgent({ ...config, logger: testLogger(`agent-${config.id}`) });
     this.agents.push(agent);
     return agent;
@@ -102,6 +106,16 @@ export class Fleet {
       });
     });
     return { child, healthPort, logs };
+  }
+
+  /** A frontend child process of the real CLI on `uds`. */
+  spawnFrontend(uds: string, extra: readonly string[] = []) {
+    return this.spawn(['frontend', ...frontendArgs(this.nats.url, uds, extra)], 'frontend ready');
+  }
+
+  /** An agent child process of the real CLI. */
+  spawnAgent(extra: readonly string[] = []) {
+    return this.spawn(['agent', ...agentArgs(this.nats.url, extra)], 'agent ready');
   }
 
   async stop(): Promise<void> {

@@ -135,23 +135,13 @@ describe('fleet: routing, presence, tenancy, status', () => {
   });
 
   it('drops an agent that stops heartbeating within 3 intervals; dials meanwhile go elsewhere', async () => {
-    const { child } = await fleet.spawn(
-      [
-        'agent',
-        '--nats-url',
-        fleet.nats.url,
-        '--agent-id',
-        'doomed',
-        '--agent-identifiers',
-        'ipv4=127.0.0.2',
-        '--health-server-port',
-        '0',
-        '--admin-server-port',
-        '0',
-        ...beat,
-      ],
-      'agent ready',
-    );
+    const { child } = await fleet.spawnAgent([
+      '--agent-id',
+      'doomed',
+      '--agent-identifiers',
+      'ipv4=127.0.0.2',
+      ...beat,
+    ]);
     const fe = fleet.frontends[0]!;
     await eventually(() => (fe.debugState().agents as number) === 5, 'frontend sees the new agent');
     child.kill('SIGKILL');

@@ -20,7 +20,7 @@ import { collectFleet } from '../../cli/status-command.js';
 import { startFrontend } from '../../frontend/frontend.js';
 import { createPki, type Pki } from '../helpers/certs.js';
 import { type Destination, echoServer } from '../helpers/destinations.js';
-import { cliPath, eventually, Fleet, fetchText } from '../helpers/fleet.js';
+import { agentArgs, cliPath, eventually, Fleet, fetchText, frontendArgs } from '../helpers/fleet.js';
 import { ProxyStreamClient } from '../helpers/proxy-client.js';
 
 function captureLogger() {
@@ -144,27 +144,11 @@ async function tunnelThrough(
   agentFlags: string[],
 ): Promise<{ frontendLog: Record<string, unknown>[]; agentLog: Record<string, unknown>[] }> {
   const uds = fleet.socketPath();
-  const fe = frontendConfig(
-    [
-      '--nats-url',
-      fleet.nats.url,
-      '--uds-name',
-      uds,
-      '--health-port',
-      '0',
-      '--admin-port',
-      '0',
-      ...frontendFlags,
-    ],
-    {},
-  );
+  const fe = frontendConfig(frontendArgs(fleet.nats.url, uds, frontendFlags), {});
   const feLog = captureLogger();
   const frontend = await startFrontend({ ...fe.config, logger: feLog.logger });
   fleet.frontends.push(frontend);
-  const ag = agentConfig(
-    ['--nats-url', fleet.nats.url, '--health-server-port', '0', '--admin-server-port', '0', ...agentFlags],
-    {},
-  );
+  const ag = agentConfig(agentArgs(fleet.nats.url, agentFlags), {});
   const agLog = captureLogger();
   const agent = await startAgent({ ...ag.config, logger: agLog.logger });
   fleet.agents.push(agent);

@@ -15,36 +15,8 @@ describe('one grep tells a tunnel story', () => {
   before(async () => {
     await fleet.startNats();
     uds = fleet.socketPath();
-    ({ logs: frontendLogs } = await fleet.spawn(
-      [
-        'frontend',
-        '--nats-url',
-        fleet.nats.url,
-        '--uds-name',
-        uds,
-        '--health-port',
-        '0',
-        '--admin-port',
-        '0',
-        '--server-id',
-        'fe-log',
-      ],
-      'frontend ready',
-    ));
-    ({ logs: agentLogs } = await fleet.spawn(
-      [
-        'agent',
-        '--nats-url',
-        fleet.nats.url,
-        '--agent-id',
-        'ag-log',
-        '--health-server-port',
-        '0',
-        '--admin-server-port',
-        '0',
-      ],
-      'agent ready',
-    ));
+    ({ logs: frontendLogs } = await fleet.spawnFrontend(uds, ['--server-id', 'fe-log']));
+    ({ logs: agentLogs } = await fleet.spawnAgent(['--agent-id', 'ag-log']));
   });
   after(() => fleet.stop());
 

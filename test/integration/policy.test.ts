@@ -12,7 +12,7 @@ import { type BusDialRequest, dialRequestCodec, dialResponseCodec } from '../../
 import { agentConfig } from '../../cli/config.js';
 import { connectOnce, connectRequest } from '../helpers/connect-client.js';
 import { type Destination, echoServer, refusedPort } from '../helpers/destinations.js';
-import { eventually, Fleet, fetchText } from '../helpers/fleet.js';
+import { agentArgs, eventually, Fleet, fetchText } from '../helpers/fleet.js';
 import { ProxyStreamClient } from '../helpers/proxy-client.js';
 
 /** Log entries of an in-process component, to assert on what it logged. */
@@ -23,10 +23,7 @@ function captureLogger() {
 }
 
 async function startCapturedAgent(fleet: Fleet, extra: string[]) {
-  const { config } = agentConfig(
-    ['--nats-url', fleet.nats.url, '--health-server-port', '0', '--admin-server-port', '0', ...extra],
-    {},
-  );
+  const { config } = agentConfig(agentArgs(fleet.nats.url, extra), {});
   const { logger, entries } = captureLogger();
   const agent = await startAgent({ ...config, logger });
   fleet.agents.push(agent);
