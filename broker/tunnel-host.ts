@@ -4,7 +4,7 @@
  * drives every tunnel's periodic work, so a tunnel owns no timer of its own.
  */
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
-import { DATA_HEADER_BYTES, encodeClose, MAX_DATA_PAYLOAD } from './codec.js';
+import { DATA_HEADER_BYTES, encodeClose, FrameType, MAX_DATA_PAYLOAD } from './codec.js';
 import { type CreditSettings, ReceiveBudget } from './credit.js';
 import { ErrorCode, KnatsError } from './errors.js';
 import type { Logger } from './logging.js';
@@ -220,7 +220,7 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
     // A frame for a tunnel we do not know (closed, or never ours). Probes carry
     // a reply subject: answer them so the peer closes its end instead of leaking it.
     this.unknownTunnelFrames++;
-    if (msg.reply && bytes[0] !== 0x02 && msg.reply.startsWith(this.options.peerFramePrefix)) {
+    if (msg.reply && bytes[0] !== FrameType.Close && msg.reply.startsWith(this.options.peerFramePrefix)) {
       this.publish(msg.reply, encodeClose(0, ErrorCode.PeerGone, 'unknown tunnel'));
     }
   }
