@@ -193,6 +193,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       request.frontendId,
       subjects.frontendTunnel(request.frontendId, request.tunnelId),
       request.initialWindow,
+      request.protocolVersion,
     );
     presence.touch(request.frontendId, 'frontend');
     tunnelHost.bindPeer(tunnel, true);

@@ -8,7 +8,7 @@ import { ErrorCode, KnatsError } from '../broker/errors.js';
 
 export function dialTcp(address: DialAddress, timeoutMs: number, signal?: AbortSignal): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const socket = connect({ host: address.host, port: address.port, noDelay: true, allowHalfOpen: false });
+    const socket = connect({ host: address.host, port: address.port, noDelay: true, allowHalfOpen: true });
     const target = `${address.host}:${address.port}`;
     const done = (err?: KnatsError) => {
       clearTimeout(timer);

@@ -1,7 +1,10 @@
 /**
  * Binds a destination socket to the agent's end of a tunnel: socket reads
  * become DATA frames (paused when credit runs out), frames become socket
- * writes whose completion returns credit.
+ * writes whose completion returns credit. The destination's FIN becomes the
+ * tunnel's FIN and the frontend's FIN ends our writing (half-close both
+ * ways); a reset or socket error aborts the tunnel, and an aborted tunnel
+ * resets the destination.
  */
 import type { Socket } from 'node:net';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
@@ -10,22 +13,29 @@ import type { Tunnel } from '../broker/tunnel.js';
 /** After the tunnel ends cleanly, how long the destination gets to take our last bytes. */
 const END_GRACE_MS = 5000;
 
+/** `socket` must allow half-open connections (each direction ends on its own). */
 export function bridgeSocket(tunnel: Tunnel, socket: Socket, onClosed: () => void): void {
   let finished = false;
+  let readEnded = false;
+  let writeEnded = false;
   socket.on('data', (chunk: Buffer) => tunnel.write(chunk));
   socket.on('end', () => {
+    readEnded = true;
     tunnel.logger.debug('destination closed its side');
-    tunnel.close();
+    tunnel.finishSending();
   });
   socket.on('error', (err: NodeJS.ErrnoException) => {
     if (!finished) {
       tunnel.fail(
-        new KnatsError(ErrorCode.DialFailed, `destination socket error: ${err.code ?? err.message}`),
+        new KnatsError(ErrorCode.ConnectionReset, `destination socket error: ${err.code ?? err.message}`),
       );
     }
   });
   socket.on('close', () => {
-    if (!finished) tunnel.fail(new KnatsError(ErrorCode.DialFailed, 'destination socket closed'));
+    // Both directions ended cleanly is a normal close: the tunnel finishes on its own (bytes may still wait for credit).
+    if (!finished && !(readEnded && writeEnded)) {
+      tunnel.fail(new KnatsError(ErrorCode.ConnectionReset, 'destination socket closed'));
+    }
     onClosed();
   });
   tunnel.attach({
@@ -38,10 +48,14 @@ export function bridgeSocket(tunnel: Tunnel, socket: Socket, onClosed: () => voi
     },
     pause: () => socket.pause(),
     resume: () => socket.resume(),
+    shutdownWrite() {
+      writeEnded = true;
+      socket.end();
+    },
     finish(err) {
       finished = true;
       if (err) {
-        socket.destroy();
+        if (!socket.destroyed) socket.resetAndDestroy();
         return;
       }
       // Clean close: let the destination take what was written, then close.

@@ -4,10 +4,16 @@
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
 
-/** Version of the bus protocol this build speaks. Bumped only for incompatible changes. */
-export const PROTOCOL_VERSION = 1;
+/**
+ * Version of the bus protocol this build speaks. Version 2 added the FIN
+ * frame (TCP half-close); a version-1 peer is still served, with a local EOF
+ * closing the whole tunnel as version 1 did.
+ */
+export const PROTOCOL_VERSION = 2;
 /** Oldest peer version this build can serve. */
 export const MIN_PROTOCOL_VERSION = 1;
+/** First version whose peers understand FIN frames. */
+export const HALF_CLOSE_PROTOCOL_VERSION = 2;
 
 export interface BusDialRequest {
   protocolVersion: number;

@@ -13,6 +13,8 @@
  *   PING     0x05 | lastSeq u32        sender's last DATA seq; peer checks it and answers PONG
  *   PONG     0x06 | lastSeq u32
  *   ACCEPTED 0x07                     agent -> frontend: "I got your dial and am working on it"
+ *   FIN      0x08 | seq u32           half-close: the sender's last byte was sent; sequenced like DATA
+ *                                     (it takes the next seq), so a lost FIN shows up as a gap
  *
  * Unknown frame types decode to `undefined` and are ignored by the receiver
  * (skew tolerance: a newer peer may add types).
@@ -27,6 +29,7 @@ export const FrameType = {
   Ping: 0x05,
   Pong: 0x06,
   Accepted: 0x07,
+  Fin: 0x08,
 } as const;
 
 export const DATA_HEADER_BYTES = 5;
@@ -48,7 +51,8 @@ export type Frame =
   | { type: typeof FrameType.Blocked; sent: number }
   | { type: typeof FrameType.Ping; lastSeq: number }
   | { type: typeof FrameType.Pong; lastSeq: number }
-  | { type: typeof FrameType.Accepted };
+  | { type: typeof FrameType.Accepted }
+  | { type: typeof FrameType.Fin; seq: number };
 
 /** Copies `payload` behind a DATA header into one new buffer. */
 export function encodeData(seq: number, payload: Uint8Array): Buffer {
@@ -104,6 +108,11 @@ export function encodePong(lastSeq: number): Buffer {
   return encodeSeq(FrameType.Pong, lastSeq);
 }
 
+/** Half-close; only sent to peers whose bus protocol knows it (see bus-messages.ts). */
+export function encodeFin(seq: number): Buffer {
+  return encodeSeq(FrameType.Fin, seq);
+}
+
 export function encodeAccepted(): Buffer {
   return Buffer.from([FrameType.Accepted]);
 }
@@ -153,6 +162,9 @@ export function decodeFrame(frame: Buffer): Frame | undefined {
       return { type: FrameType.Pong, lastSeq: frame.readUInt32BE(1) };
     case FrameType.Accepted:
       return { type: FrameType.Accepted };
+    case FrameType.Fin:
+      need(frame, 5, 'FIN');
+      return { type: FrameType.Fin, seq: frame.readUInt32BE(1) };
     default:
       return undefined;
   }

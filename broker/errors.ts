@@ -35,6 +35,8 @@ export const ErrorCode = {
   CreditViolation: 'KNATS_CREDIT_VIOLATION',
   /** A frame could not be decoded. */
   MalformedFrame: 'KNATS_MALFORMED_FRAME',
+  /** A socket at one end of an open tunnel was reset or failed: the tunnel is aborted, not ended. */
+  ConnectionReset: 'KNATS_CONNECTION_RESET',
   /** The peer process stopped heartbeating or no longer knows the tunnel. */
   PeerGone: 'KNATS_PEER_GONE',
   /** The dial succeeded on the agent but the frontend never confirmed it. */
@@ -89,6 +91,7 @@ const presentation: Record<ErrorCode, ErrorPresentation> = {
   KNATS_SEQUENCE_GAP: { httpStatus: 502, reason: 'sequence_gap' },
   KNATS_CREDIT_VIOLATION: { httpStatus: 502, reason: 'credit_violation' },
   KNATS_MALFORMED_FRAME: { httpStatus: 502, reason: 'malformed_frame' },
+  KNATS_CONNECTION_RESET: { httpStatus: 502, reason: 'connection_reset' },
   KNATS_PEER_GONE: { httpStatus: 502, reason: 'peer_gone' },
   KNATS_CONFIRM_TIMEOUT: { httpStatus: 504, reason: 'confirm_timeout' },
   KNATS_BUS_LOST: { httpStatus: 503, reason: 'bus_lost' },

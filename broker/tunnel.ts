@@ -2,14 +2,39 @@
  * One end of a tunnel: the single state machine the frontend's doors and the
  * agent's TCP bridge are thin adapters around.
  *
- * Bus side: sequenced DATA frames, absolute WINDOW grants, CLOSE with a
- * reason, BLOCKED/PING probes. Local side: a byte source that can be paused
+ * Bus side: sequenced DATA and FIN frames, absolute WINDOW grants, CLOSE with
+ * a reason, BLOCKED/PING probes. Local side: a byte source that can be paused
  * and a sink that reports when bytes were handed off (TunnelLocalSide).
  *
- * Invariants kept here:
- * - byte-exact or closed: DATA must arrive with consecutive sequence numbers,
- *   and a CLOSE/PING/PONG names the last sequence the peer sent, so a lost
- *   frame always closes the tunnel with KNATS_SEQUENCE_GAP;
+ * End-of-stream contract, kept here and by every adapter:
+ * - A clean end delivers everything, then closes. A local EOF (a TCP FIN) is
+ *   `finishSending()`: what waits for credit is sent first, then a FIN frame
+ *   (sequenced like DATA), and the peer ends its local writable side after
+ *   delivering every byte before it. The tunnel is over once FINs went both
+ *   ways. `close()` ends the whole tunnel cleanly (CLOSE_REQ, a stream end
+ *   without error): what waits is flushed, then CLOSE. The peer's receiving
+ *   adapter ends its local side after what it was given to deliver.
+ * - An abort (TCP reset, socket error, CLOSE with an error) reaches the other
+ *   end as an abort: `fail(err)` sends CLOSE with the error's code at once and
+ *   drops what waits; the adapter on the other end aborts its local side (TCP
+ *   reset, or an error in CLOSE_RSP / DIAL_RSP), never a clean end.
+ * - Order: an adapter attaches only once its client was told the dial
+ *   succeeded (DIAL_RSP written, or the CONNECT `200`), so no byte can
+ *   precede that answer; bytes and a FIN or close that arrived earlier wait in
+ *   the tunnel until then.
+ * - Half-close needs both ends to speak it: FIN frames go only to peers of a
+ *   bus protocol that knows them (otherwise a local EOF closes the whole
+ *   tunnel, as before), and an adapter whose protocol has no half-close (the
+ *   gRPC door) leaves out `shutdownWrite`, so a peer's FIN closes the tunnel
+ *   after its bytes were delivered.
+ * - A side that stops reading is bounded by its window, and a tunnel whose
+ *   last bytes wait for credit gives up after the linger time without any new
+ *   grant (an abort).
+ *
+ * Other invariants:
+ * - byte-exact or closed: DATA and FIN must arrive with consecutive sequence
+ *   numbers, and a CLOSE/PING/PONG names the last sequence the peer sent, so
+ *   a lost frame always closes the tunnel with KNATS_SEQUENCE_GAP;
  * - bounded memory: the peer may never exceed our grant (else
  *   KNATS_CREDIT_VIOLATION), and we never hold more than one local read
  *   beyond our send credit before pausing the local source.
@@ -17,11 +42,13 @@
  * The tunnel owns no timers; its TunnelHost drives the periodic work
  * (BLOCKED resends, confirm timeouts, idle probes) for all tunnels at once.
  */
+import { HALF_CLOSE_PROTOCOL_VERSION } from './bus-messages.js';
 import {
   decodeFrame,
   encodeBlocked,
   encodeClose,
   encodeData,
+  encodeFin,
   encodePing,
   encodePong,
   encodeWindow,
@@ -39,8 +66,15 @@ export interface TunnelLocalSide {
   pause(): void;
   resume(): void;
   /**
-   * The tunnel ended: `err` undefined is a clean close. The adapter closes its
-   * side after what it was given to deliver.
+   * The peer sends nothing more (its FIN): end the local writable side after
+   * what was delivered, and keep reading. Left out by adapters whose protocol
+   * has no half-close; the tunnel then closes as a whole.
+   */
+  shutdownWrite?(): void;
+  /**
+   * The tunnel ended. `err` undefined is a clean close: the adapter ends its
+   * side after what it was given to deliver. With `err`, it aborts its side
+   * (TCP reset, or the error in its protocol's close message).
    */
   finish(err: KnatsError | undefined): void;
 }
@@ -65,11 +99,18 @@ export interface TunnelOptions {
   readonly publisher: FramePublisher;
   readonly logger: Logger;
   readonly hooks: TunnelHostHooks;
-  /** How long a clean close may wait for send credit to flush what the local side sent. */
+  /** How long a clean end may wait without new credit to flush what the local side sent. */
   readonly lingerMs: number;
 }
 
-type State = 'opening' | 'open' | 'finishing' | 'closed';
+type State = 'opening' | 'open' | 'closed';
+
+/**
+ * What ends our sending direction once the bytes waiting for credit are out:
+ * nothing yet, a FIN (local EOF, the tunnel stays open the other way) or a
+ * clean CLOSE (the whole tunnel).
+ */
+type SendEnd = 'none' | 'fin' | 'close';
 
 export class Tunnel {
   readonly id: string;
@@ -79,6 +120,8 @@ export class Tunnel {
   /** Id of the process at the other end; known once the dial was answered. */
   peerId = '';
   private peerSubject = '';
+  /** The peer understands FIN frames. */
+  private peerHalfCloses = false;
   private state: State = 'opening';
   private local: TunnelLocalSide | undefined;
   private readonly publisher: FramePublisher;
@@ -91,15 +134,20 @@ export class Tunnel {
   /** Local bytes waiting for send credit (at most one local read beyond the credit). */
   private pendingOut: Buffer[] = [];
   private pendingOutBytes = 0;
-  /** Peer bytes that arrived before the local side was attached (bounded by our grant). */
+  private sendEnd: SendEnd = 'none';
+  private finSent = false;
+  private finReceived = false;
+  /** Peer bytes (and its FIN) that arrived before the local side was attached (bounded by our grant). */
   private earlyIn: Buffer[] = [];
+  /** How the tunnel ended, for an adapter that attaches after the end. */
+  private endError: KnatsError | undefined;
   private localPaused = false;
   private waitingForBudget = false;
   private readonly lingerMs: number;
   /**
-   * Set when the local side asked for a clean close while bytes still wait
-   * for credit; moved on by every grant, so only a peer that stops consuming
-   * for lingerMs is given up on.
+   * Set when the local side ended its sending while bytes still wait for
+   * credit; moved on by every grant, so only a peer that stops consuming for
+   * lingerMs is given up on.
    */
   private finishDeadline = 0;
   /** Time of the last frame from the peer, for idle probes and confirm timeouts. */
@@ -140,29 +188,42 @@ export class Tunnel {
   get bufferedOut(): number {
     return this.pendingOutBytes;
   }
+  /** Our sending ended while bytes wait for credit, and the peer granted none for the linger time. */
   get finishOverdue(): boolean {
-    return this.state === 'finishing' && Date.now() > this.finishDeadline;
+    return this.pendingOutBytes > 0 && this.sendEnd !== 'none' && Date.now() > this.finishDeadline;
   }
 
   /**
    * The dial was answered: the peer is known and granted `sendLimit`. Frames
    * can flow both ways from now on.
    */
-  open(peerId: string, peerSubject: string, sendLimit: number, logger?: Logger): void {
+  open(
+    peerId: string,
+    peerSubject: string,
+    sendLimit: number,
+    peerProtocolVersion: number,
+    logger?: Logger,
+  ): void {
     if (this.state !== 'opening') return;
     this.peerId = peerId;
     this.peerSubject = peerSubject;
+    this.peerHalfCloses = peerProtocolVersion >= HALF_CLOSE_PROTOCOL_VERSION;
     this.send = new SendCredit(sendLimit);
     if (logger) this.logger = logger;
     this.state = 'open';
   }
 
-  /** Connects the local socket/stream; bytes that arrived early are handed over now. */
+  /**
+   * Connects the local socket/stream, once its client was told the dial
+   * succeeded: bytes, a FIN or an end that arrived early are handed over now.
+   */
   attach(local: TunnelLocalSide): void {
     this.local = local;
     const early = this.earlyIn;
     this.earlyIn = [];
     for (const chunk of early) this.deliverLocally(chunk);
+    if (this.state === 'closed') local.finish(this.endError);
+    else if (this.finReceived) this.onPeerFinDelivered();
   }
 
   /** The frontend's first frame: tells the agent the tunnel is wanted (confirm-on-first-frame). */
@@ -174,7 +235,7 @@ export class Tunnel {
 
   /** Bytes read from the local source. */
   write(chunk: Buffer): void {
-    if (this.state !== 'open' || chunk.length === 0) return;
+    if (this.state !== 'open' || this.sendEnd !== 'none' || chunk.length === 0) return;
     if (this.pendingOutBytes === 0) chunk = this.transmit(chunk);
     if (chunk.length > 0) {
       this.pendingOut.push(chunk);
@@ -189,13 +250,18 @@ export class Tunnel {
     while (chunk.length > 0) {
       const n = Math.min(chunk.length, this.send.available, maxFrame);
       if (n <= 0) break;
-      this.publish(encodeData(this.nextSendSeq, chunk.subarray(0, n)));
-      this.nextSendSeq = (this.nextSendSeq + 1) >>> 0;
+      this.publish(encodeData(this.takeSendSeq(), chunk.subarray(0, n)));
       this.send.onSent(n);
       this.bytesOut += n;
       chunk = chunk.subarray(n);
     }
     return chunk;
+  }
+
+  private takeSendSeq(): number {
+    const seq = this.nextSendSeq;
+    this.nextSendSeq = (seq + 1) >>> 0;
+    return seq;
   }
 
   private flushPendingOut(): void {
@@ -208,11 +274,8 @@ export class Tunnel {
       }
       this.pendingOut.shift();
     }
-    if (this.state === 'finishing') {
-      this.sendCloseAndEnd(undefined);
-      return;
-    }
     this.setLocalPaused(false);
+    this.endSendingIfFlushed();
   }
 
   private setLocalPaused(paused: boolean): void {
@@ -224,25 +287,57 @@ export class Tunnel {
   }
 
   /**
-   * The local side is done (EOF, CLOSE_REQ, stream end). A clean close first
-   * sends what waits for credit; an error closes at once.
+   * The local source reached its end (a TCP FIN): what waits for credit is
+   * sent, then a FIN. The other direction keeps flowing. A peer without
+   * half-close gets the whole tunnel closed cleanly instead.
    */
-  close(err?: KnatsError): void {
-    if (this.state === 'closed' || this.state === 'finishing') {
-      if (err && this.state === 'finishing') this.sendCloseAndEnd(err);
+  finishSending(): void {
+    if (!this.peerHalfCloses) {
+      this.close();
       return;
     }
+    this.endSending('fin');
+  }
+
+  /**
+   * The local side is done with the whole tunnel (CLOSE_REQ, stream end). A
+   * clean close first sends what waits for credit; an error closes at once.
+   */
+  close(err?: KnatsError): void {
+    if (this.state === 'closed') return;
     if (this.state === 'opening') {
       // Nobody to tell yet: the dialer handles a late answer (see frontend).
       this.end(err);
       return;
     }
-    if (!err && this.pendingOutBytes > 0) {
-      this.state = 'finishing';
-      this.finishDeadline = Date.now() + this.lingerMs;
+    if (err) {
+      this.sendCloseAndEnd(err);
       return;
     }
-    this.sendCloseAndEnd(err);
+    this.endSending('close');
+  }
+
+  private endSending(how: 'fin' | 'close'): void {
+    if (this.state !== 'open' || this.sendEnd === 'close' || (how === 'fin' && this.sendEnd === 'fin'))
+      return;
+    this.sendEnd = how;
+    this.finishDeadline = Date.now() + this.lingerMs;
+    if (this.finSent && how === 'close') {
+      this.sendCloseAndEnd(undefined);
+      return;
+    }
+    this.endSendingIfFlushed();
+  }
+
+  private endSendingIfFlushed(): void {
+    if (this.pendingOutBytes > 0 || this.state !== 'open') return;
+    if (this.sendEnd === 'close') {
+      this.sendCloseAndEnd(undefined);
+    } else if (this.sendEnd === 'fin' && !this.finSent) {
+      this.finSent = true;
+      this.publish(encodeFin(this.takeSendSeq()));
+      if (this.finReceived) this.end(undefined);
+    }
   }
 
   private sendCloseAndEnd(err: KnatsError | undefined): void {
@@ -269,10 +364,13 @@ export class Tunnel {
       case FrameType.Data:
         this.onData(frame.seq, frame.payload);
         return;
+      case FrameType.Fin:
+        this.onPeerFin(frame.seq);
+        return;
       case FrameType.Window:
         if (this.send.grant(frame.limit) && this.state !== 'opening') {
-          // A finishing tunnel whose peer keeps consuming is not stuck: its linger starts over.
-          if (this.state === 'finishing') this.finishDeadline = Date.now() + this.lingerMs;
+          // A tunnel whose last bytes wait is not stuck while its peer keeps consuming: its linger starts over.
+          if (this.sendEnd !== 'none') this.finishDeadline = Date.now() + this.lingerMs;
           this.flushPendingOut();
         }
         return;
@@ -295,12 +393,22 @@ export class Tunnel {
     }
   }
 
-  private onData(seq: number, payload: Buffer): void {
+  /** Checks that a DATA or FIN frame is the next one the peer may send. */
+  private acceptSeq(seq: number): boolean {
     if (seq !== this.expectedSeq) {
       this.fail(gap(this.expectedSeq, seq));
-      return;
+      return false;
     }
     this.expectedSeq = (this.expectedSeq + 1) >>> 0;
+    if (this.finReceived) {
+      this.fail(new KnatsError(ErrorCode.MalformedFrame, 'peer sent a frame after its FIN'));
+      return false;
+    }
+    return true;
+  }
+
+  private onData(seq: number, payload: Buffer): void {
+    if (!this.acceptSeq(seq)) return;
     if (!this.receive.onReceived(payload.length)) {
       this.fail(
         new KnatsError(ErrorCode.CreditViolation, `peer sent past its grant of ${this.receive.limit} bytes`),
@@ -310,6 +418,22 @@ export class Tunnel {
     this.bytesIn += payload.length;
     if (this.local) this.deliverLocally(payload);
     else this.earlyIn.push(payload);
+  }
+
+  private onPeerFin(seq: number): void {
+    if (!this.acceptSeq(seq)) return;
+    this.finReceived = true;
+    if (this.local) this.onPeerFinDelivered();
+  }
+
+  /** Every byte before the peer's FIN went to the local side: end its writing, or the whole tunnel. */
+  private onPeerFinDelivered(): void {
+    if (!this.local?.shutdownWrite) {
+      this.close();
+      return;
+    }
+    this.local.shutdownWrite();
+    if (this.finSent) this.end(undefined);
   }
 
   private deliverLocally(chunk: Buffer): void {
@@ -334,7 +458,7 @@ export class Tunnel {
     }
   };
 
-  /** A CLOSE/PING/PONG names the peer's last DATA seq; anything beyond what we got was lost. */
+  /** A CLOSE/PING/PONG names the peer's last DATA/FIN seq; anything beyond what we got was lost. */
   private checkPeerSeq(peerLastSeq: number): boolean {
     const received = (this.expectedSeq - 1) >>> 0;
     if (peerLastSeq === received) return true;
@@ -351,19 +475,15 @@ export class Tunnel {
 
   /** Repeats a BLOCKED probe so a lost WINDOW cannot stall the tunnel. */
   probeBlocked(): void {
-    if (this.state === 'open' || this.state === 'finishing') {
-      this.publish(encodeBlocked(this.send.sent), this.localSubject);
-    }
+    if (this.state === 'open') this.publish(encodeBlocked(this.send.sent), this.localSubject);
   }
 
   /** Asks the peer to confirm it still knows this tunnel and got every frame (after reconnects, when idle). */
   probe(): void {
-    if (this.state === 'open' || this.state === 'finishing') {
-      this.publish(encodePing(this.nextSendSeq - 1), this.localSubject);
-    }
+    if (this.state === 'open') this.publish(encodePing(this.nextSendSeq - 1), this.localSubject);
   }
 
-  /** Closes with an error, telling the peer why when we know where it is. */
+  /** Aborts: closes with an error, telling the peer why when we know where it is. */
   fail(err: KnatsError): void {
     if (this.state === 'closed') return;
     if (this.peerSubject) this.sendCloseAndEnd(err);
@@ -374,11 +494,13 @@ export class Tunnel {
   end(err: KnatsError | undefined): void {
     if (this.state === 'closed') return;
     this.state = 'closed';
+    this.endError = err;
     if (this.waitingForBudget) this.budget.cancelWait(this.grantMore);
     this.receive.release();
     this.pendingOut = [];
     this.pendingOutBytes = 0;
-    this.earlyIn = [];
+    // A clean end before the adapter attached keeps the early bytes for it (still bounded by our grant).
+    if (err) this.earlyIn = [];
     if (this.localPaused) {
       this.localPaused = false;
       this.hooks.blockedChanged(this, false);

@@ -164,6 +164,7 @@ export class BusDialer {
         agentId,
         subjects.agentTunnel(agentId, tunnelId),
         response.initialWindow,
+        response.protocolVersion,
         tunnelLogger.child({ agentId }),
       );
       this.options.onAgentUsed(agentId);

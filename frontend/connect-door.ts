@@ -14,6 +14,7 @@
  * size limit, and nothing but HTTP/1.x.
  */
 import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import { ErrorCode, httpStatusFor, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
 import type { Tunnel, TunnelLocalSide } from '../broker/tunnel.js';
@@ -217,7 +218,11 @@ class ConnectConnection {
   private dial: AbortController | undefined;
   private tunnel: Tunnel | undefined;
   private pausedByTunnel = false;
+  /** The client's FIN was read: its sending is over (half-close), it may still read. */
   private clientEnded = false;
+  /** We ended our writing to the client (the destination's FIN). */
+  private writeEnded = false;
+  private tunnelFinished = false;
 
   constructor(door: ConnectDoor, socket: Socket) {
     this.door = door;
@@ -335,12 +340,13 @@ class ConnectConnection {
         this.dial = undefined;
         this.tunnel = tunnel;
         this.logger = tunnel.logger;
-        // 200 first, then the agent's early bytes (attach), then the client's bytes.
+        // 200 first, then the agent's early bytes (attach), then the client's bytes and its FIN.
         this.socket.write(ESTABLISHED);
         tunnel.attach(this.localSide(tunnel));
         tunnelEstablished(options, outcome, { door: 'http-connect' });
         this.socket.on('data', (chunk: Buffer) => tunnel.write(chunk));
         if (rest.length > 0) tunnel.write(rest);
+        if (this.clientEnded) tunnel.finishSending();
         if (!this.pausedByTunnel && this.phase === 'open') this.socket.resume();
       },
       (err: KnatsError) => {
@@ -374,15 +380,20 @@ class ConnectConnection {
         this.pausedByTunnel = false;
         if (this.phase === 'open') socket.resume();
       },
+      shutdownWrite: () => {
+        this.writeEnded = true;
+        if (!socket.destroyed) socket.end();
+      },
       finish: (err) => {
         this.phase = 'done';
+        this.tunnelFinished = true;
         tunnelFinished(this.door.options, tunnel);
+        if (socket.destroyed) return;
         if (err) {
-          socket.destroy();
+          abortClient(socket);
           return;
         }
         // Clean close: the client gets what was written, then EOF.
-        if (socket.destroyed) return;
         socket.end();
         this.closeTimer = setTimeout(() => socket.destroy(), END_GRACE_MS);
       },
@@ -393,24 +404,22 @@ class ConnectConnection {
 
   private onClientEnd(): void {
     this.clientEnded = true;
-    if (this.phase === 'dialing') {
-      this.dial?.abort();
-      this.phase = 'done';
-    } else if (this.phase === 'open') {
+    if (this.phase === 'open') {
       this.logger.debug('client closed its side');
-      this.tunnel?.close();
+      this.tunnel?.finishSending();
     } else if (this.phase === 'header') {
       this.phase = 'done';
       this.socket.destroy();
     }
+    // While dialing, the FIN is passed on once the tunnel is open (after the bytes before it).
   }
 
   private onClientError(err: NodeJS.ErrnoException): void {
     this.logger.debug({ err: err.code ?? err.message, phase: this.phase }, 'client socket error');
-    // After the client's EOF the tunnel is already flushing what the client sent: let it.
-    if (this.phase === 'open' && !this.clientEnded) {
-      this.tunnel?.close(
-        new KnatsError(ErrorCode.PeerGone, `client connection error: ${err.code ?? err.message}`),
+    if (this.phase === 'dialing') this.dial?.abort();
+    else if (this.phase === 'open') {
+      this.tunnel?.fail(
+        new KnatsError(ErrorCode.ConnectionReset, `client connection error: ${err.code ?? err.message}`),
       );
     }
   }
@@ -419,8 +428,9 @@ class ConnectConnection {
     clearTimeout(this.headerTimer);
     clearTimeout(this.closeTimer);
     if (this.phase === 'dialing') this.dial?.abort();
-    else if (this.phase === 'open' && !this.clientEnded) {
-      this.tunnel?.close(new KnatsError(ErrorCode.PeerGone, 'client connection closed'));
+    else if (this.phase === 'open' && !this.tunnelFinished && !(this.clientEnded && this.writeEnded)) {
+      // Closed without both directions ending: the client is gone mid-stream.
+      this.tunnel?.fail(new KnatsError(ErrorCode.ConnectionReset, 'client connection closed'));
     }
     this.phase = 'done';
     this.door.options.metrics.httpConnections.dec();
@@ -451,4 +461,22 @@ class ConnectConnection {
     this.phase = 'done';
     this.socket.destroy();
   }
+}
+
+/**
+ * An abort must look like one to the client: a TCP reset, never a clean end
+ * after a short body. Under TLS the reset goes to the TCP socket beneath
+ * (Node keeps it as the internal `_parent`; without it, the TLS socket is
+ * destroyed without close_notify, which TLS clients also treat as an abort).
+ * A Unix socket has no reset: the client sees the connection close, and only
+ * its own framing (TLS close_notify, HTTP lengths) tells it the stream was cut.
+ */
+function abortClient(socket: Socket): void {
+  const tcp = socket instanceof TLSSocket ? (socket as TLSSocket & { _parent?: Socket })._parent : socket;
+  if (tcp && !tcp.destroyed && tcp.remotePort !== undefined) {
+    tcp.resetAndDestroy();
+    if (tcp !== socket) socket.destroy();
+    return;
+  }
+  socket.destroy();
 }

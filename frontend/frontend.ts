@@ -316,7 +316,7 @@ function connectDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): 
   return {
     clients: () => door.size,
     listenUds: async (path) => {
-      const server = createNetServer({ allowHalfOpen: false }, (socket) => door.accept(socket));
+      const server = createNetServer({ allowHalfOpen: true }, (socket) => door.accept(socket));
       servers.push(server);
       await listen(server, { path }, path);
     },
@@ -327,7 +327,7 @@ function connectDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): 
           // HTTP/1.1 only: a client that insists on h2 is refused in the handshake.
           ALPNProtocols: ['http/1.1'],
           handshakeTimeout: door.headerTimeoutMs,
-          allowHalfOpen: false,
+          allowHalfOpen: true,
         },
         (socket) => door.accept(socket),
       );

@@ -180,8 +180,9 @@ export class ProxyStream {
         const connectID = this.nextConnectID++;
         tunnel.logger = tunnel.logger.child({ connectID });
         this.tunnels.set(connectID, tunnel);
-        tunnel.attach(this.localSide(connectID, tunnel));
+        // DIAL_RSP first: attach hands over bytes the destination sent before the answer.
         this.write({ type: PacketType.DIAL_RSP, dialResponse: { error: '', connectID, random } });
+        tunnel.attach(this.localSide(connectID, tunnel));
         tunnelEstablished(this.options, outcome, { connectID });
       },
       (err: KnatsError) => {

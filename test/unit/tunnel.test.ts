@@ -4,19 +4,29 @@ import {
   decodeFrame,
   encodeClose,
   encodeData,
+  encodeFin,
   encodePing,
   encodeWindow,
   type Frame,
   FrameType,
 } from '../../broker/codec.js';
 import { ReceiveBudget } from '../../broker/credit.js';
-import { ErrorCode, type KnatsError } from '../../broker/errors.js';
+import { ErrorCode, KnatsError } from '../../broker/errors.js';
 import { silentLogger } from '../../broker/logging.js';
 import { Tunnel, type TunnelLocalSide } from '../../broker/tunnel.js';
 
 const settings = { window: 64 * 1024, minWindow: 16 * 1024, budget: 1 << 20 };
 
-function harness(sendLimit = 1 << 20) {
+interface HarnessOptions {
+  /** The peer's bus protocol version (2 knows FIN). */
+  readonly peerVersion?: number;
+  /** The local side supports half-close (has shutdownWrite). */
+  readonly halfClose?: boolean;
+  /** Leave the local side detached; call `attach()` later. */
+  readonly detached?: boolean;
+}
+
+function harness(sendLimit = 1 << 20, options: HarnessOptions = {}) {
   const sent: Frame[] = [];
   const delivered: Buffer[] = [];
   const events: string[] = [];
@@ -41,7 +51,7 @@ function harness(sendLimit = 1 << 20) {
     },
     lingerMs: 1000,
   });
-  tunnel.open('peer', 'x.ag.a.t1', sendLimit);
+  tunnel.open('peer', 'x.ag.a.t1', sendLimit, options.peerVersion ?? 2);
   const local: TunnelLocalSide = {
     deliver: (chunk, done) => {
       delivered.push(chunk);
@@ -50,11 +60,14 @@ function harness(sendLimit = 1 << 20) {
     pause: () => events.push('pause'),
     resume: () => events.push('resume'),
     finish: (err) => {
+      events.push(err ? `finish:${err.code}` : 'finish');
       finished = { err };
     },
   };
-  tunnel.attach(local);
+  if (options.halfClose) local.shutdownWrite = () => events.push('shutdownWrite');
+  if (!options.detached) tunnel.attach(local);
   return {
+    attach: () => tunnel.attach(local),
     tunnel,
     sent,
     delivered,
@@ -166,5 +179,111 @@ describe('tunnel state machine', () => {
     const h = harness();
     h.tunnel.handleFrame(encodeClose(0, 'KNATS_FROM_THE_FUTURE', 'x'));
     assert.equal(h.finished?.err?.code, ErrorCode.DialFailed);
+  });
+});
+
+describe('tunnel end of stream', () => {
+  const frames = (h: { sent: Frame[] }) =>
+    h.sent.map((f) =>
+      f.type === FrameType.Data ? `DATA${f.seq}` : f.type === FrameType.Fin ? `FIN${f.seq}` : f.type,
+    );
+
+  it('a local EOF while bytes wait for credit sends them, then a FIN, and keeps receiving', () => {
+    const h = harness(1000, { halfClose: true });
+    h.tunnel.write(Buffer.alloc(1500, 1));
+    h.tunnel.finishSending();
+    assert.deepEqual(frames(h), ['DATA1'], 'nothing more until credit comes');
+    h.tunnel.handleFrame(encodeWindow(1500));
+    assert.deepEqual(frames(h), ['DATA1', 'DATA2', 'FIN3']);
+    h.tunnel.handleFrame(encodeData(1, Buffer.from('reply')));
+    assert.equal(h.delivered.length, 1, 'the other direction still flows');
+    assert.equal(h.ended, 'open');
+    h.tunnel.handleFrame(encodeFin(2));
+    assert.deepEqual(h.events.slice(-2), ['shutdownWrite', 'finish']);
+    assert.equal(h.ended, undefined, 'FINs both ways end the tunnel cleanly');
+  });
+
+  it('a peer FIN ends local writing after every byte before it, and the tunnel once we are done too', () => {
+    const h = harness(1 << 20, { halfClose: true });
+    h.tunnel.handleFrame(encodeData(1, Buffer.from('a')));
+    h.tunnel.handleFrame(encodeFin(2));
+    assert.deepEqual(h.events, ['shutdownWrite']);
+    h.tunnel.write(Buffer.from('still sending'));
+    h.tunnel.finishSending();
+    assert.deepEqual(frames(h), ['DATA1', 'FIN2']);
+    assert.deepEqual(h.events, ['shutdownWrite', 'finish']);
+  });
+
+  it('without half-close on the local side, a peer FIN closes the whole tunnel cleanly after delivery', () => {
+    const h = harness(1 << 20, { halfClose: false });
+    h.tunnel.handleFrame(encodeData(1, Buffer.from('a')));
+    h.tunnel.handleFrame(encodeFin(2));
+    const close = h.sent.at(-1)!;
+    assert.ok(close.type === FrameType.Close && close.code === '');
+    assert.equal(h.delivered.length, 1);
+    assert.deepEqual(h.events, ['finish']);
+  });
+
+  it('a peer of bus protocol 1 gets no FIN: a local EOF closes the tunnel as version 1 did', () => {
+    const h = harness(1 << 20, { halfClose: true, peerVersion: 1 });
+    h.tunnel.write(Buffer.from('x'));
+    h.tunnel.finishSending();
+    assert.deepEqual(frames(h), ['DATA1', FrameType.Close]);
+  });
+
+  it('bytes and a FIN that arrive before the adapter attaches are handed over, in order, on attach', () => {
+    const h = harness(1 << 20, { halfClose: true, detached: true });
+    h.tunnel.handleFrame(encodeData(1, Buffer.from('banner')));
+    h.tunnel.handleFrame(encodeFin(2));
+    assert.equal(h.delivered.length, 0);
+    h.attach();
+    assert.equal(h.delivered[0]?.toString(), 'banner');
+    assert.deepEqual(h.events, ['shutdownWrite']);
+  });
+
+  it('a clean end before attach still delivers the early bytes; an abort before attach reaches the adapter', () => {
+    const clean = harness(1 << 20, { detached: true });
+    clean.tunnel.handleFrame(encodeData(1, Buffer.from('bye')));
+    clean.tunnel.handleFrame(encodeClose(1, '', ''));
+    clean.attach();
+    assert.equal(clean.delivered[0]?.toString(), 'bye');
+    assert.deepEqual(clean.events, ['finish']);
+    const aborted = harness(1 << 20, { detached: true });
+    aborted.tunnel.handleFrame(encodeData(1, Buffer.from('partial')));
+    aborted.tunnel.handleFrame(encodeClose(1, ErrorCode.ConnectionReset, 'reset'));
+    aborted.attach();
+    assert.equal(aborted.delivered.length, 0, 'an abort does not pass for a short clean stream');
+    assert.deepEqual(aborted.events, [`finish:${ErrorCode.ConnectionReset}`]);
+  });
+
+  it('a lost FIN is a sequence gap at the next PING; DATA after a FIN is refused', () => {
+    const lost = harness(1 << 20, { halfClose: true });
+    lost.tunnel.handleFrame(encodePing(1));
+    assert.equal(lost.finished?.err?.code, ErrorCode.SequenceGap);
+    const after = harness(1 << 20, { halfClose: true });
+    after.tunnel.handleFrame(encodeFin(1));
+    after.tunnel.handleFrame(encodeData(2, Buffer.from('late')));
+    assert.equal(after.finished?.err?.code, ErrorCode.MalformedFrame);
+  });
+
+  it('a local abort drops what waits and tells the peer the code', () => {
+    const h = harness(1000, { halfClose: true });
+    h.tunnel.write(Buffer.alloc(1500, 1));
+    h.tunnel.finishSending();
+    h.tunnel.fail(new KnatsError(ErrorCode.ConnectionReset, 'reset'));
+    const close = h.sent.at(-1)!;
+    assert.ok(
+      close.type === FrameType.Close && close.code === ErrorCode.ConnectionReset && close.lastSeq === 1,
+    );
+    assert.equal(h.tunnel.bufferedOut, 0);
+  });
+
+  it('gives up on a peer that grants nothing for the linger time after our EOF', async () => {
+    const h = harness(1000, { halfClose: true });
+    h.tunnel.write(Buffer.alloc(1500, 1));
+    h.tunnel.finishSending();
+    assert.equal(h.tunnel.finishOverdue, false);
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    assert.equal(h.tunnel.finishOverdue, true);
   });
 });
