@@ -8,6 +8,7 @@
  */
 import type { Socket } from 'node:net';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
+import { endedByReset } from '../broker/socket-reset.js';
 import type { Tunnel } from '../broker/tunnel.js';
 
 /** After the tunnel ends cleanly, how long the destination gets to take our last bytes. */
@@ -21,6 +22,10 @@ export function bridgeSocket(tunnel: Tunnel, socket: Socket, onClosed: () => voi
   socket.on('data', (chunk: Buffer) => tunnel.write(chunk));
   socket.on('end', () => {
     readEnded = true;
+    if (!writeEnded && endedByReset(socket)) {
+      tunnel.fail(new KnatsError(ErrorCode.ConnectionReset, 'destination reset the connection'));
+      return;
+    }
     tunnel.logger.debug('destination closed its side');
     tunnel.finishSending();
   });

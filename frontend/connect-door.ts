@@ -17,6 +17,7 @@ import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { ErrorCode, httpStatusFor, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
+import { endedByReset } from '../broker/socket-reset.js';
 import type { Tunnel, TunnelLocalSide } from '../broker/tunnel.js';
 import type { BusDialer } from './bus-dialer.js';
 import { dialForClient, tunnelEstablished, tunnelFinished } from './door-dial.js';
@@ -404,6 +405,10 @@ class ConnectConnection {
 
   private onClientEnd(): void {
     this.clientEnded = true;
+    if (!this.writeEnded && this.phase !== 'header' && endedByReset(this.socket)) {
+      this.onClientError(Object.assign(new Error('reset by the client'), { code: 'ECONNRESET' }));
+      return;
+    }
     if (this.phase === 'open') {
       this.logger.debug('client closed its side');
       this.tunnel?.finishSending();

@@ -7,6 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
+import { endedByReset } from '../../broker/socket-reset.js';
 
 export interface DestinationBehaviour {
   /** Bytes written as soon as the connection is accepted (before reading anything). */
@@ -72,6 +73,11 @@ export class BehaviourDestination {
     for (const socket of this.sockets) socket.destroy();
   }
 
+  /** Resets every open connection (a stuck destination giving up). */
+  resetAll(): void {
+    for (const socket of this.sockets) socket.resetAndDestroy();
+  }
+
   async close(): Promise<void> {
     this.destroyAll();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
@@ -130,7 +136,10 @@ export class BehaviourDestination {
       }
     });
     socket.on('end', () => {
-      if (record.ended === 'open') record.ended = 'fin';
+      // Node reports a reset right behind data as an end (see socket-reset.ts); the kernel knows better.
+      if (record.ended === 'open') {
+        record.ended = !socket.writableEnded && endedByReset(socket) ? 'error' : 'fin';
+      }
       if (bannerDone) sendReply();
     });
     this.write(socket, b.banner, b, () => {

@@ -17,6 +17,7 @@ import { readFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import type { RunningAgent } from '../../agent/agent.js';
+import { endedByReset } from '../../broker/socket-reset.js';
 import type { RunningFrontend } from '../../frontend/frontend.js';
 import { createPki, type Pki } from './certs.js';
 import { randomBytesSeeded, refusedPort, sha256 } from './destinations.js';
@@ -38,6 +39,7 @@ export const DESTINATIONS = [
   'speaks-first',
   'burst-fin',
   'burst-reset',
+  'reply-then-reset',
   'trickle',
   'never-reads',
   'reads-slowly',
@@ -77,9 +79,17 @@ interface Plan {
   readonly readsUploadBeforeEnd: boolean;
   /** It reads nothing: the test checks the window bound, then tears the destination down. */
   readonly stuck: boolean;
+  /** Every byte the destination writes, when it writes them all. */
+  readonly writes: Buffer;
 }
 
 function plan(cell: Cell, upload: Buffer, download: Buffer): Plan {
+  const p = destinationPlan(cell, upload, download);
+  const reply = p.behaviour?.reply === 'upload-sha' ? Buffer.from(sha256(upload)) : Buffer.alloc(0);
+  return { ...p, writes: Buffer.concat([p.behaviour?.banner ?? Buffer.alloc(0), reply]) };
+}
+
+function destinationPlan(cell: Cell, upload: Buffer, download: Buffer): Omit<Plan, 'writes'> {
   const base: DestinationBehaviour = {
     banner: Buffer.alloc(0),
     reply: 'none',
@@ -110,6 +120,13 @@ function plan(cell: Cell, upload: Buffer, download: Buffer): Plan {
         expected: 'error',
         readsUploadBeforeEnd: false,
         stuck: false,
+      };
+    case 'reply-then-reset':
+      // A small answer with the reset right behind it: Node itself reports such a reset as an end.
+      return {
+        behaviour: { ...base, reply: 'upload-sha', end: 'reset', writePauseMs: 0 },
+        expected: 'error',
+        ...reads,
       };
     case 'trickle': {
       const trickle = download.subarray(0, 200);
@@ -251,8 +268,8 @@ export class EosRig {
 
   /**
    * A destination that never reads: once the upload stalled, no process holds
-   * more than one window of it; then the destination goes away (a reset, as
-   * it had unread bytes), which the client must see as an abort.
+   * more than one window of it; then the destination resets, which the
+   * client must see as an abort.
    */
   private async checkStuckBound(door: DoorKind, problems: string[]): Promise<void> {
     await sleep(300);
@@ -266,7 +283,7 @@ export class EosRig {
         problems.push(`${name} buffers ${JSON.stringify(buffered)} beyond the window ${RIG_WINDOW}`);
       }
     }
-    this.destination.destroyAll();
+    this.destination.resetAll();
   }
 
   /** Every tunnel, connection, dial and socket of the cell is gone. */
@@ -335,9 +352,15 @@ function judge(
   } else if (cell.client !== 'resets') {
     const expected = p.expected;
     if (expected === 'error') {
-      // A Unix socket has no reset: an abort there is a close (a documented limit), never extra bytes.
-      if (outcome.end === 'clean' && !(udsConnect && outcome.dialed)) {
+      // Documented limits, where a clean end must still carry only the destination's bytes:
+      // a Unix socket has no reset (an abort there is a close); and once the client half-closed, the
+      // agent cannot tell a destination's reset right behind its last bytes from a FIN (libuv).
+      const halfClosedReset =
+        cell.client === 'sends-fin' && cell.door !== 'grpc-uds' && p.behaviour?.end === 'reset';
+      if (outcome.end === 'clean' && !((udsConnect && outcome.dialed) || halfClosedReset)) {
         problems.push(`expected an abort the client can see; ${where}`);
+      } else if (outcome.end === 'clean' && !isPrefix(outcome.data, p.writes)) {
+        problems.push(`bytes differ from the destination's; ${where}`);
       }
     } else if (expected === 'empty-or-error') {
       if (outcome.end === 'clean' && outcome.data.length > 0) problems.push(`expected no bytes; ${where}`);
@@ -359,7 +382,12 @@ function judge(
     if (mustHaveAll && record.received !== upload.length) {
       problems.push(`destination got ${record.received} of ${upload.length} upload bytes`);
     }
-    if (cell.client === 'sends-fin' && cell.door !== 'grpc-uds' && p.readsUploadBeforeEnd) {
+    if (
+      cell.client === 'sends-fin' &&
+      cell.door !== 'grpc-uds' &&
+      p.readsUploadBeforeEnd &&
+      p.behaviour.end === 'fin'
+    ) {
       if (record.ended !== 'fin')
         problems.push(`the client's FIN reached the destination as ${record.ended}`);
     }
@@ -407,6 +435,8 @@ async function runConnectClient(
     onChange();
   });
   socket.on('end', () => {
+    // A reset right behind data reaches Node as an end (see socket-reset.ts); the kernel knows better.
+    if (!socket.writableEnded && endedByReset(socket)) error ??= 'ECONNRESET';
     ended = true;
     onChange();
   });
