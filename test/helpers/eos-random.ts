@@ -23,14 +23,17 @@ export function randomCell(seed: number): Cell {
   // Sizes spread over orders of magnitude: empty, tiny, around one window, several windows.
   const size = (max: number) => (next() < 0.1 ? 0 : Math.floor(2 ** (next() * Math.log2(max))));
   const chunk = () => Math.max(1, size(128 * 1024));
-  const clientChunk = chunk();
-  const destChunk = chunk();
+  const uploadBytes = size(2 * 1024 * 1024);
+  const downloadBytes = size(4 * 1024 * 1024);
+  // At most a few thousand writes per direction, so a cell stays within seconds.
+  const clientChunk = Math.max(chunk(), Math.ceil(uploadBytes / 4000));
+  const destChunk = Math.max(chunk(), Math.ceil(downloadBytes / 4000));
   return {
     door: pick(DOORS),
     destination: pick(DESTINATIONS),
     client: pick(CLIENTS),
-    uploadBytes: size(2 * 1024 * 1024),
-    downloadBytes: size(4 * 1024 * 1024),
+    uploadBytes,
+    downloadBytes,
     seed,
     clientChunk,
     // Pauses only between big enough chunks, so a cell stays within seconds.

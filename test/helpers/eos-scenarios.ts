@@ -344,9 +344,7 @@ function judge(
   if (cell.door === 'grpc-uds' && cell.client === 'sends-fin') {
     // CLOSE_REQ: the client asked to stop, so any end is right; what came before must be the destination's bytes.
     const ofDestination =
-      p.expected !== 'error' && p.expected !== 'empty-or-error'
-        ? p.expected.bytes
-        : (p.behaviour?.banner ?? Buffer.alloc(0));
+      p.expected !== 'error' && p.expected !== 'empty-or-error' ? p.expected.bytes : p.writes;
     if (!isPrefix(outcome.data, ofDestination))
       problems.push(`bytes differ from the destination's; ${where}`);
   } else if (cell.client !== 'resets') {
@@ -491,7 +489,7 @@ async function runConnectClient(
   for (let offset = 0; offset < limit && !socket.destroyed && error === undefined; ) {
     const chunk = upload.subarray(offset, Math.min(limit, offset + cell.clientChunk));
     offset += chunk.length;
-    if (!socket.write(chunk)) await Promise.race([once(socket, 'drain'), once(socket, 'close')]);
+    if (!socket.write(chunk)) await firstOf(socket, 'drain', socket, 'close');
     if (cell.clientPauseMs > 0) await sleep(cell.clientPauseMs);
   }
   if (cell.client === 'resets') {
@@ -550,12 +548,11 @@ async function runGrpcClient(
       });
     }
     const answered = onAnswered?.();
-    const closed = client.waitClosed(id, 25_000);
     const limit = cell.client === 'resets' ? upload.length >> 1 : upload.length;
     for (let offset = 0; offset < limit && client.closeError(id) === undefined && !client.ended; ) {
       const chunk = upload.subarray(offset, Math.min(limit, offset + cell.clientChunk));
       offset += chunk.length;
-      if (!client.send(id, chunk)) await Promise.race([once(client.call, 'drain'), once(client, 'end')]);
+      if (!client.send(id, chunk)) await firstOf(client.call, 'drain', client, 'end');
       if (cell.clientPauseMs > 0) await sleep(cell.clientPauseMs);
     }
     if (cell.client === 'resets') {
@@ -564,7 +561,7 @@ async function runGrpcClient(
       return { end: 'error', detail: 'the client cancelled', data: client.dataOf(id), orderOk, dialed: true };
     }
     if (cell.client === 'sends-fin') client.closeRequest(id);
-    const error = await closed;
+    const error = await client.waitClosed(id, 25_000);
     await answered;
     return {
       end: error === '' ? 'clean' : 'error',
@@ -592,6 +589,24 @@ function dialAnsweredFirst(client: ProxyStreamClient, connectID: number): boolea
 
 function once(emitter: NodeJS.EventEmitter, event: string): Promise<void> {
   return new Promise((resolve) => emitter.once(event, () => resolve()));
+}
+
+/** Resolves on whichever event comes first, leaving no listener behind. */
+function firstOf(
+  a: NodeJS.EventEmitter,
+  aEvent: string,
+  b: NodeJS.EventEmitter,
+  bEvent: string,
+): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      a.off(aEvent, done);
+      b.off(bEvent, done);
+      resolve();
+    };
+    a.once(aEvent, done);
+    b.once(bEvent, done);
+  });
 }
 
 function sleep(ms: number): Promise<void> {

@@ -28,7 +28,7 @@ try {
     const seed = seeds ? seeds[cells] : base++;
     if (seed === undefined || (!seeds && Date.now() > deadline)) break;
     const cell = randomCell(seed);
-    const problems = await rig.run(cell);
+    const problems = await rig.run(cell).catch((err: Error) => [err.message]);
     cells++;
     if (problems.length > 0) {
       failures++;
