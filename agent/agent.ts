@@ -6,6 +6,7 @@
 import { lookup } from 'node:dns/promises';
 import { setMaxListeners } from 'node:events';
 import type { Socket } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import { parseDialAddress } from '../broker/address.js';
 import {
@@ -28,7 +29,7 @@ import type { TunnelHostTiming } from '../broker/tunnel-host.js';
 import { VERSION } from '../broker/version.js';
 import { dialTcp, mapSocketError } from './dialer.js';
 import { createAgentMetrics } from './metrics.js';
-import { type DestinationPolicy, defaultDestinationPolicy, guardedDial } from './policy.js';
+import { type DestinationPolicy, defaultDestinationPolicy, guardedDial, withOwnEndpoints } from './policy.js';
 import { bridgeSocket } from './tcp-bridge.js';
 
 export interface AgentConfig {
@@ -37,7 +38,7 @@ export interface AgentConfig {
   readonly subjectPrefix: string;
   readonly identifiers: AgentIdentifiers;
   readonly dialTimeoutMs: number;
-  /** --allow-destinations / --deny-destinations; default: only cloud metadata endpoints denied. */
+  /** --allow-destinations / --deny-destinations; default: loopback, link-local and metadata endpoints denied. */
   readonly destinationPolicy?: DestinationPolicy;
   readonly healthPort: number;
   readonly healthBindAddress: string;
@@ -101,7 +102,11 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     );
   };
 
-  const policy = config.destinationPolicy ?? defaultDestinationPolicy;
+  const configuredPolicy = config.destinationPolicy ?? defaultDestinationPolicy;
+  // Our own health/admin ports are never a destination; ports picked by the OS are added once bound.
+  const ownAddresses = () =>
+    Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((a) => a.address));
+  let policy = withOwnEndpoints(configuredPolicy, [config.healthPort, config.adminPort], ownAddresses());
   /** Tunnel ids of dials in flight, so a replayed id cannot take over a tunnel. */
   const dialingTunnelIds = new Set<string>();
 
@@ -252,6 +257,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     notReadyReason,
     debugState,
   });
+  policy = withOwnEndpoints(configuredPolicy, [endpoints.healthPort, endpoints.adminPort], ownAddresses());
   logger.info({ identifiers: config.identifiers.text, version: VERSION }, 'agent ready');
 
   return {

@@ -23,22 +23,40 @@
  *      matches a --deny-destinations entry.
  *   2. An empty allow list allows everything; otherwise HOST must match a name entry,
  *      or every address in ADDRS must match an IP entry, of --allow-destinations.
- *   3. Cloud metadata endpoints are denied by default (DEFAULT_DENIED_DESTINATIONS), for
- *      the name and for every resolved address, unless that very name or address is
- *      allowed by an exact entry (a single IP or an exact name, not a range, wildcard or
- *      '*'), so allowing 0.0.0.0/0 or '*' never re-opens the metadata service.
+ *   3. Denied by default (DEFAULT_DENIED_DESTINATIONS): loopback, link-local, and cloud
+ *      metadata and credential endpoints; also this agent's own health and admin ports on
+ *      its own addresses (withOwnEndpoints). A default denial is lifted only by an exact
+ *      allow entry (a single IP or an exact name, not a range, wildcard or '*'; for the
+ *      agent's own ports, a single IP that lists that port), so allowing 0.0.0.0/0 or '*'
+ *      never re-opens them.
+ * Addresses are matched where a socket really goes: the unspecified addresses 0.0.0.0 and ::
+ * are 127.0.0.1 and ::1 (the kernel connects them to loopback), an IPv4-mapped address
+ * (::ffff:a.b.c.d) and a NAT64 address of the well-known prefix (64:ff9b::a.b.c.d) are the
+ * IPv4 address they carry.
  * Names are checked before the DNS lookup (a denied name is not even resolved) and every
  * address the lookup returns is checked after it; the dial then goes to a checked
  * address, never through a second lookup, so DNS cannot smuggle a denied IP.
  */
+import { formatIpv4, type IpAddress, isHostName, parseIp, parseIpv4 } from '../broker/address.js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
 
-/** Denied unless allowed by an exact entry: link-local metadata services of the big clouds. */
-export const DEFAULT_DENIED_DESTINATIONS: readonly string[] = [
-  '169.254.169.254', // AWS, GCP, Azure, OpenStack, Oracle, DigitalOcean
-  'fd00:ec2::254', // AWS over IPv6
-  'metadata.google.internal',
-  'metadata',
+/** Denied unless allowed by an exact entry; the first group an address matches names it in messages. */
+export const DEFAULT_DENIED_DESTINATIONS: readonly { readonly what: string; readonly entries: string }[] = [
+  {
+    what: 'a cloud metadata or credential endpoint',
+    entries: [
+      '169.254.169.254', // AWS, GCP, Azure, OpenStack, Oracle, DigitalOcean
+      'fd00:ec2::254', // AWS over IPv6
+      '169.254.170.2', // ECS task credentials
+      '169.254.170.23', // EKS Pod Identity
+      'fd00:ec2::23', // EKS Pod Identity over IPv6
+      '100.100.100.200', // Alibaba Cloud
+      'metadata.google.internal',
+      'metadata',
+    ].join(','),
+  },
+  { what: 'a loopback address', entries: '127.0.0.0/8,::1,0.0.0.0/8' },
+  { what: 'a link-local address', entries: '169.254.0.0/16,fe80::/10' },
 ];
 
 export interface PortRange {
@@ -67,86 +85,24 @@ export interface DestinationRule {
   readonly ports?: readonly PortRange[];
 }
 
+/** A rule that holds unless an exact allow entry lifts it; `what` names it in messages. */
+export interface DefaultDenyRule extends DestinationRule {
+  readonly what: string;
+}
+
 export interface DestinationPolicy {
   readonly allow: readonly DestinationRule[];
   readonly deny: readonly DestinationRule[];
-  readonly defaultDeny: readonly DestinationRule[];
+  readonly defaultDeny: readonly DefaultDenyRule[];
+  /** This agent's own health and admin ports on its own addresses (withOwnEndpoints). */
+  readonly ownEndpoints: readonly DestinationRule[];
 }
 
 export type Verdict = { readonly allowed: true } | { readonly allowed: false; readonly reason: string };
 
 const ALLOWED: Verdict = { allowed: true };
 
-// ---------------------------------------------------------------------------
-// IP addresses.
-
-function parseIpv4(text: string): bigint | undefined {
-  const parts = text.split('.');
-  if (parts.length !== 4) return undefined;
-  let value = 0n;
-  for (const part of parts) {
-    if (!/^(0|[1-9][0-9]{0,2})$/.test(part)) return undefined;
-    const n = Number(part);
-    if (n > 255) return undefined;
-    value = (value << 8n) | BigInt(n);
-  }
-  return value;
-}
-
-function parseIpv6(text: string): bigint | undefined {
-  if (text.length > 45 || !/^[0-9A-Fa-f:.]+$/.test(text)) return undefined;
-  const halves = text.split('::');
-  if (halves.length > 2) return undefined;
-  const groupsOf = (part: string): number[] | undefined => {
-    if (part === '') return [];
-    const out: number[] = [];
-    const items = part.split(':');
-    for (let i = 0; i < items.length; i++) {
-      const item = items[i]!;
-      if (i === items.length - 1 && item.includes('.')) {
-        const v4 = parseIpv4(item);
-        if (v4 === undefined) return undefined;
-        out.push(Number(v4 >> 16n), Number(v4 & 0xffffn));
-      } else {
-        if (!/^[0-9A-Fa-f]{1,4}$/.test(item)) return undefined;
-        out.push(Number.parseInt(item, 16));
-      }
-    }
-    return out;
-  };
-  const head = groupsOf(halves[0]!);
-  const tail = halves.length === 2 ? groupsOf(halves[1]!) : [];
-  if (!head || !tail) return undefined;
-  let groups: number[];
-  if (halves.length === 2) {
-    const missing = 8 - head.length - tail.length;
-    if (missing < 1) return undefined;
-    groups = [...head, ...new Array<number>(missing).fill(0), ...tail];
-  } else {
-    groups = head;
-  }
-  if (groups.length !== 8) return undefined;
-  return groups.reduce((acc, g) => (acc << 16n) | BigInt(g), 0n);
-}
-
-const V4_MAPPED_PREFIX = 0xffffn << 32n;
-
-/**
- * An IP literal as {family, bits}, or undefined if `text` is not one. A zone
- * (fe80::1%eth0) is ignored, and an IPv4-mapped IPv6 address (::ffff:a.b.c.d)
- * is the IPv4 address it maps to, because that is where a socket goes.
- */
-export function parseIp(text: string): { family: 4 | 6; bits: bigint } | undefined {
-  const v4 = parseIpv4(text);
-  if (v4 !== undefined) return { family: 4, bits: v4 };
-  const zone = text.indexOf('%');
-  const v6 = parseIpv6(zone >= 0 ? text.slice(0, zone) : text);
-  if (v6 === undefined) return undefined;
-  if (v6 >> 32n === V4_MAPPED_PREFIX >> 32n) return { family: 4, bits: v6 & 0xffffffffn };
-  return { family: 6, bits: v6 };
-}
-
-function netContains(net: IpNet, ip: { family: 4 | 6; bits: bigint }): boolean {
+function netContains(net: IpNet, ip: IpAddress): boolean {
   if (net.family !== ip.family) return false;
   const width = net.family === 4 ? 32 : 128;
   const shift = BigInt(width - net.prefix);
@@ -160,16 +116,6 @@ function netContains(net: IpNet, ip: { family: 4 | 6; bits: bigint }): boolean {
 export function normalizeName(host: string): string {
   const lower = host.toLowerCase();
   return lower.endsWith('.') ? lower.slice(0, -1) : lower;
-}
-
-const LABEL = /^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$/;
-
-function validName(name: string): boolean {
-  if (name.length === 0 || name.length > 253) return false;
-  const labels = name.split('.');
-  if (!labels.every((l) => LABEL.test(l))) return false;
-  // 10.0.0.256 or 10.1 are typos of addresses, not names.
-  return !/^[0-9]+$/.test(labels[labels.length - 1]!);
 }
 
 // ---------------------------------------------------------------------------
@@ -252,10 +198,10 @@ function parseTarget(target: string, bracketed: boolean, flag: string, entry: st
   const name = normalizeName(target);
   if (name.startsWith('*.')) {
     const suffix = name.slice(2);
-    if (!validName(suffix)) throw bad(flag, entry, `${JSON.stringify(target)} is not a valid wildcard name`);
+    if (!isHostName(suffix)) throw bad(flag, entry, `${JSON.stringify(target)} is not a valid wildcard name`);
     return { kind: 'suffix', suffix: `.${suffix}` };
   }
-  if (!validName(name)) {
+  if (!isHostName(name)) {
     throw bad(
       flag,
       entry,
@@ -313,12 +259,38 @@ export function createDestinationPolicy(options: PolicyOptions = {}): Destinatio
   return {
     allow: parseDestinationList(options.allow ?? '', 'allow-destinations'),
     deny: parseDestinationList(options.deny ?? '', 'deny-destinations'),
-    defaultDeny: parseDestinationList(DEFAULT_DENIED_DESTINATIONS.join(','), 'default-deny'),
+    defaultDeny: DEFAULT_DENIED_DESTINATIONS.flatMap(({ what, entries }) =>
+      parseDestinationList(entries, 'default-deny').map((rule) => ({ ...rule, what })),
+    ),
+    ownEndpoints: [],
   };
 }
 
-/** The default: metadata endpoints denied, everything else allowed. */
+/** The default: loopback, link-local and metadata endpoints denied, everything else allowed. */
 export const defaultDestinationPolicy: DestinationPolicy = createDestinationPolicy();
+
+/**
+ * `policy` plus this agent's own health and admin `ports` on every address
+ * that reaches the agent itself: `localAddresses` (its interfaces) and all
+ * of loopback. Only a single-IP allow entry that lists the port lifts it.
+ */
+export function withOwnEndpoints(
+  policy: DestinationPolicy,
+  ports: readonly number[],
+  localAddresses: readonly string[],
+): DestinationPolicy {
+  const open = ports.filter((p) => p > 0);
+  if (open.length === 0) return { ...policy, ownEndpoints: [] };
+  const portRanges = open.map((p) => ({ from: p, to: p }));
+  const nets = ['127.0.0.0/8', '::1', ...localAddresses.filter((a) => parseIp(a))];
+  const ownEndpoints = nets.flatMap((text) =>
+    parseDestinationList(text.includes(':') ? `[${text}]` : text, 'own-endpoints').map((rule) => ({
+      ...rule,
+      ports: portRanges,
+    })),
+  );
+  return { ...policy, ownEndpoints };
+}
 
 // ---------------------------------------------------------------------------
 // Matching.
@@ -336,27 +308,55 @@ function matchesName(rule: DestinationRule, name: string, port: number): boolean
   return hit && portMatches(rule, port);
 }
 
-function matchesIp(rule: DestinationRule, ip: { family: 4 | 6; bits: bigint }, port: number): boolean {
+function matchesIp(rule: DestinationRule, ip: IpAddress, port: number): boolean {
   const m = rule.matcher;
   const hit = m.kind === 'any' || (m.kind === 'ip' && netContains(m.net, ip));
   return hit && portMatches(rule, port);
 }
 
-/** An allow entry naming exactly this name or address (not a range, wildcard or '*'). */
+/**
+ * An allow entry naming exactly this name or address (not a range, wildcard
+ * or '*'); with `portListed`, the entry must also list its ports.
+ */
 function exactlyAllowed(
   policy: DestinationPolicy,
   port: number,
-  name: string | undefined,
-  ip: { family: 4 | 6; bits: bigint } | undefined,
+  target: { name: string } | { ip: IpAddress },
+  portListed = false,
 ): boolean {
   return policy.allow.some((rule) => {
     const m = rule.matcher;
-    if (!portMatches(rule, port)) return false;
-    if (name !== undefined) return m.kind === 'name' && m.name === name;
-    if (ip === undefined || m.kind !== 'ip') return false;
+    if (!portMatches(rule, port) || (portListed && rule.ports === undefined)) return false;
+    if ('name' in target) return m.kind === 'name' && m.name === target.name;
+    if (m.kind !== 'ip') return false;
     const width = m.net.family === 4 ? 32 : 128;
-    return m.net.prefix === width && netContains(m.net, ip);
+    return m.net.prefix === width && netContains(m.net, target.ip);
   });
+}
+
+const NAT64_PREFIX = 0x64ff9bn << 96n;
+
+/**
+ * Where a socket to `text` really goes, for matching: the unspecified
+ * addresses are loopback (Linux connects 0.0.0.0 to 127.0.0.1 and :: to
+ * ::1), and a NAT64 address of the well-known prefix 64:ff9b::/96 reaches
+ * the IPv4 address it carries. `shown` is that address as an allow entry
+ * would name it; `note` explains a rewrite in messages.
+ */
+function destinationIp(text: string): { ip: IpAddress; shown: string; note: string } | undefined {
+  const parsed = parseIp(text);
+  if (!parsed) return undefined;
+  if (parsed.bits === 0n) {
+    const shown = parsed.family === 4 ? '127.0.0.1' : '::1';
+    const ip: IpAddress = parsed.family === 4 ? { family: 4, bits: 0x7f000001n } : { family: 6, bits: 1n };
+    return { ip, shown, note: ` (the unspecified address connects to ${shown})` };
+  }
+  if (parsed.family === 6 && parsed.bits >> 32n === NAT64_PREFIX >> 32n) {
+    const bits = parsed.bits & 0xffffffffn;
+    const shown = formatIpv4(bits);
+    return { ip: { family: 4, bits }, shown, note: ` (the NAT64 form of ${shown})` };
+  }
+  return { ip: parsed, shown: text, note: '' };
 }
 
 function denied(reason: string): Verdict {
@@ -374,16 +374,16 @@ function destinationText(host: string, port: number): string {
  */
 export function checkName(policy: DestinationPolicy, host: string, port: number): Verdict {
   if (parseIp(host)) return checkResolved(policy, host, port, [host]);
-  const name = normalizeName(host);
   const dest = destinationText(host, port);
+  // A name the resolver would read differently (a NUL ends it, 127.1 is an address) is never dialed.
+  if (!isHostName(host)) return denied(`${JSON.stringify(dest)} is not a valid host name or IP address`);
+  const name = normalizeName(host);
   const deny = policy.deny.find((r) => matchesName(r, name, port));
   if (deny) return denied(`${dest} matches --deny-destinations entry ${JSON.stringify(deny.text)}`);
-  if (
-    policy.defaultDeny.some((r) => matchesName(r, name, port)) &&
-    !exactlyAllowed(policy, port, name, undefined)
-  ) {
+  const byDefault = policy.defaultDeny.find((r) => matchesName(r, name, port));
+  if (byDefault && !exactlyAllowed(policy, port, { name })) {
     return denied(
-      `${dest} is a cloud metadata endpoint, denied by default (allow it explicitly with --allow-destinations ${name})`,
+      `${dest} is ${byDefault.what}, denied by default (allow it explicitly with --allow-destinations ${name})`,
     );
   }
   return ALLOWED;
@@ -407,20 +407,21 @@ export function checkResolved(
     if (!byName.allowed) return byName;
   }
   if (addresses.length === 0) return denied(`${dest} resolved to no address`);
-  const ips: { text: string; ip: { family: 4 | 6; bits: bigint } }[] = [];
+  const ips: { text: string; ip: IpAddress; shown: string; note: string }[] = [];
   for (const text of addresses) {
-    const ip = parseIp(text);
+    const ip = destinationIp(text);
     if (!ip) return denied(`${dest} resolved to ${JSON.stringify(text)}, which is not an IP address`);
-    ips.push({ text, ip });
+    ips.push({ text, ...ip });
   }
-  const via = (text: string) => (literal ? `address ${text}` : `${host} resolves to ${text}, which`);
-  for (const { text, ip } of ips) {
-    const deny = policy.deny.find((r) => matchesIp(r, ip, port));
+  const via = ({ text, note }: { text: string; note: string }) =>
+    literal ? `${text}${note}` : `${host} resolves to ${text}${note}, which`;
+  for (const ip of ips) {
+    const deny = policy.deny.find((r) => matchesIp(r, ip.ip, port));
     if (deny) {
       return denied(
-        literal
+        literal && !ip.note
           ? `${dest} matches --deny-destinations entry ${JSON.stringify(deny.text)}`
-          : `${dest} denied: ${via(text)} matches --deny-destinations entry ${JSON.stringify(deny.text)}`,
+          : `${dest} denied: ${via(ip)} matches --deny-destinations entry ${JSON.stringify(deny.text)}`,
       );
     }
   }
@@ -437,13 +438,19 @@ export function checkResolved(
       }
     }
   }
-  for (const { text, ip } of ips) {
+  for (const ip of ips) {
     if (
-      policy.defaultDeny.some((r) => matchesIp(r, ip, port)) &&
-      !exactlyAllowed(policy, port, undefined, ip)
+      policy.ownEndpoints.some((r) => matchesIp(r, ip.ip, port)) &&
+      !exactlyAllowed(policy, port, { ip: ip.ip }, true)
     ) {
       return denied(
-        `${dest} denied: ${literal ? `${text} is` : `${host} resolves to ${text}, which is`} a cloud metadata address, denied by default (allow it explicitly with --allow-destinations ${text})`,
+        `${dest} denied: ${via(ip)} is this agent's own address and ${port} its health or admin port (allow it explicitly with --allow-destinations ${destinationText(ip.shown, port)})`,
+      );
+    }
+    const byDefault = policy.defaultDeny.find((r) => matchesIp(r, ip.ip, port));
+    if (byDefault && !exactlyAllowed(policy, port, { ip: ip.ip })) {
+      return denied(
+        `${dest} denied: ${via(ip)} is ${byDefault.what}, denied by default (allow it explicitly with --allow-destinations ${ip.shown})`,
       );
     }
   }

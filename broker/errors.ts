@@ -75,7 +75,7 @@ interface ErrorPresentation {
   readonly reason: string;
 }
 
-const presentation: Record<ErrorCode, ErrorPresentation> = {
+const presentationTable: Record<ErrorCode, ErrorPresentation> = {
   KNATS_NO_AGENT: { httpStatus: 500, reason: 'no_agent' },
   KNATS_DIAL_REFUSED: { httpStatus: 502, reason: 'refused' },
   KNATS_DIAL_UNREACHABLE: { httpStatus: 502, reason: 'unreachable' },
@@ -101,24 +101,63 @@ const presentation: Record<ErrorCode, ErrorPresentation> = {
   KNATS_NATS_SERVER: { httpStatus: 500, reason: 'nats_server' },
 };
 
+/** A Map, not the object: a code from a peer must never reach Object.prototype ('constructor', '__proto__'). */
+const presentation = new Map(Object.entries(presentationTable)) as ReadonlyMap<ErrorCode, ErrorPresentation>;
+
+/** Total even for a value that only claims to be an ErrorCode: the generic DialFailed row. */
+function presentationOf(code: ErrorCode): ErrorPresentation {
+  return presentation.get(code) ?? presentationTable[ErrorCode.DialFailed];
+}
+
 export function httpStatusFor(code: ErrorCode): number {
-  return presentation[code].httpStatus;
+  return presentationOf(code).httpStatus;
 }
 
 export function reasonLabel(code: ErrorCode): string {
-  return presentation[code].reason;
+  return presentationOf(code).reason;
 }
 
 /** Codes carried over the bus are validated: an unknown code from a newer peer becomes DialFailed. */
 export function parseErrorCode(value: string): ErrorCode {
-  return value in presentation ? (value as ErrorCode) : ErrorCode.DialFailed;
+  return presentation.has(value as ErrorCode) ? (value as ErrorCode) : ErrorCode.DialFailed;
+}
+
+/** The most of a peer's error message passed on to a client, a log line or a metric. */
+export const MAX_PEER_MESSAGE_BYTES = 1024;
+
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
+const CONTROL = /[\u0000-\u001f\u007f]/g;
+
+/**
+ * `text` cut to `max` UTF-8 bytes (marked when cut), its control characters
+ * written as \xNN so no terminal escape or forged log line passes through.
+ */
+function bounded(text: string, max = MAX_PEER_MESSAGE_BYTES): string {
+  const bytes = Buffer.byteLength(text);
+  const cut =
+    bytes <= max
+      ? text
+      : `${Buffer.from(text).subarray(0, max).toString()}... (${bytes - max} more bytes cut)`;
+  return cut.replace(CONTROL, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
+/**
+ * The error a peer (agent or frontend) reported over the bus, made safe to
+ * pass on: an unknown code becomes DialFailed and the message is bounded
+ * (MAX_PEER_MESSAGE_BYTES, control characters escaped). Every error built
+ * from a peer's code and message goes through here.
+ */
+export function errorFromPeer(code: string, message: string): KnatsError {
+  const safeCode = parseErrorCode(code);
+  return new KnatsError(safeCode, bounded(message || safeCode));
 }
 
 /**
  * The DIAL_RSP error text the konnectivity client sees. The no-agent text is
- * upstream's verbatim, because operators grep for it.
+ * upstream's verbatim, because operators grep for it. The message is bounded
+ * here too, whatever built the error.
  */
 export function dialResponseText(err: KnatsError): string {
   if (err.code === ErrorCode.NoAgent) return 'No agent available';
-  return `${err.code}: ${err.message}`;
+  return `${err.code}: ${bounded(err.message)}`;
 }

@@ -263,9 +263,11 @@ export const agentFlags: FlagSpec[] = [
     kind: 'string',
     default: '',
     help:
-      'destinations never dialed, same syntax; deny wins over allow. Cloud metadata endpoints ' +
-      '(169.254.169.254, fd00:ec2::254, metadata.google.internal, metadata) are denied by default ' +
-      'unless allowed by an exact entry (a single IP or exact name) in --allow-destinations',
+      'destinations never dialed, same syntax; deny wins over allow. Denied by default unless allowed ' +
+      'by an exact entry (a single IP or exact name) in --allow-destinations: loopback (0.0.0.0 and :: ' +
+      'included), link-local, cloud metadata and credential endpoints (169.254.169.254, fd00:ec2::254, ' +
+      '169.254.170.2, 169.254.170.23, 100.100.100.200, metadata.google.internal, ...; IPv4-mapped and ' +
+      "NAT64 forms too), and this agent's own health and admin ports",
     placeholder: 'LIST',
   },
   ...processFlags('health-server-port', 8093, 'admin-server-port', 8094),

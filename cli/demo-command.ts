@@ -49,7 +49,18 @@ export async function runDemo(argv: readonly string[], env: NodeJS.ProcessEnv): 
   );
   const frontend = await startFrontend({ ...fe.config, logger });
   const ag = agentConfig(
-    [...common, '--agent-id', 'demo-agent', '--health-server-port', '0', '--admin-server-port', '0'],
+    [
+      ...common,
+      '--agent-id',
+      'demo-agent',
+      '--health-server-port',
+      '0',
+      '--admin-server-port',
+      '0',
+      // Loopback is denied by default: the demo destination is opened by its exact address and port.
+      '--allow-destinations',
+      `*,127.0.0.1:${destinationPort}`,
+    ],
     {},
   );
   const agent = await startAgent({ ...ag.config, logger });

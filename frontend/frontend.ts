@@ -248,11 +248,37 @@ interface ServingDoor {
   forceClose(why: string): Promise<void>;
 }
 
+/**
+ * Largest Packet the gRPC door takes or sends: grpc-go's default, so upstream's
+ * proxy-server's limit too. grpc-js buffers a message until it is complete,
+ * so this bounds each stream's memory; a larger length prefix ends the
+ * stream (RESOURCE_EXHAUSTED) before a byte of it is buffered. kube-apiserver
+ * sends one DATA per write of its connection: TLS records (16 KiB) or copy
+ * buffers (32 KiB), far below it.
+ */
+const GRPC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
+/**
+ * Streams per HTTP/2 connection (upstream: unlimited). kube-apiserver opens
+ * one connection per tunnel, konnectivity-client's reusable tunnel one stream
+ * per tunnel on a shared connection; a client beyond the limit waits for a
+ * stream to end.
+ */
+const GRPC_MAX_CONCURRENT_STREAMS = 1000;
+/**
+ * Node's per-connection HTTP/2 memory cap in MB (stream state, header tables,
+ * queued output), which grpc-js turns off by default; beyond it new streams
+ * are refused. Output toward a slow client is already bounded by the receive
+ * budget and each tunnel's minimum window, so legitimate connections stay well below it.
+ */
+const GRPC_MAX_SESSION_MEMORY_MB = 256;
+
 function grpcDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): ServingDoor {
   const streams = new Set<ProxyStream>();
   const server = new Server({
-    'grpc.max_receive_message_length': 16 * 1024 * 1024,
-    'grpc.max_send_message_length': 16 * 1024 * 1024,
+    'grpc.max_receive_message_length': GRPC_MAX_MESSAGE_BYTES,
+    'grpc.max_send_message_length': GRPC_MAX_MESSAGE_BYTES,
+    'grpc.max_concurrent_streams': GRPC_MAX_CONCURRENT_STREAMS,
+    'grpc-node.max_session_memory': GRPC_MAX_SESSION_MEMORY_MB,
     'grpc.keepalive_time_ms': 30_000,
     'grpc.keepalive_timeout_ms': 10_000,
   });

@@ -29,6 +29,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { DATA_HEADER_BYTES, MAX_DATA_PAYLOAD } from '../../broker/codec.js';
 import { findNatsServer, type LocalServer, startLocalServer } from '../../broker/local-server.js';
+import { TEST_ALLOWED_DESTINATIONS } from '../helpers/fleet.js';
 import {
   type BenchResult,
   CONNECT_NA,
@@ -290,6 +291,8 @@ class Fleet {
         'warn',
         '--graceful-shutdown-timeout',
         '2s',
+        '--allow-destinations',
+        TEST_ALLOWED_DESTINATIONS,
         ...extra,
       ],
       this.nodeFlags('agent'),

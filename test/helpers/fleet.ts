@@ -25,9 +25,26 @@ export function frontendArgs(natsUrl: string, uds: string, extra: readonly strin
   return ['--nats-url', natsUrl, '--uds-name', uds, '--health-port', '0', '--admin-port', '0', ...extra];
 }
 
-/** What every test agent gets: the bus, health and admin ports the OS picks. */
+/**
+ * The agents' default policy denies loopback, and test destinations listen
+ * on loopback: test agents allow everything plus these exact entries. A test
+ * that sets its own --allow-destinations (the last one wins) names what it needs.
+ */
+export const TEST_ALLOWED_DESTINATIONS = '*,127.0.0.1,::1';
+
+/** What every test agent gets: the bus, health and admin ports the OS picks, loopback destinations. */
 export function agentArgs(natsUrl: string, extra: readonly string[] = []): string[] {
-  return ['--nats-url', natsUrl, '--health-server-port', '0', '--admin-server-port', '0', ...extra];
+  return [
+    '--nats-url',
+    natsUrl,
+    '--health-server-port',
+    '0',
+    '--admin-server-port',
+    '0',
+    '--allow-destinations',
+    TEST_ALLOWED_DESTINATIONS,
+    ...extra,
+  ];
 }
 
 export class Fleet {

@@ -3,10 +3,12 @@
  * @grpc/proto-loader and @grpc/grpc-js (not through the frontend's own packet
  * code), behaving as kube-apiserver's konnectivity-client does.
  */
+import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { randomBytesSeeded, sha256 } from './destinations.js';
 
 const protoPath = fileURLToPath(new URL('../../../proto/client.proto', import.meta.url));
 const definition = protoLoader.loadSync(protoPath, {
@@ -220,4 +222,28 @@ export function randomId(): string {
   // int64 values above 2^53, as Go's rand.Int63 makes them: they must come back exactly.
   counter++;
   return (BigInt(Date.now()) * 1_000_003n + BigInt(counter) * 7_919n + 2n ** 60n).toString();
+}
+
+/**
+ * Runs `attack` while a healthy tunnel through `target` (a gRPC door) echoes
+ * `bytes` through `echoAddress` beside it; the transfer must be byte-exact.
+ */
+export async function besideHealthyTunnel(
+  target: string,
+  echoAddress: string,
+  attack: () => Promise<void>,
+  bytes = 8 * 1024 * 1024,
+): Promise<void> {
+  const client = new ProxyStreamClient(target);
+  const dial = await client.dial(echoAddress);
+  assert.equal(dial.error, '');
+  const payload = randomBytesSeeded(bytes, 42);
+  const transfer = (async () => {
+    await client.sendAll(dial.connectID, payload);
+    await client.waitBytes(dial.connectID, payload.length, 60_000);
+  })();
+  await attack();
+  await transfer;
+  assert.equal(sha256(client.dataOf(dial.connectID)), sha256(payload), 'the healthy tunnel moved every byte');
+  client.close();
 }

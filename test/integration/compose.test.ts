@@ -40,7 +40,7 @@ import { FlagReader, type FlagSpec, parseFlags } from '../../cli/flags.js';
 import { statusFlags } from '../../cli/status-command.js';
 import { type RunningFrontend, startFrontend } from '../../frontend/frontend.js';
 import { type Destination, httpServer } from '../helpers/destinations.js';
-import { cliPath, eventually } from '../helpers/fleet.js';
+import { agentArgs, cliPath, eventually } from '../helpers/fleet.js';
 import { ProxyStreamClient } from '../helpers/proxy-client.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -1845,17 +1845,8 @@ describe('deploy/nats/auth.conf on a real nats-server', { skip: natsServerMissin
     try {
       for (const service of ['agent-a', 'agent-b']) {
         const ag = commandOf(service, 'agent');
-        const { config } = agentConfig(
-          local(ag.inv.argv, [
-            '--nats-url',
-            nats.url,
-            '--health-server-port',
-            '0',
-            '--admin-server-port',
-            '0',
-          ]),
-          ag.inv.env,
-        );
+        // The test's web server listens on loopback: agentArgs adds the exact allow entry.
+        const { config } = agentConfig(local(ag.inv.argv, agentArgs(nats.url)), ag.inv.env);
         const agent: RunningAgent = await startAgent({ ...config, logger: silentLogger() });
         try {
           await eventually(() => frontend.debugState().agents === 1, `${service} known to the frontend`);
@@ -1913,18 +1904,7 @@ describe('deploy/nats/auth.conf on a real nats-server', { skip: natsServerMissin
       fe.inv.env,
     );
     const ag = commandOf('agent-a', 'agent');
-    const { config: agConfig } = agentConfig(
-      [
-        ...ag.inv.argv.slice(1),
-        '--nats-url',
-        nats.url,
-        '--health-server-port',
-        '0',
-        '--admin-server-port',
-        '0',
-      ],
-      ag.inv.env,
-    );
+    const { config: agConfig } = agentConfig([...ag.inv.argv.slice(1), ...agentArgs(nats.url)], ag.inv.env);
     const frontend = await startFrontend({ ...feConfig, logger: silentLogger() });
     const agent = await startAgent({ ...agConfig, logger: silentLogger() });
     try {

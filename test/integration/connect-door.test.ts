@@ -26,7 +26,7 @@ import {
   sha256,
   shaServer,
 } from '../helpers/destinations.js';
-import { cliPath, eventually, Fleet, fetchText } from '../helpers/fleet.js';
+import { agentArgs, cliPath, eventually, Fleet, fetchText } from '../helpers/fleet.js';
 
 const run = promisify(execFile);
 
@@ -335,8 +335,10 @@ describe('HTTP CONNECT over a Unix socket', () => {
         'sh',
         [
           '-c',
-          `ulimit -n 64 && exec "${process.execPath}" "${cliPath}" agent --nats-url ${fleet.nats.url} ` +
-            '--subject-prefix fds --health-server-port 0 --admin-server-port 0',
+          `ulimit -n 64 && exec "${process.execPath}" "${cliPath}" agent ` +
+            agentArgs(fleet.nats.url, ['--subject-prefix', 'fds'])
+              .map((arg) => `'${arg}'`)
+              .join(' '),
         ],
         { stdio: ['ignore', 'ignore', 'pipe'] },
       );

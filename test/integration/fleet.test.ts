@@ -4,7 +4,7 @@ import { type AddressInfo, createServer, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import type { RunningAgent } from '../../agent/agent.js';
-import { cliPath, eventually, Fleet } from '../helpers/fleet.js';
+import { cliPath, eventually, Fleet, TEST_ALLOWED_DESTINATIONS } from '../helpers/fleet.js';
 import { ProxyStreamClient } from '../helpers/proxy-client.js';
 
 const run = promisify(execFile);
@@ -57,6 +57,8 @@ async function servedBy(
 describe('fleet: routing, presence, tenancy, status', () => {
   const fleet = new Fleet();
   const beat = ['--heartbeat-interval', '300ms'];
+  // The destinations listen on three loopback addresses; loopback needs exact allow entries.
+  const agentFlags = [...beat, '--allow-destinations', `${TEST_ALLOWED_DESTINATIONS},127.0.0.2,127.1.0.1`];
   let exact: RunningAgent;
   let dests: Awaited<ReturnType<typeof destinationOn>>[];
   let routed: { uds: string };
@@ -78,16 +80,22 @@ describe('fleet: routing, presence, tenancy, status', () => {
       'fe-route',
       ...beat,
     ]);
-    exact = await fleet.agent(['--agent-id', 'exact', '--agent-identifiers', 'ipv4=127.0.0.1', ...beat]);
-    await fleet.agent(['--agent-id', 'wide', '--agent-identifiers', 'cidr=127.0.0.0/8', ...beat]);
+    exact = await fleet.agent([
+      '--agent-id',
+      'exact',
+      '--agent-identifiers',
+      'ipv4=127.0.0.1',
+      ...agentFlags,
+    ]);
+    await fleet.agent(['--agent-id', 'wide', '--agent-identifiers', 'cidr=127.0.0.0/8', ...agentFlags]);
     await fleet.agent([
       '--agent-id',
       'narrow',
       '--agent-identifiers',
       'cidr=127.0.0.0/16&cidr=10.0.0.0/8',
-      ...beat,
+      ...agentFlags,
     ]);
-    await fleet.agent(['--agent-id', 'gateway', '--agent-identifiers', 'default-route=true', ...beat]);
+    await fleet.agent(['--agent-id', 'gateway', '--agent-identifiers', 'default-route=true', ...agentFlags]);
     dests = await Promise.all(['127.0.0.1', '127.0.0.2', '127.1.0.1'].map(destinationOn));
     await eventually(
       () => (fleet.frontends[0]!.debugState().agents as number) === 4,
@@ -140,7 +148,7 @@ describe('fleet: routing, presence, tenancy, status', () => {
       'doomed',
       '--agent-identifiers',
       'ipv4=127.0.0.2',
-      ...beat,
+      ...agentFlags,
     ]);
     const fe = fleet.frontends[0]!;
     await eventually(() => (fe.debugState().agents as number) === 5, 'frontend sees the new agent');

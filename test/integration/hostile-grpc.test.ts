@@ -8,17 +8,9 @@ import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { encodeData, FrameType } from '../../broker/codec.js';
-import {
-  type Destination,
-  echoServer,
-  hangingPort,
-  randomBytesSeeded,
-  sha256,
-} from '../helpers/destinations.js';
+import { type Destination, echoServer, hangingPort } from '../helpers/destinations.js';
 import { eventually, Fleet, fetchText } from '../helpers/fleet.js';
-import { ProxyStreamClient, randomId } from '../helpers/proxy-client.js';
-
-const MiB = 1024 * 1024;
+import { besideHealthyTunnel, ProxyStreamClient, randomId } from '../helpers/proxy-client.js';
 
 describe('hostile input on the gRPC door and the bus', () => {
   const fleet = new Fleet();
@@ -49,25 +41,8 @@ describe('hostile input on the gRPC door and the bus', () => {
     await fleet.stop();
   });
 
-  /** Runs `attack` while an 8 MiB echo transfer goes on beside it; the transfer must be byte-exact. */
-  async function besideHealthyTunnel(attack: () => Promise<void>): Promise<void> {
-    const client = new ProxyStreamClient(`unix:${uds}`);
-    const dial = await client.dial(echo.address);
-    assert.equal(dial.error, '');
-    const payload = randomBytesSeeded(8 * MiB, 42);
-    const transfer = (async () => {
-      await client.sendAll(dial.connectID, payload);
-      await client.waitBytes(dial.connectID, payload.length, 60_000);
-    })();
-    await attack();
-    await transfer;
-    assert.equal(
-      sha256(client.dataOf(dial.connectID)),
-      sha256(payload),
-      'the healthy tunnel moved every byte',
-    );
-    client.close();
-  }
+  const besideHealthy = (attack: () => Promise<void>) =>
+    besideHealthyTunnel(`unix:${uds}`, echo.address, attack);
 
   const metric = async (pattern: RegExp) => {
     const { body } = await fetchText(healthPort, '/metrics');
@@ -75,7 +50,7 @@ describe('hostile input on the gRPC door and the bus', () => {
   };
 
   it('garbage bytes on the gRPC stream end that stream only', async () => {
-    await besideHealthyTunnel(async () => {
+    await besideHealthy(async () => {
       const Raw = grpc.makeGenericClientConstructor(
         {
           Proxy: {
@@ -109,7 +84,7 @@ describe('hostile input on the gRPC door and the bus', () => {
   });
 
   it('unknown packet types are ignored and the stream stays usable', async () => {
-    await besideHealthyTunnel(async () => {
+    await besideHealthy(async () => {
       const client = new ProxyStreamClient(`unix:${uds}`);
       client.call.write({ type: 99 });
       client.call.write({ type: 6, drain: {} } as never);
@@ -120,7 +95,7 @@ describe('hostile input on the gRPC door and the bus', () => {
   });
 
   it('DATA and CLOSE_REQ for unknown connectIDs get a CLOSE_RSP error', async () => {
-    await besideHealthyTunnel(async () => {
+    await besideHealthy(async () => {
       const client = new ProxyStreamClient(`unix:${uds}`);
       client.send(4242, Buffer.from('nobody'));
       assert.match(await client.waitClosed(4242), /unknown connectID 4242/);
@@ -132,7 +107,7 @@ describe('hostile input on the gRPC door and the bus', () => {
 
   it('a flood of DIAL_REQs on one stream: the excess is refused at once', async () => {
     const hanging = await hangingPort();
-    await besideHealthyTunnel(async () => {
+    await besideHealthy(async () => {
       const client = new ProxyStreamClient(`unix:${uds}`);
       const answers = await Promise.all(
         Array.from({ length: 40 }, () => client.dial(`127.0.0.1:${hanging.port}`, randomId())),
@@ -188,7 +163,7 @@ describe('hostile input on the gRPC door and the bus', () => {
   }
 
   it('a forged frame with a bad sequence number closes that tunnel with KNATS_SEQUENCE_GAP', async () => {
-    await besideHealthyTunnel(async () => {
+    await besideHealthy(async () => {
       const victim = await victimTunnel();
       nc.publish(victim.subject, encodeData(victim.lastSeq + 5, Buffer.from('forged')));
       assert.match(await victim.client.waitClosed(victim.connectID), /KNATS_SEQUENCE_GAP/);
@@ -201,7 +176,7 @@ describe('hostile input on the gRPC door and the bus', () => {
   });
 
   it('an oversized frame beyond the credit window closes that tunnel with KNATS_CREDIT_VIOLATION', async () => {
-    await besideHealthyTunnel(async () => {
+    await besideHealthy(async () => {
       const victim = await victimTunnel();
       nc.publish(victim.subject, encodeData(victim.lastSeq + 1, Buffer.alloc(200 * 1024, 1)));
       assert.match(await victim.client.waitClosed(victim.connectID), /KNATS_CREDIT_VIOLATION/);
@@ -210,7 +185,7 @@ describe('hostile input on the gRPC door and the bus', () => {
   });
 
   it('a truncated frame closes that tunnel with KNATS_MALFORMED_FRAME', async () => {
-    await besideHealthyTunnel(async () => {
+    await besideHealthy(async () => {
       const victim = await victimTunnel();
       nc.publish(victim.subject, Buffer.from([FrameType.Window, 1]));
       assert.match(await victim.client.waitClosed(victim.connectID), /KNATS_MALFORMED_FRAME/);

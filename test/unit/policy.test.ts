@@ -4,11 +4,13 @@ import {
   checkName,
   checkResolved,
   createDestinationPolicy,
+  type DestinationPolicy,
   defaultDestinationPolicy,
   guardedDial,
   parseDestinationList,
-  parseIp,
+  withOwnEndpoints,
 } from '../../agent/policy.js';
+import { parseIp } from '../../broker/address.js';
 import { ErrorCode, KnatsError } from '../../broker/errors.js';
 
 describe('destination policy: parsing', () => {
@@ -112,6 +114,17 @@ type Case = {
   reason?: RegExp;
 };
 
+/** Decides a case as the agent does: the name before DNS, then its answers. */
+function assertVerdict(policy: DestinationPolicy, c: Case): void {
+  const port = c.port ?? 443;
+  const isLiteral = parseIp(c.host) !== undefined;
+  const before = checkName(policy, c.host, port);
+  const verdict =
+    isLiteral || !before.allowed ? before : checkResolved(policy, c.host, port, c.dns ?? ['203.0.113.1']);
+  assert.equal(verdict.allowed, c.allowed, verdict.allowed ? 'allowed' : verdict.reason);
+  if (c.reason && !verdict.allowed) assert.match(verdict.reason, c.reason);
+}
+
 describe('destination policy: decisions', () => {
   const cases: [string, Case][] = [
     ['default: a private address', { host: '10.0.0.1', allowed: true }],
@@ -122,7 +135,7 @@ describe('destination policy: decisions', () => {
         host: '169.254.169.254',
         port: 80,
         allowed: false,
-        reason: /cloud metadata address, denied by default/,
+        reason: /cloud metadata or credential endpoint, denied by default/,
       },
     ],
     ['default: AWS IPv6 metadata', { host: 'fd00:ec2::254', port: 80, allowed: false, reason: /metadata/ }],
@@ -132,7 +145,11 @@ describe('destination policy: decisions', () => {
     ],
     [
       'default: GCP metadata name (before DNS)',
-      { host: 'metadata.google.internal', allowed: false, reason: /metadata endpoint, denied by default/ },
+      {
+        host: 'metadata.google.internal',
+        allowed: false,
+        reason: /metadata or credential endpoint, denied by default/,
+      },
     ],
     ['default: metadata name, any case, trailing dot', { host: 'Metadata.Google.Internal.', allowed: false }],
     ['default: bare "metadata"', { host: 'metadata', allowed: false }],
@@ -142,10 +159,112 @@ describe('destination policy: decisions', () => {
         host: 'evil.example.com',
         dns: ['93.184.216.34', '169.254.169.254'],
         allowed: false,
-        reason: /evil\.example\.com resolves to 169\.254\.169\.254, which is a cloud metadata address/,
+        reason: /evil\.example\.com resolves to 169\.254\.169\.254, which is a cloud metadata/,
       },
     ],
-    ['default: a neighbour of the metadata IP', { host: '169.254.169.253', allowed: true }],
+    [
+      'default: a neighbour of the metadata IP is link-local',
+      { host: '169.254.169.253', allowed: false, reason: /169\.254\.169\.253 is a link-local address/ },
+    ],
+    ['default: IPv6 link-local', { host: 'fe80::1%eth0', allowed: false, reason: /link-local/ }],
+    ...[
+      '169.254.170.2',
+      '169.254.170.23',
+      'fd00:ec2::23',
+      '100.100.100.200',
+      '64:ff9b::a9fe:a9fe',
+      '64:ff9b::169.254.169.254',
+      '::ffff:100.100.100.200',
+    ].map((host): [string, Case] => [
+      `default: credential endpoint ${host}`,
+      { host, allowed: false, reason: /cloud metadata or credential endpoint, denied by default/ },
+    ]),
+    [
+      'default: the NAT64 form is named in the reason and the hint',
+      {
+        host: '64:ff9b::a9fe:a9fe',
+        allowed: false,
+        reason:
+          /64:ff9b::a9fe:a9fe \(the NAT64 form of 169\.254\.169\.254\) is a cloud metadata .* --allow-destinations 169\.254\.169\.254\)/,
+      },
+    ],
+    ['default: a NAT64 address outside the denied ones', { host: '64:ff9b::a00:1', allowed: true }],
+    ['default: the NAT64 form of loopback', { host: '64:ff9b::7f00:1', allowed: false, reason: /loopback/ }],
+    ...[
+      '127.0.0.1',
+      '127.9.9.9',
+      '::1',
+      '0.0.0.0',
+      '::',
+      '::ffff:0.0.0.0',
+      '::ffff:127.0.0.1',
+      '0.1.2.3',
+    ].map((host): [string, Case] => [
+      `default: loopback ${host}`,
+      { host, allowed: false, reason: /a loopback address, denied by default/ },
+    ]),
+    [
+      'default: 0.0.0.0 is named as the loopback address it reaches',
+      {
+        host: '0.0.0.0',
+        allowed: false,
+        reason:
+          /0\.0\.0\.0 \(the unspecified address connects to 127\.0\.0\.1\) is a loopback .* --allow-destinations 127\.0\.0\.1\)/,
+      },
+    ],
+    [
+      'default: a name resolving to loopback',
+      {
+        host: 'localhost',
+        dns: ['127.0.0.1'],
+        allowed: false,
+        reason: /localhost resolves to 127\.0\.0\.1, which is a loopback/,
+      },
+    ],
+    [
+      'default: a name resolving to the unspecified address',
+      { host: 'zero.example', dns: ['0.0.0.0'], allowed: false, reason: /loopback/ },
+    ],
+    ['loopback allowed by an exact entry', { allow: '*,127.0.0.1', host: '127.0.0.1', allowed: true }],
+    [
+      '0.0.0.0 follows the exact entry of 127.0.0.1',
+      { allow: '*,127.0.0.1', host: '0.0.0.0', allowed: true },
+    ],
+    [
+      'loopback: an exact entry opens only that address',
+      { allow: '*,127.0.0.1', host: '127.0.0.2', allowed: false },
+    ],
+    ['loopback NOT re-opened by a range', { allow: '127.0.0.0/8', host: '127.0.0.1', allowed: false }],
+    [
+      'deny 127.0.0.0/8 catches 0.0.0.0 (the NUL-free half of the review finding)',
+      {
+        allow: '*,127.0.0.1,::1',
+        deny: '127.0.0.0/8,::1',
+        host: '0.0.0.0',
+        allowed: false,
+        reason:
+          /0\.0\.0\.0 \(the unspecified address connects to 127\.0\.0\.1\) matches --deny-destinations entry "127\.0\.0\.0\/8"/,
+      },
+    ],
+    [
+      'deny ::1 catches ::',
+      { allow: '*,127.0.0.1,::1', deny: '127.0.0.0/8,::1', host: '::', allowed: false, reason: /"::1"/ },
+    ],
+    [
+      'deny ::1 catches a name resolving to ::',
+      { allow: '*,::1', deny: '::1', host: 'zero.example', dns: ['::'], allowed: false, reason: /"::1"/ },
+    ],
+    [
+      'a NUL in the name never reaches DNS, even when a wildcard allows the suffix',
+      {
+        allow: '*.svc.cluster.local',
+        host: 'localhost\0.svc.cluster.local',
+        allowed: false,
+        reason: /not a valid host name/,
+      },
+    ],
+    ['a space in the name', { host: 'a b.example', allowed: false, reason: /not a valid host name/ }],
+    ['a short numeric IPv4 form', { host: '127.1', allowed: false, reason: /not a valid host name/ }],
     [
       'metadata allowed by an exact IP entry',
       { allow: '169.254.169.254', host: '169.254.169.254', allowed: true },
@@ -335,16 +454,7 @@ describe('destination policy: decisions', () => {
   ];
 
   for (const [title, c] of cases) {
-    it(title, () => {
-      const policy = createDestinationPolicy({ allow: c.allow, deny: c.deny });
-      const port = c.port ?? 443;
-      const isLiteral = parseIp(c.host) !== undefined;
-      const before = checkName(policy, c.host, port);
-      const verdict =
-        isLiteral || !before.allowed ? before : checkResolved(policy, c.host, port, c.dns ?? ['203.0.113.1']);
-      assert.equal(verdict.allowed, c.allowed, verdict.allowed ? 'allowed' : verdict.reason);
-      if (c.reason && !verdict.allowed) assert.match(verdict.reason, c.reason);
-    });
+    it(title, () => assertVerdict(createDestinationPolicy({ allow: c.allow, deny: c.deny }), c));
   }
 
   it('checks names before DNS: a denied name is decided without its addresses', () => {
@@ -359,7 +469,56 @@ describe('destination policy: decisions', () => {
   });
 });
 
+describe("destination policy: the agent's own health and admin ports", () => {
+  const own = (allow?: string) =>
+    withOwnEndpoints(createDestinationPolicy({ allow }), [8093, 8094], ['10.1.2.3', 'fd00::7', 'not-an-ip']);
+  const cases: [string, Case][] = [
+    ['its pod address, health port', { host: '10.1.2.3', port: 8093, allowed: false, reason: /own address/ }],
+    ['its IPv6 address, admin port', { host: 'fd00::7', port: 8094, allowed: false }],
+    ['its pod address, another port', { host: '10.1.2.3', port: 443, allowed: true }],
+    ['another address, the same port', { host: '10.1.2.4', port: 8093, allowed: true }],
+    [
+      'loopback opened by an exact entry: still not its own ports',
+      { allow: '*,127.0.0.1', host: '127.0.0.1', port: 8094, allowed: false, reason: /own address/ },
+    ],
+    [
+      '0.0.0.0 reaches its own ports too',
+      { allow: '*,127.0.0.1', host: '0.0.0.0', port: 8093, allowed: false, reason: /own address/ },
+    ],
+    [
+      'loopback opened by an exact entry: other ports',
+      { allow: '*,127.0.0.1', host: '127.0.0.1', port: 8080, allowed: true },
+    ],
+    ['a range does not open them', { allow: '10.0.0.0/8', host: '10.1.2.3', port: 8093, allowed: false }],
+    [
+      'an exact address without ports does not open them',
+      { allow: '*,10.1.2.3', host: '10.1.2.3', port: 8093, allowed: false, reason: /own address/ },
+    ],
+    [
+      'an exact address listing the port does',
+      { allow: '*,10.1.2.3:8093', host: '10.1.2.3', port: 8093, allowed: true },
+    ],
+  ];
+  for (const [title, c] of cases) {
+    it(title, () => assertVerdict(own(c.allow), c));
+  }
+  it('names the entry that would allow it', () => {
+    const verdict = checkName(own(), '10.1.2.3', 8093);
+    assert.equal(verdict.allowed, false);
+    assert.match(
+      (verdict as { reason: string }).reason,
+      /10\.1\.2\.3 is this agent's own address and 8093 its health or admin port \(allow it explicitly with --allow-destinations 10\.1\.2\.3:8093\)/,
+    );
+  });
+  it('no ports (both 0): nothing extra denied', () => {
+    const policy = withOwnEndpoints(createDestinationPolicy(), [0, 0], ['10.1.2.3']);
+    assert.equal(policy.ownEndpoints.length, 0);
+  });
+});
+
 describe('guardedDial', () => {
+  /** The test dials go to loopback, which the default policy denies. */
+  const loopbackAllowed = createDestinationPolicy({ allow: '*,127.0.0.1,::1' });
   interface Log {
     lookups: string[];
     dials: { ip: string; port: number; ms: number }[];
@@ -424,7 +583,7 @@ describe('guardedDial', () => {
 
   it('skips the lookup for IP literals and checks them', async () => {
     const { log, deps: d } = deps({}, (ip) => ip);
-    assert.equal((await guardedDial(defaultDestinationPolicy, { host: '::1', port: 80 }, 5000, d)).ip, '::1');
+    assert.equal((await guardedDial(loopbackAllowed, { host: '::1', port: 80 }, 5000, d)).ip, '::1');
     await assert.rejects(
       guardedDial(defaultDestinationPolicy, { host: '169.254.169.254', port: 80 }, 5000, d),
       isCode(ErrorCode.DestinationDenied),
@@ -436,7 +595,7 @@ describe('guardedDial', () => {
     const refused = new KnatsError(ErrorCode.DialRefused, 'refused');
     const ok = deps({ dual: ['::1', '127.0.0.1'] }, (ip) => (ip === '::1' ? refused : 'v4'));
     assert.equal(
-      (await guardedDial(defaultDestinationPolicy, { host: 'dual', port: 80 }, 5000, ok.deps)).ip,
+      (await guardedDial(loopbackAllowed, { host: 'dual', port: 80 }, 5000, ok.deps)).ip,
       '127.0.0.1',
     );
     assert.deepEqual(
@@ -445,7 +604,7 @@ describe('guardedDial', () => {
     );
     const bad = deps({ dual: ['::1', '127.0.0.1'] }, (ip) => new KnatsError(ErrorCode.DialRefused, ip));
     await assert.rejects(
-      guardedDial(defaultDestinationPolicy, { host: 'dual', port: 80 }, 5000, bad.deps),
+      guardedDial(loopbackAllowed, { host: 'dual', port: 80 }, 5000, bad.deps),
       (err: unknown) => err instanceof KnatsError && err.message === '::1',
     );
   });
