@@ -56,7 +56,7 @@ import {
   FrameType,
 } from './codec.js';
 import { type CreditSettings, type ReceiveBudget, ReceiveCredit, SendCredit } from './credit.js';
-import { ErrorCode, KnatsError, parseErrorCode } from './errors.js';
+import { ErrorCode, errorFromPeer, KnatsError } from './errors.js';
 import type { Logger } from './logging.js';
 
 export interface TunnelLocalSide {
@@ -468,7 +468,7 @@ export class Tunnel {
 
   private onPeerClose(lastSeq: number, code: string, message: string): void {
     if (!this.checkPeerSeq(lastSeq)) return;
-    this.end(code ? new KnatsError(parseErrorCode(code), message || code) : undefined);
+    this.end(code ? errorFromPeer(code, message) : undefined);
   }
 
   // ---- housekeeping driven by the host -------------------------------------

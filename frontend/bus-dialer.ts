@@ -13,7 +13,7 @@ import {
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
 } from '../broker/bus-messages.js';
-import { ErrorCode, isKnatsError, KnatsError, parseErrorCode } from '../broker/errors.js';
+import { ErrorCode, errorFromPeer, isKnatsError, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
 import type { Subjects } from '../broker/subjects.js';
 import type { Tunnel } from '../broker/tunnel.js';
@@ -158,7 +158,7 @@ export class BusDialer {
       // A draining agent may still get a dial that crossed its unsubscribe.
       if (response.errorCode === ErrorCode.ShuttingDown) return 'retry';
       if (response.errorCode) {
-        throw new KnatsError(parseErrorCode(response.errorCode), response.errorMessage || response.errorCode);
+        throw errorFromPeer(response.errorCode, response.errorMessage);
       }
       tunnel.open(
         agentId,

@@ -214,6 +214,11 @@ export class ProxyStream {
     const connectID = toNumber(packet.data?.connectID);
     const tunnel = this.tunnels.get(connectID);
     if (!tunnel) {
+      // Data still in flight for a tunnel that just closed: its CLOSE_RSP went out already, drop quietly.
+      if (connectID > 0 && connectID < this.nextConnectID) {
+        this.options.metrics.streamErrors.labels('from_client', 'data_after_close').inc();
+        return;
+      }
       this.options.metrics.streamErrors.labels('from_client', 'unknown_connect_id').inc();
       this.write({
         type: PacketType.CLOSE_RSP,

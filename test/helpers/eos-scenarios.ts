@@ -389,9 +389,9 @@ function judge(
       if (record.ended !== 'fin')
         problems.push(`the client's FIN reached the destination as ${record.ended}`);
     }
-    // (Over gRPC a destination's own early FIN has closed the tunnel before the client resets.)
-    const closedByDestination = cell.door === 'grpc-uds' && p.behaviour.endEarly;
-    const resetCounts = cell.client === 'resets' && !udsConnect && !closedByDestination;
+    // Not where the destination ended first: over gRPC that closed the tunnel before the reset, and over
+    // CONNECT our side toward the client is closed by then, where a reset reads like a FIN (libuv; a limit).
+    const resetCounts = cell.client === 'resets' && !udsConnect && !p.behaviour.endEarly;
     if (resetCounts && record.ended === 'fin' && record.received < upload.length) {
       problems.push(
         `the client's reset reached the destination as a clean FIN after ${record.received} bytes`,
@@ -500,8 +500,12 @@ async function runConnectClient(
     return outcome('error', 'the client reset', true, orderOk);
   }
   // A well-behaved client: sends its FIN after its bytes (at once when it half-closes, else after the reply).
+  // Node's own TLS client drops records it has read but not yet decrypted when end() runs in the middle of
+  // handling a read (a microtask there); ending from a fresh macrotask keeps the test client honest.
+  await new Promise((resolve) => setImmediate(resolve));
   if (cell.client === 'sends-fin') socket.end();
   await until(() => ended || error !== undefined);
+  await new Promise((resolve) => setImmediate(resolve));
   if (!socket.writableEnded && !socket.destroyed) socket.end();
   await answered;
   await until(() => socket.destroyed || error !== undefined);
