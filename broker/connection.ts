@@ -116,6 +116,11 @@ export class BusLink {
   markPermitted(): void {
     this.refused = undefined;
   }
+
+  /** False until the start-up check passed (which logs its refusals in one line). */
+  permitted(): boolean {
+    return this.refused === undefined;
+  }
 }
 
 function authenticatorsFor(settings: NatsSettings): Authenticator[] {
@@ -296,7 +301,9 @@ export async function connectBus(
           const kind = busErrorKind(status.error);
           events.error?.(kind);
           const reason = describe(status.error);
-          if (once.first(reason)) {
+          // The start-up permission check reports its own refusals, all in one line.
+          const checking = kind === 'authorization' && !link.permitted();
+          if (!checking && once.first(reason)) {
             const code = kind === 'authorization' ? ErrorCode.BusPermission : ErrorCode.BusUnavailable;
             logger.error({ code, kind, reason }, 'NATS error');
           }
