@@ -98,7 +98,8 @@ export async function openGrpcTunnel(options: GrpcTunnelOptions): Promise<Duplex
         resolve();
       } else if (packet.type === PacketType.DATA && packet.data?.data) {
         const data = packet.data.data;
-        if (!tunnel.push(Buffer.from(data.buffer, data.byteOffset, data.byteLength))) call.pause();
+        // Paused only once the dial is answered: a paused call would hold back the DIAL_RSP itself.
+        if (!tunnel.push(Buffer.from(data.buffer, data.byteOffset, data.byteLength)) && opened) call.pause();
       } else if (packet.type === PacketType.CLOSE_RSP) {
         const error = packet.closeResponse?.error;
         connectID = 0;

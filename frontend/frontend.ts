@@ -185,9 +185,23 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
   const doorDeps: DoorDeps = { dialer, metrics, logger, config, accepting: () => !draining };
   const servingDoor = config.mode === 'grpc' ? grpcDoor(doorDeps) : connectDoor(doorDeps);
   try {
-    if (config.udsName) uds = await listenUds(servingDoor, config, logger);
+    if (config.udsName) {
+      uds = await listenUds(servingDoor, config, logger).catch((err: Error) => {
+        throw new KnatsError(
+          ErrorCode.BadConfig,
+          `--uds-name ${config.udsName}: cannot listen: ${err.message}`,
+        );
+      });
+    }
     if (wantTcp) {
-      tcpPort = await servingDoor.listenTcp(config.serverBindAddress, config.serverPort, serverTls!);
+      tcpPort = await servingDoor
+        .listenTcp(config.serverBindAddress, config.serverPort, serverTls!)
+        .catch((err: Error) => {
+          throw new KnatsError(
+            ErrorCode.BadConfig,
+            `--server-port ${config.serverPort} (--server-bind-address ${config.serverBindAddress}): cannot listen: ${err.message}`,
+          );
+        });
       serverTls!.watch();
       logger.info(
         {
@@ -295,7 +309,8 @@ function grpcDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): Ser
   const bind = (address: string, credentials: ServerCredentials) =>
     new Promise<number>((resolve, reject) => {
       server.bindAsync(address, credentials, (err, port) => {
-        if (err) reject(new KnatsError(ErrorCode.BadConfig, `cannot listen on ${address}: ${err.message}`));
+        // grpc-js says `No address added out of total 1 resolved errors: [listen EADDRINUSE: ...]`: keep the cause.
+        if (err) reject(new Error(/errors: \[(.*)\]$/.exec(err.message)?.[1] ?? err.message));
         else {
           widenHttp2Windows(server, HTTP2_RECEIVE_WINDOW, logger);
           resolve(port);
@@ -385,7 +400,7 @@ function connectDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): 
 function listen(server: NetServer, options: { path?: string; host?: string; port?: number }, what: string) {
   return new Promise<void>((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException) =>
-      reject(new KnatsError(ErrorCode.BadConfig, `cannot listen on ${what}: ${err.code ?? err.message}`));
+      reject(new Error(`listen ${err.code ?? err.message} ${what}`));
     server.once('error', onError);
     server.listen(options, () => {
       server.off('error', onError);
