@@ -15,7 +15,7 @@ import {
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
 } from '../broker/bus-messages.js';
-import { type BusNode, joinBus, leaveBus, startEndpoints } from '../broker/bus-node.js';
+import { type BusNode, type Endpoints, leaveBus, startBusNode } from '../broker/bus-node.js';
 import { agentNeeds } from '../broker/bus-permissions.js';
 import { encodeAccepted } from '../broker/codec.js';
 import { BusLink, type NatsSettings } from '../broker/connection.js';
@@ -93,23 +93,9 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     frontends: node?.presence.count('frontend') ?? 0,
     draining,
   });
-  const notReadyReason = () => {
-    if (draining) return 'draining';
-    const bus = link.notReadyReason();
-    if (bus) return bus;
-    if (!subscribed) return 'not subscribed for dials';
-    return undefined;
-  };
-  // The health port opens before the bus connects: /readyz says why it is not ready yet.
-  const endpoints = await startEndpoints(config, {
-    metrics: busMetrics,
-    logger,
-    notReadyReason,
-    debugState,
-    portFlags: { health: 'health-server-port', admin: 'admin-server-port' },
-  });
-  try {
-    node = await joinBus({
+  let endpoints: Endpoints;
+  ({ node, endpoints } = await startBusNode(
+    {
       role: 'agent',
       id: config.id,
       nats: config.nats,
@@ -124,11 +110,14 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       metrics: busMetrics,
       link,
       needs: () => agentNeeds(subjects, config.id, config.identifiers.defaultRoute),
-    });
-  } catch (err) {
-    await endpoints.close();
-    throw err;
-  }
+    },
+    config,
+    {
+      portFlags: { health: 'health-server-port', admin: 'admin-server-port' },
+      debugState,
+      roleNotReady: () => (subscribed ? undefined : 'not subscribed for dials'),
+    },
+  ));
   const busNode = node;
   const { nc, host: tunnelHost, presence } = busNode;
 

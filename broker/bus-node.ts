@@ -245,3 +245,39 @@ export async function startEndpoints(config: EndpointConfig, options: EndpointOp
     throw err;
   }
 }
+
+export interface NodeEndpoints {
+  readonly portFlags: EndpointOptions['portFlags'];
+  readonly debugState: () => Record<string, unknown>;
+  /** The role's own reason, asked once the process is not draining and the bus is up and permitted. */
+  readonly roleNotReady: () => string | undefined;
+}
+
+/**
+ * Opens the health and admin ports, then joins the bus: from the first
+ * second /readyz says why the process is not ready (draining, the bus, its
+ * permissions, then the role's own reason).
+ */
+export async function startBusNode(
+  options: BusNodeOptions,
+  config: EndpointConfig,
+  endpoints: NodeEndpoints,
+): Promise<{ node: BusNode; endpoints: Endpoints }> {
+  const notReadyReason = () =>
+    (options.isDraining() ? 'draining' : undefined) ??
+    options.link.notReadyReason() ??
+    endpoints.roleNotReady();
+  const started = await startEndpoints(config, {
+    metrics: options.metrics,
+    logger: options.logger,
+    notReadyReason,
+    debugState: endpoints.debugState,
+    portFlags: endpoints.portFlags,
+  });
+  try {
+    return { node: await joinBus(options), endpoints: started };
+  } catch (err) {
+    await started.close();
+    throw err;
+  }
+}

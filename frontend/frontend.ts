@@ -9,7 +9,7 @@ import { dirname } from 'node:path';
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { type BusNode, joinBus, leaveBus, startEndpoints } from '../broker/bus-node.js';
+import { type BusNode, type Endpoints, leaveBus, startBusNode } from '../broker/bus-node.js';
 import { frontendNeeds } from '../broker/bus-permissions.js';
 import { BusLink, type NatsSettings } from '../broker/connection.js';
 import type { CreditSettings } from '../broker/credit.js';
@@ -124,44 +124,40 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
     draining,
     activeHandles: activeResources(),
   });
-  const notReadyReason = () => {
-    if (draining) return 'draining';
-    const bus = link.notReadyReason();
-    if (bus) return bus;
-    if (!door) return 'starting';
-    if (liveAgents() === 0) return 'no agent known on the bus';
-    return undefined;
-  };
-  // The health port opens before the bus connects: /readyz says why it is not ready yet.
-  const endpoints = await startEndpoints(config, {
-    metrics: busMetrics,
-    logger,
-    notReadyReason,
-    debugState,
-    portFlags: { health: 'health-port', admin: 'admin-port' },
-  });
   let uds: UdsListener | undefined;
   let tcpPort: number | undefined;
+  let endpoints: Endpoints;
   try {
-    node = await joinBus({
-      role: 'frontend',
-      id: config.id,
-      nats: config.nats,
-      subjects,
-      credit: config.credit,
-      timing: config.timing,
-      presence: config.presence,
-      logger,
-      identifiers: '',
-      proxyStrategies: config.proxyStrategies.join(','),
-      isDraining: () => draining,
-      metrics: busMetrics,
-      link,
-      needs: (nc) => frontendNeeds(nc, subjects, config.id),
-    });
+    ({ node, endpoints } = await startBusNode(
+      {
+        role: 'frontend',
+        id: config.id,
+        nats: config.nats,
+        subjects,
+        credit: config.credit,
+        timing: config.timing,
+        presence: config.presence,
+        logger,
+        identifiers: '',
+        proxyStrategies: config.proxyStrategies.join(','),
+        isDraining: () => draining,
+        metrics: busMetrics,
+        link,
+        needs: (nc) => frontendNeeds(nc, subjects, config.id),
+      },
+      config,
+      {
+        portFlags: { health: 'health-port', admin: 'admin-port' },
+        debugState,
+        roleNotReady: () => {
+          if (!door) return 'starting';
+          if (liveAgents() === 0) return 'no agent known on the bus';
+          return undefined;
+        },
+      },
+    ));
   } catch (err) {
     serverTls?.stop();
-    await endpoints.close();
     throw err;
   }
   const { nc, host: tunnelHost, presence } = node;
