@@ -129,7 +129,7 @@ function processFlags(
       name: adminPort,
       kind: 'int',
       default: adminDefault,
-      help: 'port of /debug/state (0: pick one)',
+      help: 'port of /debug/state (served only here) and the health endpoints (0: pick one)',
       placeholder: 'N',
     },
     {
