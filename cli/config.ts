@@ -397,12 +397,11 @@ export function frontendConfig(
   const udsName = flags.string('uds-name');
   const serverPort = flags.port('server-port');
   if (!udsName && serverPort === 0) throw bad('--uds-name or --server-port: one front door is required');
-  if (serverPort > 0) {
-    for (const name of ['server-cert', 'server-key', 'server-ca-cert']) {
-      if (!flags.has(name)) {
-        throw bad(`--${name}: required with --server-port ${serverPort} (a TCP frontend requires mTLS)`);
-      }
-    }
+  const missingTls = ['server-cert', 'server-key', 'server-ca-cert'].filter((name) => !flags.has(name));
+  if (serverPort > 0 && missingTls.length > 0) {
+    throw bad(
+      `${missingTls.map((name) => `--${name}`).join(', ')}: required with --server-port ${serverPort} (a TCP frontend requires mTLS)`,
+    );
   }
   const udsModeText = flags.string('uds-mode') ?? '0660';
   if (!/^0?[0-7]{3}$/.test(udsModeText))
