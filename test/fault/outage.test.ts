@@ -9,7 +9,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { connectBus, type NatsSettings } from '../../broker/connection.js';
+import type { KnatsError } from '../../broker/errors.js';
 import { startLocalServer } from '../../broker/local-server.js';
+import { silentLogger } from '../../broker/logging.js';
 import { brokerConfig } from '../../cli/broker-command.js';
 import { connectOnce, connectRequest } from '../helpers/connect-client.js';
 import { echoServer, refusedPort } from '../helpers/destinations.js';
@@ -93,6 +96,38 @@ describe('the bus out of reach at start', () => {
       }
     });
   }
+});
+
+describe('each kind of connection failure is named', () => {
+  it('dns, refused, tls, authentication', async () => {
+    const nats = await startLocalServer({ extraConfig: 'authorization { user: bob, password: hunter2 }' });
+    try {
+      const cases: [NatsSettings, string][] = [
+        [{ servers: ['nats://no-such-host.invalid:4222'] }, 'dns'],
+        [{ servers: [`nats://127.0.0.1:${await refusedPort()}`] }, 'refused'],
+        [
+          {
+            servers: [nats.url],
+            user: 'bob',
+            password: 'hunter2',
+            tlsCaFile: '/etc/ssl/certs/ca-certificates.crt',
+          },
+          'tls',
+        ],
+        [{ servers: [nats.url], user: 'bob', password: 'wrong' }, 'authentication'],
+      ];
+      for (const [settings, kind] of cases) {
+        const kinds: string[] = [];
+        await assert.rejects(
+          connectBus(settings, 'kinds', silentLogger(), { error: (k) => kinds.push(k) }, false),
+          (err: KnatsError) => err.code === 'KNATS_BUS_UNAVAILABLE' && err.message.includes(`: ${kind}: `),
+        );
+        assert.deepEqual(kinds, [kind]);
+      }
+    } finally {
+      await nats.stop();
+    }
+  });
 });
 
 describe('wrong credentials: the permission check at start', () => {
