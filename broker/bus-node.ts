@@ -7,7 +7,7 @@
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { PresenceInfo } from './bus-messages.js';
 import { type BusNeeds, describeRefusals, refusedPermissions } from './bus-permissions.js';
-import { type BusLink, connectBus, type NatsSettings, warnOnReadableSecrets } from './connection.js';
+import { type BusLink, connectBus, type NatsSettings } from './connection.js';
 import type { CreditSettings } from './credit.js';
 import { ErrorCode, KnatsError } from './errors.js';
 import { startHealthServer } from './health-server.js';
@@ -56,7 +56,6 @@ export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
   const { role, id, subjects, logger, metrics, link, signal } = options;
   const startedAt = Date.now();
   let host: TunnelHost | undefined;
-  warnOnReadableSecrets(options.nats, logger);
   const nc = await connectBus(
     options.nats,
     `knats-${role}-${id}`,

@@ -13,6 +13,7 @@ import {
 } from '@nats-io/transport-node';
 import { ErrorCode, KnatsError } from './errors.js';
 import type { Logger } from './logging.js';
+import { assertReadableFile } from './readable-file.js';
 import { redactUserinfo } from './redact.js';
 
 export interface NatsSettings {
@@ -181,24 +182,29 @@ export function connectionOptions(
 }
 
 /**
- * Warns (one line, code KNATS_SECRET_FILE_MODE) about every secret file
- * that group or others may read: a seed is a password.
+ * Checks the files the settings name before anything connects: each must be
+ * readable (else a BadConfig error naming the flag and the path), and a
+ * secret (seed, creds, password, token) that group or others may read is
+ * warned about in one line (code KNATS_SECRET_FILE_MODE): a seed is a password.
+ * Done when connecting rather than when parsing flags, so configurations can
+ * be validated on machines without the mounted files.
  */
-export function warnOnReadableSecrets(settings: NatsSettings, logger: Logger): void {
-  const files: [string, string | undefined][] = [
+export function checkSettingsFiles(settings: NatsSettings, logger: Logger): void {
+  const secrets: [string, string | undefined][] = [
     ['--nats-creds', settings.credsFile],
     ['--nats-nkey', settings.nkeyFile],
     ['--nats-password-file', settings.passwordFile],
     ['--nats-token-file', settings.tokenFile],
   ];
-  for (const [flag, file] of files) {
+  const others: [string, string | undefined][] = [
+    ['--nats-tls-ca', settings.tlsCaFile],
+    ['--nats-tls-cert', settings.tlsCertFile],
+    ['--nats-tls-key', settings.tlsKeyFile],
+  ];
+  for (const [flag, file] of [...secrets, ...others]) if (file !== undefined) assertReadableFile(flag, file);
+  for (const [flag, file] of secrets) {
     if (file === undefined) continue;
-    let mode: number;
-    try {
-      mode = statSync(file).mode & 0o777;
-    } catch {
-      continue; // unreadable files are reported when they are read
-    }
+    const mode = statSync(file).mode & 0o777;
     if (mode & 0o077) {
       logger.warn(
         { code: ErrorCode.SecretFileMode, flag, file, mode: mode.toString(8).padStart(4, '0') },
@@ -250,6 +256,7 @@ export async function connectBus(
   waitForFirstConnect = true,
   { link = new BusLink(), signal }: LinkWatch = {},
 ): Promise<NatsConnection> {
+  checkSettingsFiles(settings, logger);
   const servers = settings.servers.map(redactUserinfo).join(',');
   const once = new OncePerReason(LOG_REPEAT_MS);
   let nc: NatsConnection | undefined;

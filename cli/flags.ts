@@ -4,8 +4,8 @@
  * `--flag=false`. Every flag can also come from KNATS_<NAME> in the
  * environment; the command line wins. Errors name the flag.
  */
-import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
+import { assertReadableFile } from '../broker/readable-file.js';
 import { parseDuration } from './duration.js';
 
 export type FlagKind = 'string' | 'int' | 'bool' | 'duration';
@@ -129,21 +129,10 @@ export class FlagReader {
     return v === undefined || v === '' ? undefined : String(v);
   }
 
-  /** A file flag: undefined when absent, else a path that exists, is a file and can be read (checked now, named in the error). */
+  /** A file flag: undefined when absent, else a path that exists and can be read (checked now, named in the error). */
   file(name: string): string | undefined {
     const path = this.string(name);
-    if (path === undefined) return undefined;
-    const fail = (why: string) => new KnatsError(ErrorCode.BadConfig, `--${name} ${path}: ${why}`);
-    try {
-      if (!statSync(path).isFile()) throw fail('not a regular file');
-      accessSync(path, fsConstants.R_OK);
-    } catch (err) {
-      if (err instanceof KnatsError) throw err;
-      const code = (err as NodeJS.ErrnoException).code;
-      const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : 'unreadable';
-      throw fail(`cannot read it (${code ?? String(err)}: ${why})`);
-    }
-    return path;
+    return path === undefined ? undefined : assertReadableFile(`--${name}`, path);
   }
 
   int(name: string): number {

@@ -116,7 +116,7 @@ describe('start-up errors name the flag and the value', () => {
     }
   });
 
-  it('a socket path over the limit, a missing key flag, a missing certificate file: each named', async () => {
+  it('a socket path over the limit, a missing key flag, a missing certificate or seed file: each named', async () => {
     const long = join(fleet.dir, `${'x'.repeat(120)}.sock`);
     const tooLong = await runCli(['frontend', ...frontendArgs(deadBus, long)]);
     assert.equal(tooLong.code, 2);
@@ -154,7 +154,12 @@ describe('start-up errors name the flag and the value', () => {
     ]);
     assert.equal(noFile.code, 2);
     assertOneLine(noFile.stderr);
-    assert.ok(noFile.stderr.includes(`--server-cert ${missing}: cannot read it (ENOENT`), noFile.stderr);
+    assert.ok(noFile.stderr.includes(`--server-cert ${missing}: ENOENT`), noFile.stderr);
+
+    const noSeed = await runCli(['agent', ...agentArgs(deadBus, ['--nats-nkey', missing])]);
+    assert.equal(noSeed.code, 2);
+    assertOneLine(noSeed.stderr);
+    assert.ok(noSeed.stderr.includes(`--nats-nkey ${missing}: cannot read it (ENOENT`), noSeed.stderr);
   });
 });
 
