@@ -249,12 +249,17 @@ describe('secrets', () => {
   const fleet = new Fleet();
   after(() => fleet.stop());
 
-  it('a URL password never reaches the log; the reason does', async () => {
+  it('a URL password never reaches a log line or an error message; the reason does', async () => {
     const url = `nats://bob:hunter2@127.0.0.1:${await refusedPort()}`;
     const { logs } = await fleet.spawn(['agent', ...agentArgs(url)], 'health server listening');
     const line = await eventually(() => logs.find((l) => l.kind === 'refused'), 'the refused connection');
     assert.match(String(line.servers), /^nats:\/\/\*\*\*@127\.0\.0\.1:\d+$/);
     assert.doesNotMatch(JSON.stringify(logs), /hunter2/);
+    const status = await runCli(['status', '--nats-url', url]);
+    assert.equal(status.code, 1);
+    assertOneLine(status.stderr);
+    assert.match(status.stderr, /nats:\/\/\*\*\*@127\.0\.0\.1:\d+.*refused/);
+    assert.doesNotMatch(status.stderr, /hunter2/);
   });
 
   it('--nats-password-file and --nats-token-file; a secret file readable by others is warned about', async () => {
