@@ -1,11 +1,16 @@
 #!/usr/bin/env node
 /**
  * knats: one executable for every role. Parses flags into a typed config
- * and starts a component; bad flags print one line naming the flag and exit 2.
+ * and starts a component. Every failure is one line on stderr, never a stack
+ * trace: exit 2 for a configuration error (the line names the flag and its
+ * value), 1 for a runtime error.
  */
+import { format } from 'node:util';
+import { setLogger as setGrpcLogger } from '@grpc/grpc-js';
 import { startAgent } from './agent/agent.js';
-import { isKnatsError } from './broker/errors.js';
-import { createLogger } from './broker/logging.js';
+import { ErrorCode, isKnatsError } from './broker/errors.js';
+import { createLogger, type Logger } from './broker/logging.js';
+import { redactUserinfo } from './broker/redact.js';
 import { VERSION } from './broker/version.js';
 import { brokerHelp, runBroker } from './cli/broker-command.js';
 import { agentConfig, agentFlags, frontendConfig, frontendFlags } from './cli/config.js';
@@ -41,9 +46,24 @@ const HELP: Record<string, () => string> = {
   demo: () => 'usage: knats demo',
 };
 
+/**
+ * grpc-js writes its own view of failures to stderr (`E No address added
+ * out of total 1 resolved`); our errors already name the cause and the flag,
+ * so its lines go to the process log at debug level, or nowhere.
+ */
+function routeGrpcLogs(logger?: Logger): void {
+  const sink = (...args: unknown[]) => logger?.debug({ grpc: format(...args) }, 'grpc-js');
+  setGrpcLogger({ error: sink, info: sink, debug: sink });
+}
+
 async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
-  if (!command || command === '--help' || command === '-h' || command === 'help') {
+  routeGrpcLogs();
+  if (!command) {
+    process.stderr.write(`${USAGE}\n`);
+    process.exit(2);
+  }
+  if (command === '--help' || command === '-h' || command === 'help') {
     process.stdout.write(`${USAGE}\n`);
     return;
   }
@@ -63,6 +83,7 @@ async function main(argv: string[]): Promise<void> {
     case 'frontend': {
       const { config, level } = frontendConfig(rest, env);
       const logger = createLogger({ name: 'frontend', level });
+      routeGrpcLogs(logger);
       const frontend = await startFrontend({ ...config, logger });
       stopOnSignals(frontend, logger);
       return;
@@ -88,12 +109,17 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
-main(process.argv.slice(2)).catch((err: unknown) => {
+/** One line, no stack, no secrets; exit 2 for configuration errors, 1 for everything else. */
+function fail(err: unknown): never {
   const command = process.argv[2] ?? '';
-  if (isKnatsError(err) && err.code === 'KNATS_BAD_CONFIG') {
-    process.stderr.write(`knats ${command}: ${err.message}\n`);
-    process.exit(2);
-  }
-  process.stderr.write(`knats ${command}: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exit(1);
-});
+  const message = redactUserinfo(err instanceof Error ? err.message : String(err));
+  const code = isKnatsError(err) ? err.code : undefined;
+  const tag = code && code !== ErrorCode.BadConfig && !message.includes(code) ? ` [${code}]` : '';
+  process.stderr.write(`knats ${command}: ${message}${tag}\n`);
+  process.exit(code === ErrorCode.BadConfig ? 2 : 1);
+}
+
+// A bug must not print a stack trace either: the same one line, exit 1.
+process.on('uncaughtException', fail);
+process.on('unhandledRejection', fail);
+main(process.argv.slice(2)).catch(fail);

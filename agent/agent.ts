@@ -16,13 +16,15 @@ import {
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
 } from '../broker/bus-messages.js';
-import { joinBus, leaveBus, startEndpoints } from '../broker/bus-node.js';
+import { type BusNode, type Endpoints, leaveBus, startBusNode } from '../broker/bus-node.js';
+import { agentNeeds } from '../broker/bus-permissions.js';
 import { encodeAccepted } from '../broker/codec.js';
-import type { NatsSettings } from '../broker/connection.js';
+import { BusLink, type NatsSettings } from '../broker/connection.js';
 import type { CreditSettings } from '../broker/credit.js';
 import { ErrorCode, isKnatsError, KnatsError, reasonLabel } from '../broker/errors.js';
 import type { AgentIdentifiers } from '../broker/identifiers.js';
 import type { Logger } from '../broker/logging.js';
+import { createBusMetrics } from '../broker/metrics.js';
 import type { PresenceSettings } from '../broker/presence.js';
 import { AGENT_QUEUE, Subjects } from '../broker/subjects.js';
 import type { TunnelHostTiming } from '../broker/tunnel-host.js';
@@ -72,21 +74,53 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
   // Every pending dial listens on this one signal; their number is bounded elsewhere, not by a warning.
   setMaxListeners(0, dialAborts.signal);
 
-  const node = await joinBus({
-    role: 'agent',
+  const busMetrics = createBusMetrics('agent');
+  const metrics = createAgentMetrics(busMetrics.registry);
+  const link = new BusLink();
+  let node: BusNode | undefined;
+  let subscribed = false;
+  const debugState = () => ({
     id: config.id,
-    nats: config.nats,
-    subjects,
-    credit: config.credit,
-    timing: config.timing,
-    presence: config.presence,
-    logger,
-    identifiers: config.identifiers.text,
-    proxyStrategies: '',
-    isDraining: () => draining,
+    role: 'agent',
+    bus: link.notReadyReason() ?? 'ok',
+    tunnels: node?.host.size ?? 0,
+    unconfirmedTunnels: node?.host.unconfirmedCount ?? 0,
+    blockedTunnels: node?.host.blockedCount ?? 0,
+    sockets: sockets.size,
+    socketLocalPorts: [...sockets].map((s) => s.localPort),
+    pendingDials,
+    maxBuffered: node?.host.maxBuffered() ?? 0,
+    receiveBudgetInUse: node?.host.budget.inUse ?? 0,
+    frontends: node?.presence.count('frontend') ?? 0,
+    draining,
   });
-  const { nc, host: tunnelHost, presence } = node;
-  const metrics = createAgentMetrics(node.metrics.registry);
+  let endpoints: Endpoints;
+  ({ node, endpoints } = await startBusNode(
+    {
+      role: 'agent',
+      id: config.id,
+      nats: config.nats,
+      subjects,
+      credit: config.credit,
+      timing: config.timing,
+      presence: config.presence,
+      logger,
+      identifiers: config.identifiers.text,
+      proxyStrategies: '',
+      isDraining: () => draining,
+      metrics: busMetrics,
+      link,
+      needs: () => agentNeeds(subjects, config.id, config.identifiers.defaultRoute),
+    },
+    config,
+    {
+      portFlags: { health: 'health-server-port', admin: 'admin-server-port' },
+      debugState,
+      roleNotReady: () => (subscribed ? undefined : 'not subscribed for dials'),
+    },
+  ));
+  const busNode = node;
+  const { nc, host: tunnelHost, presence } = busNode;
 
   const reply = (msg: Msg, tunnelId: string, err?: KnatsError, initialWindow = 0) => {
     metrics.streamPackets.labels('to_frontend', 'DIAL_RSP').inc();
@@ -102,11 +136,15 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     );
   };
 
-  const configuredPolicy = config.destinationPolicy ?? defaultDestinationPolicy;
-  // Our own health/admin ports are never a destination; ports picked by the OS are added once bound.
-  const ownAddresses = () =>
-    Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((a) => a.address));
-  let policy = withOwnEndpoints(configuredPolicy, [config.healthPort, config.adminPort], ownAddresses());
+  // Our own health/admin ports (as bound: a port of 0 was picked by the OS) are never a destination.
+  const ownAddresses = Object.values(networkInterfaces()).flatMap((list) =>
+    (list ?? []).map((a) => a.address),
+  );
+  const policy = withOwnEndpoints(
+    config.destinationPolicy ?? defaultDestinationPolicy,
+    [endpoints.healthPort, endpoints.adminPort],
+    ownAddresses,
+  );
   /** Tunnel ids of dials in flight, so a replayed id cannot take over a tunnel. */
   const dialingTunnelIds = new Set<string>();
 
@@ -218,8 +256,13 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       nc.subscribe(subject, {
         ...(queue ? { queue } : {}),
         callback: (err, msg) => {
-          if (err) logger.error({ err }, 'dial subscription failed');
-          else void onDial(msg);
+          if (err) {
+            subscribed = false;
+            logger.error(
+              { code: ErrorCode.BusPermission, subject, reason: err.message },
+              'dial subscription failed',
+            );
+          } else void onDial(msg);
         },
       }),
     );
@@ -229,35 +272,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
   if (config.identifiers.defaultRoute) subscribeDials(subjects.dialRoute(), AGENT_QUEUE);
   // Make sure the server has our subscriptions before we report ready.
   await nc.flush();
-  let subscribed = true;
-
-  const debugState = () => ({
-    id: config.id,
-    role: 'agent',
-    tunnels: tunnelHost.size,
-    unconfirmedTunnels: tunnelHost.unconfirmedCount,
-    blockedTunnels: tunnelHost.blockedCount,
-    sockets: sockets.size,
-    socketLocalPorts: [...sockets].map((s) => s.localPort),
-    pendingDials,
-    maxBuffered: tunnelHost.maxBuffered(),
-    receiveBudgetInUse: tunnelHost.budget.inUse,
-    frontends: presence.count('frontend'),
-    draining,
-  });
-  const notReadyReason = () => {
-    if (draining) return 'draining';
-    if (nc.isClosed()) return 'NATS connection closed';
-    if (!subscribed) return 'not subscribed for dials';
-    return undefined;
-  };
-  const endpoints = await startEndpoints(config, {
-    metrics: node.metrics,
-    logger,
-    notReadyReason,
-    debugState,
-  });
-  policy = withOwnEndpoints(configuredPolicy, [endpoints.healthPort, endpoints.adminPort], ownAddresses());
+  subscribed = true;
   logger.info({ identifiers: config.identifiers.text, version: VERSION }, 'agent ready');
 
   return {
@@ -276,7 +291,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       presence.beat();
       logger.info({ tunnels: tunnelHost.size, immediate }, 'agent stopping');
       const deadline = Date.now() + (immediate ? 0 : config.gracefulShutdownTimeoutMs);
-      await leaveBus(node, deadline, 'agent stopping');
+      await leaveBus(busNode, deadline, 'agent stopping');
       dialAborts.abort();
       for (const socket of sockets) socket.destroy();
       await endpoints.close();

@@ -1,16 +1,18 @@
 /**
  * What every process on the bus is made of, built once for the frontend and
- * the agent alike: the NATS connection and its link events, the tunnel host,
- * presence, the bus metrics, and the health and admin HTTP endpoints.
+ * the agent alike: the NATS connection and its link events, the permission
+ * check, the tunnel host, presence, the bus metrics, and the health and
+ * admin HTTP endpoints.
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { PresenceInfo } from './bus-messages.js';
-import { connectBus, type NatsSettings } from './connection.js';
+import { type BusNeeds, describeRefusals, refusedPermissions } from './bus-permissions.js';
+import { type BusLink, connectBus, type NatsSettings } from './connection.js';
 import type { CreditSettings } from './credit.js';
 import { ErrorCode, KnatsError } from './errors.js';
 import { startHealthServer } from './health-server.js';
 import type { Logger } from './logging.js';
-import { type BusMetrics, createBusMetrics } from './metrics.js';
+import type { BusMetrics } from './metrics.js';
 import { Presence, type PresenceSettings } from './presence.js';
 import type { Subjects } from './subjects.js';
 import { TunnelHost, type TunnelHostTiming } from './tunnel-host.js';
@@ -29,6 +31,13 @@ export interface BusNodeOptions {
   readonly identifiers: string;
   readonly proxyStrategies: string;
   readonly isDraining: () => boolean;
+  /** Created before joining, so /metrics and /readyz answer while the bus is still out of reach. */
+  readonly metrics: BusMetrics;
+  readonly link: BusLink;
+  /** What this role must be allowed to subscribe and publish (bus-permissions.ts). */
+  readonly needs: (nc: NatsConnection) => BusNeeds;
+  /** Stops the retries when the process stops before it joined. */
+  readonly signal?: AbortSignal;
 }
 
 export interface BusNode {
@@ -38,18 +47,41 @@ export interface BusNode {
   readonly metrics: BusMetrics;
 }
 
+/**
+ * Connects (retrying until the server answers), waits until the server grants
+ * what the role needs, then starts the tunnel host and presence. Until then
+ * `options.link` says why the process is not ready.
+ */
 export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
-  const { role, id, subjects, logger } = options;
+  const { role, id, subjects, logger, metrics, link, signal } = options;
   const startedAt = Date.now();
-  const metrics = createBusMetrics(role);
   let host: TunnelHost | undefined;
-  const nc = await connectBus(options.nats, `knats-${role}-${id}`, logger, {
-    disconnected: () => host?.onDisconnect(),
-    reconnected: () => {
-      metrics.reconnects.inc();
-      host?.onReconnect();
+  const nc = await connectBus(
+    options.nats,
+    `knats-${role}-${id}`,
+    logger,
+    {
+      connected: () => metrics.busConnected.set(1),
+      disconnected: () => {
+        metrics.busConnected.set(0);
+        host?.onDisconnect();
+      },
+      reconnected: () => {
+        metrics.busConnected.set(1);
+        metrics.reconnects.inc();
+        host?.onReconnect();
+      },
+      error: (kind) => metrics.busError(kind),
     },
-  });
+    true,
+    { link, signal },
+  );
+  try {
+    await awaitPermissions(nc, options.needs(nc), link, logger, signal);
+  } catch (err) {
+    await nc.close();
+    throw err;
+  }
   const tunnelHost = new TunnelHost({
     nc,
     subscribeSubject: role === 'agent' ? subjects.agentTunnels(id) : subjects.frontendTunnels(id),
@@ -100,6 +132,48 @@ export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
   return { nc, host: tunnelHost, presence, metrics };
 }
 
+const PERMISSION_RECHECK_MS = 5000;
+
+/**
+ * Returns once the server grants every need. While it refuses some, the
+ * refusal is logged (once per distinct set) and is the /readyz reason, and the
+ * check repeats: a server configuration reload fixes it without a restart.
+ */
+async function awaitPermissions(
+  nc: NatsConnection,
+  needs: BusNeeds,
+  link: BusLink,
+  logger: Logger,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  let logged = '';
+  for (;;) {
+    if (signal?.aborted)
+      throw new KnatsError(ErrorCode.ShuttingDown, 'stopped before NATS permissions were granted');
+    let refused: string | undefined;
+    try {
+      const refusals = await refusedPermissions(nc, needs);
+      if (refusals.length === 0) {
+        link.markPermitted();
+        if (logged) logger.info('NATS permissions granted');
+        return;
+      }
+      refused = describeRefusals(refusals);
+    } catch {
+      // disconnected meanwhile: the link reports it; check again
+    }
+    if (refused !== undefined && refused !== logged) {
+      logger.error(
+        { code: ErrorCode.BusPermission, refused },
+        `NATS refuses what this process needs: ${refused}; not ready (check its credentials and the server's permissions)`,
+      );
+      logged = refused;
+      link.markRefused(`NATS permission denied: ${refused}`);
+    }
+    await new Promise((r) => setTimeout(r, PERMISSION_RECHECK_MS).unref());
+  }
+}
+
 /**
  * Waits until the process's tunnels have ended or the deadline passed, then
  * closes what is left and leaves the bus (goodbye heartbeat, NATS drained).
@@ -127,30 +201,82 @@ export interface EndpointOptions {
   readonly logger: Logger;
   readonly notReadyReason: () => string | undefined;
   readonly debugState: () => Record<string, unknown>;
+  /** The component's flag names of the two ports, for start-up errors. */
+  readonly portFlags: { readonly health: string; readonly admin: string };
 }
 
-/** The health port (/healthz, /readyz, /metrics) and the admin port (the same plus /debug/state). */
-export async function startEndpoints(config: EndpointConfig, options: EndpointOptions) {
-  const common = {
-    registry: options.metrics.registry,
-    notReadyReason: options.notReadyReason,
-    debugState: options.debugState,
-  };
+export interface Endpoints {
+  readonly healthPort: number;
+  readonly adminPort: number;
+  close(): Promise<void>;
+}
+
+/**
+ * The health port (/healthz, /readyz, /metrics) and the admin port (the same
+ * plus /debug/state, which tells tunnel counts and socket ports: loopback by
+ * default, never on the health port that a Service may expose).
+ */
+export async function startEndpoints(config: EndpointConfig, options: EndpointOptions): Promise<Endpoints> {
+  const common = { registry: options.metrics.registry, notReadyReason: options.notReadyReason };
   const health = await startHealthServer({
     ...common,
     host: config.healthBindAddress,
     port: config.healthPort,
+    flag: options.portFlags.health,
     logger: options.logger,
   });
-  const admin = await startHealthServer({
-    ...common,
-    host: config.adminBindAddress,
-    port: config.adminPort,
-    logger: options.logger.child({ server: 'admin' }),
+  try {
+    const admin = await startHealthServer({
+      ...common,
+      host: config.adminBindAddress,
+      port: config.adminPort,
+      flag: options.portFlags.admin,
+      debugState: options.debugState,
+      logger: options.logger.child({ server: 'admin' }),
+    });
+    return {
+      healthPort: health.port,
+      adminPort: admin.port,
+      close: () => Promise.all([health.close(), admin.close()]).then(() => undefined),
+    };
+  } catch (err) {
+    await health.close();
+    throw err;
+  }
+}
+
+export interface NodeEndpoints {
+  readonly portFlags: EndpointOptions['portFlags'];
+  readonly debugState: () => Record<string, unknown>;
+  /** The role's own reason, asked once the process is not draining and the bus is up and permitted. */
+  readonly roleNotReady: () => string | undefined;
+}
+
+/**
+ * Opens the health and admin ports, then joins the bus: from the first
+ * second /readyz says why the process is not ready (draining, the bus, its
+ * permissions, then the role's own reason).
+ */
+export async function startBusNode(
+  options: BusNodeOptions,
+  config: EndpointConfig,
+  endpoints: NodeEndpoints,
+): Promise<{ node: BusNode; endpoints: Endpoints }> {
+  const notReadyReason = () =>
+    (options.isDraining() ? 'draining' : undefined) ??
+    options.link.notReadyReason() ??
+    endpoints.roleNotReady();
+  const started = await startEndpoints(config, {
+    metrics: options.metrics,
+    logger: options.logger,
+    notReadyReason,
+    debugState: endpoints.debugState,
+    portFlags: endpoints.portFlags,
   });
-  return {
-    healthPort: health.port,
-    adminPort: admin.port,
-    close: () => Promise.all([health.close(), admin.close()]).then(() => undefined),
-  };
+  try {
+    return { node: await joinBus(options), endpoints: started };
+  } catch (err) {
+    await started.close();
+    throw err;
+  }
 }

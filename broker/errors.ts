@@ -43,6 +43,12 @@ export const ErrorCode = {
   ConfirmTimeout: 'KNATS_CONFIRM_TIMEOUT',
   /** Our own NATS connection was lost for longer than the liveness window. */
   BusLost: 'KNATS_BUS_LOST',
+  /** This process is not connected to NATS now (never yet, or reconnecting): dials fail at once. */
+  BusUnavailable: 'KNATS_BUS_UNAVAILABLE',
+  /** The NATS server refuses a subscription or publish this role needs. */
+  BusPermission: 'KNATS_BUS_PERMISSION',
+  /** A secret file (seed, creds, password, token) is readable by group or others. */
+  SecretFileMode: 'KNATS_SECRET_FILE_MODE',
   /** The process is shutting down. */
   ShuttingDown: 'KNATS_SHUTTING_DOWN',
   /** A malformed packet from the konnectivity client. */
@@ -95,6 +101,9 @@ const presentationTable: Record<ErrorCode, ErrorPresentation> = {
   KNATS_PEER_GONE: { httpStatus: 502, reason: 'peer_gone' },
   KNATS_CONFIRM_TIMEOUT: { httpStatus: 504, reason: 'confirm_timeout' },
   KNATS_BUS_LOST: { httpStatus: 503, reason: 'bus_lost' },
+  KNATS_BUS_UNAVAILABLE: { httpStatus: 503, reason: 'bus_unavailable' },
+  KNATS_BUS_PERMISSION: { httpStatus: 503, reason: 'bus_permission' },
+  KNATS_SECRET_FILE_MODE: { httpStatus: 500, reason: 'secret_file_mode' },
   KNATS_SHUTTING_DOWN: { httpStatus: 503, reason: 'shutting_down' },
   KNATS_BAD_PACKET: { httpStatus: 400, reason: 'bad_packet' },
   KNATS_BAD_CONFIG: { httpStatus: 500, reason: 'bad_config' },

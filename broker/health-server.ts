@@ -1,11 +1,13 @@
 /**
- * The health port both components serve: /healthz (the process runs),
- * /readyz (it can do its job now), /metrics (Prometheus) and /debug/state
- * (live counts of tunnels, timers and sockets, for operators and leak tests).
+ * The HTTP endpoints both components serve: /healthz (the process runs),
+ * /readyz (it can do its job now), /metrics (Prometheus) and, on the admin
+ * port only, /debug/state (live counts of tunnels, timers and sockets, for
+ * operators and leak tests).
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
+import { ErrorCode, KnatsError } from './errors.js';
 import type { Logger } from './logging.js';
 
 export interface HealthServerOptions {
@@ -13,11 +15,14 @@ export interface HealthServerOptions {
   readonly host: string;
   /** 0 picks a free port; the chosen one is logged and returned. */
   readonly port: number;
+  /** The flag that set host and port, named in a start-up error. */
+  readonly flag: string;
   readonly registry: Registry;
   readonly logger: Logger;
   /** undefined when ready, else the reason it is not. */
   readonly notReadyReason: () => string | undefined;
-  readonly debugState: () => Record<string, unknown>;
+  /** Served as /debug/state when given (the admin port). */
+  readonly debugState?: () => Record<string, unknown>;
 }
 
 export interface HealthServer {
@@ -53,7 +58,8 @@ export async function startHealthServer(options: HealthServerOptions): Promise<H
         );
         return;
       case '/debug/state':
-        send(200, `${JSON.stringify(options.debugState())}\n`, 'application/json');
+        if (options.debugState) send(200, `${JSON.stringify(options.debugState())}\n`, 'application/json');
+        else send(404, 'not found (served on the admin port)\n');
         return;
       default:
         send(404, 'not found\n');
@@ -61,11 +67,19 @@ export async function startHealthServer(options: HealthServerOptions): Promise<H
   });
   server.keepAliveTimeout = 5000;
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port, options.host || undefined, () => {
-      server.off('error', reject);
-      resolve();
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      const where = options.host
+        ? `${options.host}:${options.port}`
+        : `port ${options.port} on all interfaces`;
+      const why = err.code === 'EADDRINUSE' ? 'address already in use' : (err.code ?? err.message);
+      reject(
+        new KnatsError(
+          ErrorCode.BadConfig,
+          `--${options.flag} ${options.port}: cannot listen on ${where}: ${why}`,
+        ),
+      );
     });
+    server.listen(options.port, options.host || undefined, () => resolve());
   });
   const port = (server.address() as AddressInfo).port;
   options.logger.info({ host: options.host, port }, 'health server listening');

@@ -5,7 +5,9 @@
  * The child is started from a generated config file, is considered ready only
  * once it answers a TCP connect with its own `INFO {...}` line (checked by a
  * unique server_name, so a foreign server that happens to hold the port is
- * never mistaken for ours), and is killed when the parent process exits.
+ * never mistaken for ours), and is killed when the parent process exits,
+ * however it exits: a watchdog (watchdog.ts) kills it and removes its temp
+ * folder even after a SIGKILL of the parent.
  */
 
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -17,6 +19,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { ErrorCode, KnatsError } from './errors.js';
 import { type Logger, silentLogger } from './logging.js';
+import { watchOnDeath } from './watchdog.js';
 
 export interface LocalServerOptions {
   /** Client listen host; default '127.0.0.1'. */
@@ -75,8 +78,8 @@ const PORT_ATTEMPTS = 5;
 const INSTALL_HINT = 'install it with: apt-get install nats-server, or set NATS_SERVER_BIN';
 
 // ---------------------------------------------------------------------------
-// Children die with the parent (best effort: runs on a normal or process.exit()
-// exit; a parent killed by a signal without handlers does not run it).
+// Children die with the parent: at once on a normal or process.exit() exit
+// (below), and through each child's watchdog when the parent is killed.
 
 /** Live children, each with the temp dir we created for it (removed on exit too). */
 const liveChildren = new Map<ChildProcess, string | undefined>();
@@ -292,6 +295,8 @@ async function startOnce(
   const stderrTail: string[] = [];
   const child = spawn(binary, ['-c', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
   track(child, cleanupDir);
+  const watchdog =
+    child.pid === undefined ? undefined : watchOnDeath([child.pid], cleanupDir ? [cleanupDir] : []);
 
   let exitedFlag = false;
   let spawnError: Error | undefined;
@@ -364,6 +369,7 @@ async function startOnce(
         }
       }
       await removeStateDir();
+      watchdog?.release();
       log.debug('nats-server stopped');
     })();
     return stopping;

@@ -1,4 +1,5 @@
 import { type Logger, pino } from 'pino';
+import { redactRecord, redactUserinfo } from './redact.js';
 
 export type { Logger };
 
@@ -8,10 +9,26 @@ export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' |
  * One logger per process, JSON lines on stderr (stdout stays free for what a
  * command prints, such as `knats dial` piping bytes). Children carry the
  * component and, per tunnel, the tunnelId, so one grep tells a tunnel's story.
+ *
+ * Every line is one structured record without a stack trace: an `err` field
+ * is logged as its message, and URL userinfo (passwords, tokens) is redacted
+ * from every string, whatever logged it.
  */
 export function createLogger(options: { level?: LogLevel; name: string }): Logger {
   return pino(
-    { level: options.level ?? 'info', base: { component: options.name, pid: process.pid } },
+    {
+      level: options.level ?? 'info',
+      base: { component: options.name, pid: process.pid },
+      formatters: { log: (record) => redactRecord(record) as Record<string, unknown> },
+      hooks: {
+        logMethod(args, method) {
+          method.apply(
+            this,
+            args.map((arg) => (typeof arg === 'string' ? redactUserinfo(arg) : arg)) as typeof args,
+          );
+        },
+      },
+    },
     pino.destination({ fd: 2, sync: false }),
   );
 }

@@ -5,12 +5,17 @@
  * agent/metrics.ts) under upstream's names, so existing dashboards keep working.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { BusErrorKind } from './connection.js';
 import type { KnatsError } from './errors.js';
 import type { TunnelHost } from './tunnel-host.js';
 
 export interface BusMetrics {
   readonly registry: Registry;
   readonly reconnects: Counter;
+  /** 1 while the NATS link is up. */
+  readonly busConnected: Gauge;
+  /** Connection failures and server errors, by kind. */
+  busError(kind: BusErrorKind): void;
   /** Record a tunnel's end: bytes each way and the close reason. */
   tunnelEnded(bytesIn: number, bytesOut: number, err: KnatsError | undefined): void;
   /** Expose the live tunnel host's counts as gauges. */
@@ -24,6 +29,17 @@ export function createBusMetrics(role: 'frontend' | 'agent'): BusMetrics {
   const reconnects = new Counter({
     name: 'knats_nats_reconnects_total',
     help: 'NATS reconnects of this process',
+    registers: [registry],
+  });
+  const busConnected = new Gauge({
+    name: 'knats_bus_connected',
+    help: '1 while this process is connected to NATS, else 0',
+    registers: [registry],
+  });
+  const busErrors = new Counter({
+    name: 'knats_bus_errors_total',
+    help: 'NATS connection failures and server errors, by kind (dns, refused, tls, authentication, authorization, ...)',
+    labelNames: ['kind'],
     registers: [registry],
   });
   const tunnelBytes = new Counter({
@@ -89,6 +105,8 @@ export function createBusMetrics(role: 'frontend' | 'agent'): BusMetrics {
   return {
     registry,
     reconnects,
+    busConnected,
+    busError: (kind) => busErrors.labels(kind).inc(),
     tunnelEnded(inBytes, outBytes, err) {
       bytesIn.inc(inBytes);
       bytesOut.inc(outBytes);

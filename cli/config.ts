@@ -43,8 +43,30 @@ export const natsFlags: FlagSpec[] = [
   },
   { name: 'nats-nkey', kind: 'string', help: 'file holding an nkey seed', placeholder: 'FILE' },
   { name: 'nats-user', kind: 'string', help: 'NATS user name', placeholder: 'USER' },
-  { name: 'nats-password', kind: 'string', help: 'NATS password', placeholder: 'PASSWORD' },
-  { name: 'nats-token', kind: 'string', help: 'NATS token', placeholder: 'TOKEN' },
+  {
+    name: 'nats-password',
+    kind: 'string',
+    help: 'NATS password (visible in the process list: prefer --nats-password-file)',
+    placeholder: 'PASSWORD',
+  },
+  {
+    name: 'nats-password-file',
+    kind: 'string',
+    help: 'file holding the NATS password (one line)',
+    placeholder: 'FILE',
+  },
+  {
+    name: 'nats-token',
+    kind: 'string',
+    help: 'NATS token (visible in the process list: prefer --nats-token-file)',
+    placeholder: 'TOKEN',
+  },
+  {
+    name: 'nats-token-file',
+    kind: 'string',
+    help: 'file holding the NATS token (one line)',
+    placeholder: 'FILE',
+  },
   { name: 'nats-tls-ca', kind: 'string', help: 'CA bundle to verify the NATS servers', placeholder: 'FILE' },
   { name: 'nats-tls-cert', kind: 'string', help: 'client certificate for NATS (mTLS)', placeholder: 'FILE' },
   { name: 'nats-tls-key', kind: 'string', help: 'key of --nats-tls-cert', placeholder: 'FILE' },
@@ -107,7 +129,7 @@ function processFlags(
       name: adminPort,
       kind: 'int',
       default: adminDefault,
-      help: 'port of /debug/state (0: pick one)',
+      help: 'port of /debug/state (served only here) and the health endpoints (0: pick one)',
       placeholder: 'N',
     },
     {
@@ -290,8 +312,15 @@ export function natsSettings(flags: FlagReader): NatsSettings {
       throw bad(`--nats-url: ${JSON.stringify(server)} is not a NATS URL (nats://host:port)`);
     }
   }
-  if (flags.has('nats-password') !== flags.has('nats-user')) {
-    throw bad('--nats-user and --nats-password go together');
+  for (const [a, b] of [
+    ['nats-password', 'nats-password-file'],
+    ['nats-token', 'nats-token-file'],
+  ] as const) {
+    if (flags.has(a) && flags.has(b)) throw bad(`--${a} and --${b}: give one of them`);
+  }
+  const hasPassword = flags.has('nats-password') || flags.has('nats-password-file');
+  if (hasPassword !== flags.has('nats-user')) {
+    throw bad('--nats-user and --nats-password (or --nats-password-file) go together');
   }
   if (flags.has('nats-tls-cert') !== flags.has('nats-tls-key')) {
     throw bad('--nats-tls-cert and --nats-tls-key go together');
@@ -301,7 +330,9 @@ export function natsSettings(flags: FlagReader): NatsSettings {
     servers,
     user: optional('nats-user'),
     password: optional('nats-password'),
+    passwordFile: optional('nats-password-file'),
     token: optional('nats-token'),
+    tokenFile: optional('nats-token-file'),
     credsFile: optional('nats-creds'),
     nkeyFile: optional('nats-nkey'),
     tlsCaFile: optional('nats-tls-ca'),
@@ -368,12 +399,10 @@ export function frontendConfig(
   const udsName = flags.string('uds-name');
   const serverPort = flags.port('server-port');
   if (!udsName && serverPort === 0) throw bad('--uds-name or --server-port: one front door is required');
-  if (
-    serverPort > 0 &&
-    !(flags.has('server-cert') && flags.has('server-key') && flags.has('server-ca-cert'))
-  ) {
+  const missingTls = ['server-cert', 'server-key', 'server-ca-cert'].filter((name) => !flags.has(name));
+  if (serverPort > 0 && missingTls.length > 0) {
     throw bad(
-      '--server-ca-cert: a TCP frontend requires --server-cert, --server-key and --server-ca-cert (mTLS)',
+      `${missingTls.map((name) => `--${name}`).join(', ')}: required with --server-port ${serverPort} (a TCP frontend requires mTLS)`,
     );
   }
   const udsModeText = flags.string('uds-mode') ?? '0660';

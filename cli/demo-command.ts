@@ -9,19 +9,24 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startAgent } from '../agent/agent.js';
+import { ErrorCode, KnatsError } from '../broker/errors.js';
 import { startLocalServer } from '../broker/local-server.js';
 import { createLogger } from '../broker/logging.js';
+import { watchOnDeath } from '../broker/watchdog.js';
 import { startFrontend } from '../frontend/frontend.js';
 import { agentConfig, frontendConfig } from './config.js';
 import { stopOnSignals } from './run-component.js';
 
 export async function runDemo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<void> {
-  if (argv.length) throw new Error(`knats demo takes no arguments (got ${argv[0]})`);
+  if (argv.length)
+    throw new KnatsError(ErrorCode.BadConfig, `knats demo takes no arguments (got ${argv[0]})`);
   const logger = createLogger({
     name: 'demo',
     level: env.KNATS_LOG_LEVEL === undefined ? 'warn' : (env.KNATS_LOG_LEVEL as 'info'),
   });
   const dir = mkdtempSync(join(tmpdir(), 'knats-demo-'));
+  // The socket folder goes even if the demo is killed (its nats-server has its own watchdog).
+  const watchdog = watchOnDeath([], [dir]);
   const nats = await startLocalServer({ logger, keepAlive: true });
   const destination = createServer((req, res) => {
     res.writeHead(200, { 'content-type': 'text/plain' });
@@ -90,6 +95,7 @@ export async function runDemo(argv: readonly string[], env: NodeJS.ProcessEnv): 
         destination.close();
         await nats.stop();
         rmSync(dir, { recursive: true, force: true });
+        watchdog.release();
       },
     },
     logger,

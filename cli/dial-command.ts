@@ -59,6 +59,11 @@ export async function runDial(argv: readonly string[], env: NodeJS.ProcessEnv): 
     );
   }
   const tls = tcp ? tlsFiles(flags) : undefined;
+  // `knats dial ... | head`: a reader that leaves early ends the dial quietly, like any Unix filter.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    throw new KnatsError(ErrorCode.DialFailed, `stdout: ${err.message}`);
+  });
   const timeoutMs = flags.duration('timeout');
   let tunnel: Duplex;
   if (mode === 'http-connect') {
@@ -87,9 +92,9 @@ export async function runDial(argv: readonly string[], env: NodeJS.ProcessEnv): 
 }
 
 function tlsFiles(flags: FlagReader): { ca: string; cert: string; key: string } {
-  const ca = flags.string('ca-cert');
-  const cert = flags.string('client-cert');
-  const key = flags.string('client-key');
+  const ca = flags.file('ca-cert');
+  const cert = flags.file('client-cert');
+  const key = flags.file('client-key');
   if (!ca || !cert || !key) {
     throw new KnatsError(
       ErrorCode.BadConfig,

@@ -5,6 +5,7 @@
  * environment; the command line wins. Errors name the flag.
  */
 import { ErrorCode, KnatsError } from '../broker/errors.js';
+import { assertReadableFile } from '../broker/readable-file.js';
 import { parseDuration } from './duration.js';
 
 export type FlagKind = 'string' | 'int' | 'bool' | 'duration';
@@ -126,6 +127,12 @@ export class FlagReader {
   string(name: string): string | undefined {
     const v = this.raw(name);
     return v === undefined || v === '' ? undefined : String(v);
+  }
+
+  /** A file flag: undefined when absent, else a path that exists and can be read (checked now, named in the error). */
+  file(name: string): string | undefined {
+    const path = this.string(name);
+    return path === undefined ? undefined : assertReadableFile(`--${name}`, path);
   }
 
   int(name: string): number {

@@ -62,7 +62,10 @@ export async function openConnectTunnel(
       if (rest.length > 0) socket.unshift(rest);
       resolve(socket);
     };
-    const onError = (err: Error) => fail(err.message);
+    const onError = (err: NodeJS.ErrnoException) =>
+      fail(
+        `cannot use the frontend at ${'path' in target ? target.path : `${target.host}:${target.port}`}: ${err.message}`,
+      );
     const onEnd = () => fail('frontend closed the connection before answering');
     const cleanup = () => {
       clearTimeout(timer);

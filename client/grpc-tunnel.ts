@@ -31,6 +31,11 @@ export interface GrpcTunnelOptions {
   readonly timeoutMs?: number;
 }
 
+/** grpc-js says `14 UNAVAILABLE: No connection established. Last error: ...`: keep the readable part. */
+function grpcReason(err: Error & { code?: number; details?: string }): string {
+  return (err.details || err.message).replace(/\.?\s*Resolution note:\s*$/, '');
+}
+
 export async function openGrpcTunnel(options: GrpcTunnelOptions): Promise<Duplex> {
   const client = new ProxyClient(options.target, options.credentials ?? grpcCredentials.createInsecure(), {
     // Large HTTP/2 windows, as the Go client has: the tunnel, not HTTP/2, should set the pace.
@@ -67,10 +72,17 @@ export async function openGrpcTunnel(options: GrpcTunnelOptions): Promise<Duplex
       callback(err);
     },
   });
+  let opened = false;
   await new Promise<void>((resolve, reject) => {
+    const fail = (err: KnatsError) => {
+      clearTimeout(timer);
+      reject(err);
+      call.cancel();
+      client.close();
+    };
     const timer = setTimeout(
       () =>
-        reject(new KnatsError(ErrorCode.DialTimeout, `no DIAL_RSP within ${options.timeoutMs ?? 10000} ms`)),
+        fail(new KnatsError(ErrorCode.DialTimeout, `no DIAL_RSP within ${options.timeoutMs ?? 10000} ms`)),
       options.timeoutMs ?? 10000,
     );
     call.on('data', (bytes: Buffer) => {
@@ -78,16 +90,16 @@ export async function openGrpcTunnel(options: GrpcTunnelOptions): Promise<Duplex
       if (packet.type === PacketType.DIAL_RSP) {
         clearTimeout(timer);
         if (packet.dialResponse?.error) {
-          reject(new KnatsError(ErrorCode.DialFailed, packet.dialResponse.error));
-          call.cancel();
-          client.close();
+          fail(new KnatsError(ErrorCode.DialFailed, packet.dialResponse.error));
           return;
         }
         connectID = toNumber(packet.dialResponse?.connectID);
+        opened = true;
         resolve();
       } else if (packet.type === PacketType.DATA && packet.data?.data) {
         const data = packet.data.data;
-        if (!tunnel.push(Buffer.from(data.buffer, data.byteOffset, data.byteLength))) call.pause();
+        // Paused only once the dial is answered: a paused call would hold back the DIAL_RSP itself.
+        if (!tunnel.push(Buffer.from(data.buffer, data.byteOffset, data.byteLength)) && opened) call.pause();
       } else if (packet.type === PacketType.CLOSE_RSP) {
         const error = packet.closeResponse?.error;
         connectID = 0;
@@ -97,10 +109,18 @@ export async function openGrpcTunnel(options: GrpcTunnelOptions): Promise<Duplex
         client.close();
       }
     });
-    call.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-      tunnel.destroy(err);
+    call.on('error', (err: Error & { code?: number; details?: string }) => {
+      // Before the dial is answered, the caller has only the promise: the tunnel has no listener yet.
+      if (!opened) {
+        fail(
+          new KnatsError(
+            ErrorCode.DialFailed,
+            `cannot use the frontend at ${options.target}: ${grpcReason(err)}`,
+          ),
+        );
+        return;
+      }
+      tunnel.destroy(new Error(`the frontend at ${options.target} ended the stream: ${grpcReason(err)}`));
     });
   });
   return tunnel;

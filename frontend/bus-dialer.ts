@@ -34,6 +34,8 @@ export interface BusDialerOptions {
   readonly acceptTimeoutMs: number;
   /** Dials in flight in this process; beyond it, dials fail at once. */
   readonly maxPendingDials: number;
+  /** Why the bus cannot carry a dial now (undefined when it can): such dials fail at once. */
+  readonly busUnavailable?: () => string | undefined;
   readonly logger: Logger;
   /** The peer id of an answered dial, so its heartbeats are tracked. */
   readonly onAgentUsed: (agentId: string) => void;
@@ -77,6 +79,8 @@ export class BusDialer {
    * a late answer from the slow agent can never be confused with the new one.
    */
   async dial(address: string, protocol: string, logger: Logger, signal?: AbortSignal): Promise<DialOutcome> {
+    const busDown = this.options.busUnavailable?.();
+    if (busDown) throw new KnatsError(ErrorCode.BusUnavailable, busDown);
     if (this.pending >= this.options.maxPendingDials) {
       throw new KnatsError(
         ErrorCode.TooManyPendingDials,

@@ -9,11 +9,13 @@ import { dirname } from 'node:path';
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { joinBus, leaveBus, startEndpoints } from '../broker/bus-node.js';
-import type { NatsSettings } from '../broker/connection.js';
+import { type BusNode, type Endpoints, leaveBus, startBusNode } from '../broker/bus-node.js';
+import { frontendNeeds } from '../broker/bus-permissions.js';
+import { BusLink, type NatsSettings } from '../broker/connection.js';
 import type { CreditSettings } from '../broker/credit.js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
+import { createBusMetrics } from '../broker/metrics.js';
 import type { PresenceSettings } from '../broker/presence.js';
 import { Subjects } from '../broker/subjects.js';
 import type { TunnelHostTiming } from '../broker/tunnel-host.js';
@@ -31,6 +33,7 @@ export interface FrontendConfig {
   readonly subjectPrefix: string;
   readonly mode: 'grpc' | 'http-connect';
   readonly udsName?: string;
+  /** Upstream's flag, accepted: a stale socket is always replaced, a live one never (prepareSocketPath). */
   readonly deleteExistingUdsFile: boolean;
   readonly udsMode: number;
   /** 0 with udsName: no TCP listener. */
@@ -82,38 +85,85 @@ export interface RunningFrontend {
 export async function startFrontend(config: FrontendConfig): Promise<RunningFrontend> {
   const logger = config.logger.child({ frontendId: config.id });
   const wantTcp = config.serverPort > 0 || !config.udsName;
-  // Certificates are checked before anything connects, so a bad file fails startup at once.
+  // Configuration is checked before anything connects, so a bad file or a taken socket fails startup at once.
   const serverTls = wantTcp ? loadServerTls(config, logger) : undefined;
+  if (config.udsName) await prepareSocketPath(config.udsName, logger);
   const subjects = new Subjects(config.subjectPrefix);
   let draining = false;
   let stopped = false;
-
-  const node = await joinBus({
-    role: 'frontend',
-    id: config.id,
-    nats: config.nats,
-    subjects,
-    credit: config.credit,
-    timing: config.timing,
-    presence: config.presence,
-    logger,
-    identifiers: '',
-    proxyStrategies: config.proxyStrategies.join(','),
-    isDraining: () => draining,
-  });
-  const { nc, host: tunnelHost, presence } = node;
-  const metrics = createFrontendMetrics(node.metrics.registry);
-  const liveAgents = () => presence.count('agent', { excludeDraining: true });
+  const busMetrics = createBusMetrics('frontend');
+  const metrics = createFrontendMetrics(busMetrics.registry);
+  const link = new BusLink();
+  let node: BusNode | undefined;
+  let dialer: BusDialer | undefined;
+  let door: ServingDoor | undefined;
+  const liveAgents = () => node?.presence.count('agent', { excludeDraining: true }) ?? 0;
   metrics.watchReadyBackends(() => {
-    const agents = presence.snapshot().filter((p) => p.info.role === 'agent' && !p.info.draining);
+    const agents = (node?.presence.snapshot() ?? []).filter(
+      (p) => p.info.role === 'agent' && !p.info.draining,
+    );
     return {
       default: agents.length,
       defaultRoute: agents.filter((p) => /(^|&)default-route=true(&|$)/.test(p.info.identifiers)).length,
       destHost: agents.filter((p) => p.info.identifiers !== '').length,
     };
   });
+  const debugState = () => ({
+    id: config.id,
+    role: 'frontend',
+    bus: link.notReadyReason() ?? 'ok',
+    tunnels: node?.host.size ?? 0,
+    blockedTunnels: node?.host.blockedCount ?? 0,
+    grpcStreams: config.mode === 'grpc' ? (door?.clients() ?? 0) : 0,
+    httpConnections: config.mode === 'http-connect' ? (door?.clients() ?? 0) : 0,
+    tlsReloads: serverTls?.reloads ?? 0,
+    pendingDials: dialer?.pendingDials ?? 0,
+    maxBuffered: node?.host.maxBuffered() ?? 0,
+    receiveBudgetInUse: node?.host.budget.inUse ?? 0,
+    agents: node?.presence.count('agent') ?? 0,
+    draining,
+    activeHandles: activeResources(),
+  });
+  let uds: UdsListener | undefined;
+  let tcpPort: number | undefined;
+  let endpoints: Endpoints;
+  try {
+    ({ node, endpoints } = await startBusNode(
+      {
+        role: 'frontend',
+        id: config.id,
+        nats: config.nats,
+        subjects,
+        credit: config.credit,
+        timing: config.timing,
+        presence: config.presence,
+        logger,
+        identifiers: '',
+        proxyStrategies: config.proxyStrategies.join(','),
+        isDraining: () => draining,
+        metrics: busMetrics,
+        link,
+        needs: (nc) => frontendNeeds(nc, subjects, config.id),
+      },
+      config,
+      {
+        portFlags: { health: 'health-port', admin: 'admin-port' },
+        debugState,
+        roleNotReady: () => {
+          if (!door) return 'starting';
+          if (liveAgents() === 0) return 'no agent known on the bus';
+          return undefined;
+        },
+      },
+    ));
+  } catch (err) {
+    serverTls?.stop();
+    throw err;
+  }
+  const { nc, host: tunnelHost, presence } = node;
+  const busNode = node;
 
-  const dialer = new BusDialer({
+  dialer = new BusDialer({
     nc,
     host: tunnelHost,
     subjects,
@@ -123,18 +173,31 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
     dialTimeoutMs: config.backendDialTimeoutMs,
     acceptTimeoutMs: config.dialAcceptTimeoutMs,
     maxPendingDials: config.maxPendingDials,
+    busUnavailable: () => link.unavailableReason(),
     logger,
     onAgentUsed: (agentId) => presence.touch(agentId, 'agent'),
   });
 
   const doorDeps: DoorDeps = { dialer, metrics, logger, config, accepting: () => !draining };
-  const door = config.mode === 'grpc' ? grpcDoor(doorDeps) : connectDoor(doorDeps);
-  let uds: UdsListener | undefined;
-  let tcpPort: number | undefined;
+  const servingDoor = config.mode === 'grpc' ? grpcDoor(doorDeps) : connectDoor(doorDeps);
   try {
-    if (config.udsName) uds = await listenUds(door, config, logger);
+    if (config.udsName) {
+      uds = await listenUds(servingDoor, config, logger).catch((err: Error) => {
+        throw new KnatsError(
+          ErrorCode.BadConfig,
+          `--uds-name ${config.udsName}: cannot listen: ${err.message}`,
+        );
+      });
+    }
     if (wantTcp) {
-      tcpPort = await door.listenTcp(config.serverBindAddress, config.serverPort, serverTls!);
+      tcpPort = await servingDoor
+        .listenTcp(config.serverBindAddress, config.serverPort, serverTls!)
+        .catch((err: Error) => {
+          throw new KnatsError(
+            ErrorCode.BadConfig,
+            `--server-port ${config.serverPort} (--server-bind-address ${config.serverBindAddress}): cannot listen: ${err.message}`,
+          );
+        });
       serverTls!.watch();
       logger.info(
         {
@@ -147,42 +210,14 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
       );
     }
   } catch (err) {
-    await door.forceClose('frontend failed to start');
+    await servingDoor.forceClose('frontend failed to start');
     serverTls?.stop();
     uds?.remove();
-    presence.stop();
-    await tunnelHost.stop();
-    await nc.close();
+    await leaveBus(busNode, Date.now(), 'frontend failed to start');
+    await endpoints.close();
     throw err;
   }
-
-  const debugState = () => ({
-    id: config.id,
-    role: 'frontend',
-    tunnels: tunnelHost.size,
-    blockedTunnels: tunnelHost.blockedCount,
-    grpcStreams: config.mode === 'grpc' ? door.clients() : 0,
-    httpConnections: config.mode === 'http-connect' ? door.clients() : 0,
-    tlsReloads: serverTls?.reloads ?? 0,
-    pendingDials: dialer.pendingDials,
-    maxBuffered: tunnelHost.maxBuffered(),
-    receiveBudgetInUse: tunnelHost.budget.inUse,
-    agents: presence.count('agent'),
-    draining,
-    activeHandles: activeResources(),
-  });
-  const notReadyReason = () => {
-    if (draining) return 'draining';
-    if (nc.isClosed()) return 'NATS connection closed';
-    if (liveAgents() === 0) return 'no agent known on the bus';
-    return undefined;
-  };
-  const endpoints = await startEndpoints(config, {
-    metrics: node.metrics,
-    logger,
-    notReadyReason,
-    debugState,
-  });
+  door = servingDoor;
   logger.info({ uds: config.udsName, tcpPort, mode: config.mode, version: VERSION }, 'frontend ready');
 
   return {
@@ -201,15 +236,15 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
       logger.info({ tunnels: tunnelHost.size, immediate }, 'frontend stopping');
       const deadline = Date.now() + (immediate ? 0 : config.gracefulShutdownTimeoutMs);
       // Listeners close at once; open clients get until the deadline to finish.
-      const clientsDone = door.drain();
+      const clientsDone = servingDoor.drain();
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([
         clientsDone,
         new Promise((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now())))),
       ]);
       clearTimeout(timer);
-      await door.forceClose('frontend stopping');
-      await leaveBus(node, Date.now(), 'frontend stopping');
+      await servingDoor.forceClose('frontend stopping');
+      await leaveBus(busNode, Date.now(), 'frontend stopping');
       serverTls?.stop();
       await endpoints.close();
       uds?.remove();
@@ -296,7 +331,8 @@ function grpcDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): Ser
   const bind = (address: string, credentials: ServerCredentials) =>
     new Promise<number>((resolve, reject) => {
       server.bindAsync(address, credentials, (err, port) => {
-        if (err) reject(new KnatsError(ErrorCode.BadConfig, `cannot listen on ${address}: ${err.message}`));
+        // grpc-js says `No address added out of total 1 resolved errors: [listen EADDRINUSE: ...]`: keep the cause.
+        if (err) reject(new Error(/errors: \[(.*)\]$/.exec(err.message)?.[1] ?? err.message));
         else {
           widenHttp2Windows(server, HTTP2_RECEIVE_WINDOW, logger);
           resolve(port);
@@ -386,7 +422,7 @@ function connectDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): 
 function listen(server: NetServer, options: { path?: string; host?: string; port?: number }, what: string) {
   return new Promise<void>((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException) =>
-      reject(new KnatsError(ErrorCode.BadConfig, `cannot listen on ${what}: ${err.code ?? err.message}`));
+      reject(new Error(`listen ${err.code ?? err.message} ${what}`));
     server.once('error', onError);
     server.listen(options, () => {
       server.off('error', onError);
@@ -423,13 +459,12 @@ interface UdsListener {
 }
 
 /**
- * Binds the door on --uds-name: a stale socket file never blocks startup, the
+ * Binds the door on --uds-name (prepareSocketPath cleared the way), the
  * socket is created with no more than --uds-mode (umask during bind) and then
  * set to exactly that mode, and only our own socket file is removed at stop.
  */
 async function listenUds(door: ServingDoor, config: FrontendConfig, logger: Logger): Promise<UdsListener> {
   const path = config.udsName!;
-  await prepareSocketPath(path, config.deleteExistingUdsFile, logger);
   await withUmask(0o777 & ~config.udsMode, () => door.listenUds(path));
   chmodSync(path, config.udsMode);
   const inode = lstatSync(path).ino;
@@ -446,13 +481,24 @@ async function listenUds(door: ServingDoor, config: FrontendConfig, logger: Logg
   };
 }
 
+/** sun_path holds 108 bytes on Linux (104 on macOS), one of them the terminating NUL. */
+const MAX_SOCKET_PATH_BYTES = process.platform === 'linux' ? 107 : 103;
+
 /**
- * Makes `path` free for a new socket. A non-socket file is never deleted. A
- * socket file is deleted when --delete-existing-uds-file is true (upstream's
- * behaviour), and also when it is false but nothing listens on it any more
- * (left by a crashed process); a live socket with the flag false is an error.
+ * Makes `path` free for a new socket. A non-socket file is never deleted, and
+ * neither is a socket something still answers on (another frontend would lose
+ * its clients while still reporting ready): the start fails, naming what
+ * answered. A dead socket (left by a crash) is always replaced, whatever
+ * --delete-existing-uds-file says (accepted for upstream compatibility).
  */
-async function prepareSocketPath(path: string, deleteExisting: boolean, logger: Logger): Promise<void> {
+async function prepareSocketPath(path: string, logger: Logger): Promise<void> {
+  const bytes = Buffer.byteLength(path);
+  if (bytes > MAX_SOCKET_PATH_BYTES) {
+    throw new KnatsError(
+      ErrorCode.BadConfig,
+      `--uds-name ${path}: ${bytes} bytes, over the ${MAX_SOCKET_PATH_BYTES}-byte limit of a Unix socket path; use a shorter path`,
+    );
+  }
   let stat: ReturnType<typeof lstatSync>;
   try {
     stat = lstatSync(path);
@@ -477,31 +523,57 @@ async function prepareSocketPath(path: string, deleteExisting: boolean, logger: 
     );
   }
   const state = await probeSocket(path);
-  if (!deleteExisting && state !== 'stale') {
+  if (state !== 'stale') {
     throw new KnatsError(
       ErrorCode.BadConfig,
-      `--uds-name ${path}: ${state === 'live' ? 'another process listens on it' : 'it exists'} and --delete-existing-uds-file=false`,
+      `--uds-name ${path}: another process listens on it (${state}); refusing to take over a live socket (stop that process or choose another path)`,
     );
   }
   unlinkSync(path);
-  if (state === 'live') logger.warn({ uds: path }, 'replaced a socket another process was listening on');
-  else logger.info({ uds: path, state }, 'removed an existing socket file');
+  logger.info({ uds: path }, 'removed a stale socket file');
 }
 
-/** Whether a process still accepts connections on a socket file. */
-function probeSocket(path: string): Promise<'live' | 'stale' | 'unknown'> {
+/**
+ * Whether a process still accepts connections on a socket file, and if so
+ * what it seems to be: an HTTP/2 server (a gRPC frontend) sends its SETTINGS
+ * frame at once, an HTTP/1.1 server (a CONNECT frontend) answers a request
+ * line. A socket that accepts is live even if it says nothing.
+ */
+function probeSocket(path: string): Promise<string> {
   return new Promise((resolve) => {
     const socket = netConnect({ path });
-    const done = (state: 'live' | 'stale' | 'unknown') => {
+    let received = Buffer.alloc(0);
+    let connected = false;
+    const done = (state: string) => {
       clearTimeout(timer);
       socket.destroy();
       resolve(state);
     };
-    const timer = setTimeout(() => done('unknown'), 1000);
-    socket.once('connect', () => done('live'));
-    socket.once('error', (err: NodeJS.ErrnoException) =>
-      done(err.code === 'ECONNREFUSED' || err.code === 'ENOENT' ? 'stale' : 'unknown'),
-    );
+    const describe = () => {
+      // An HTTP/2 frame header: 3 bytes length, type 4 (SETTINGS) or 7 (GOAWAY).
+      if (received.length >= 4 && (received[3] === 4 || received[3] === 7))
+        return 'an HTTP/2 server (a gRPC frontend?)';
+      if (received.subarray(0, 5).toString('latin1') === 'HTTP/')
+        return 'an HTTP/1.1 server (an HTTP CONNECT frontend?)';
+      return 'a process that accepts connections';
+    };
+    const timer = setTimeout(() => done(connected ? describe() : 'a process (connect did not finish)'), 500);
+    socket.once('connect', () => {
+      connected = true;
+      socket.write('OPTIONS * HTTP/1.1\r\nHost: probe\r\n\r\n');
+    });
+    socket.on('data', (chunk: Buffer) => {
+      received = Buffer.concat([received, chunk]);
+      if (received.length >= 5) done(describe());
+    });
+    socket.once('close', () => {
+      if (connected) done(describe());
+    });
+    socket.once('error', (err: NodeJS.ErrnoException) => {
+      if (connected) done(describe());
+      else if (err.code === 'ECONNREFUSED' || err.code === 'ENOENT') done('stale');
+      else done(`a process (connect failed: ${err.code})`);
+    });
   });
 }
 

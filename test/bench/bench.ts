@@ -201,6 +201,8 @@ function progressDone(): void {
 interface Component {
   proc: Proc;
   healthPort: number;
+  /** /debug/state is served on the admin port only. */
+  adminPort: number;
   uds?: string;
 }
 
@@ -275,6 +277,7 @@ class Fleet {
 
   async startAgent(): Promise<Component> {
     const healthPort = await freePort();
+    const adminPort = await freePort();
     const extra = (process.env.BENCH_AGENT_ARGS ?? '').split(' ').filter((s) => s !== '');
     const proc = spawnNode(
       'agent',
@@ -286,7 +289,7 @@ class Fleet {
         '--health-server-port',
         String(healthPort),
         '--admin-server-port',
-        '0',
+        String(adminPort),
         '--log-level',
         'warn',
         '--graceful-shutdown-timeout',
@@ -298,11 +301,12 @@ class Fleet {
       this.nodeFlags('agent'),
     );
     await waitReady(proc, healthPort);
-    return { proc, healthPort };
+    return { proc, healthPort, adminPort };
   }
 
   async startFrontend(mode: 'grpc' | 'http-connect'): Promise<Component> {
     const healthPort = await freePort();
+    const adminPort = await freePort();
     const uds = path.join(this.dir, `frontend-${mode}-${healthPort}.sock`);
     const extra = (process.env.BENCH_FRONTEND_ARGS ?? '').split(' ').filter((s) => s !== '');
     const proc = spawnNode(
@@ -319,7 +323,7 @@ class Fleet {
         '--health-port',
         String(healthPort),
         '--admin-port',
-        '0',
+        String(adminPort),
         '--log-level',
         'warn',
         '--graceful-shutdown-timeout',
@@ -329,7 +333,7 @@ class Fleet {
       this.nodeFlags(`frontend-${mode}`),
     );
     await waitReady(proc, healthPort);
-    return { proc, healthPort, uds };
+    return { proc, healthPort, adminPort, uds };
   }
 
   /** A frontend in --mode http-connect, or n/a when this build has none (the CLI exits 2). */
@@ -1067,7 +1071,7 @@ class Bench {
   async openTunnels(components: Component[]): Promise<number[]> {
     return Promise.all(
       components.map(async (c) => {
-        const state = JSON.parse((await httpGet(c.healthPort, '/debug/state')).body) as { tunnels?: unknown };
+        const state = JSON.parse((await httpGet(c.adminPort, '/debug/state')).body) as { tunnels?: unknown };
         return Number(state.tunnels ?? 0);
       }),
     );
@@ -1122,8 +1126,8 @@ class Bench {
     const after = mapValues(procs, (p) => rssKiB(p.pid));
     const readState = () =>
       Promise.all([
-        httpGet(fleet.grpcFrontend.healthPort, '/debug/state').then((r) => JSON.parse(r.body)),
-        httpGet(fleet.agent.healthPort, '/debug/state').then((r) => JSON.parse(r.body)),
+        httpGet(fleet.grpcFrontend.adminPort, '/debug/state').then((r) => JSON.parse(r.body)),
+        httpGet(fleet.agent.adminPort, '/debug/state').then((r) => JSON.parse(r.body)),
       ]);
     // Closes travel over the bus: give the last ones a moment. Tunnels some
     // earlier scenario left open (reported there) do not count here.

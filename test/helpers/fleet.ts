@@ -144,6 +144,34 @@ export class Fleet {
   }
 }
 
+export interface CliRun {
+  /** null when it had to be killed after `timeoutMs`. */
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Runs `knats ...args` to its end (killed after `timeoutMs`), with `input` on stdin. */
+export function runCli(
+  args: readonly string[],
+  { input = '', timeoutMs = 15_000 }: { input?: string; timeoutMs?: number } = {},
+): Promise<CliRun> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [cliPath, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+    child.stdin.on('error', () => {});
+    child.stdin.end(input);
+  });
+}
+
 export async function eventually<T>(
   probe: () => T | undefined | false | Promise<T | undefined | false>,
   what: string,

@@ -1,24 +1,10 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import { type Destination, httpServer } from '../helpers/destinations.js';
-import { cliPath, eventually, Fleet, fetchText } from '../helpers/fleet.js';
+import { eventually, Fleet, fetchText, runCli } from '../helpers/fleet.js';
 
-/** Runs `knats dial` with `input` on stdin; resolves with its exit code, stdout and stderr. */
-function dial(
-  args: string[],
-  input: string,
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cliPath, 'dial', ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end(input);
-  });
-}
+/** Runs `knats dial` with `input` on stdin. */
+const dial = (args: string[], input: string) => runCli(['dial', ...args], { input });
 
 describe('knats dial, the test client', () => {
   const fleet = new Fleet();

@@ -1,0 +1,117 @@
+/**
+ * What each role needs from the NATS server, and a check of it at start: a
+ * process with the wrong credentials says which subject it may not use,
+ * instead of reporting ready and half-working.
+ *
+ * The needs are built from the same Subjects methods the process uses, so
+ * they follow any change of the subject layout.
+ */
+import { createInbox, errors, type NatsConnection, type Status } from '@nats-io/transport-node';
+import { AGENT_QUEUE, type Subjects } from './subjects.js';
+
+export interface SubscribeNeed {
+  readonly subject: string;
+  readonly queue?: string;
+}
+
+export interface BusNeeds {
+  readonly subscribe: readonly SubscribeNeed[];
+  /** Subjects published to; probes carry an empty payload, which every receiver ignores. */
+  readonly publish: readonly string[];
+}
+
+/**
+ * A token no agent or frontend uses as its id, for probe publishes nobody
+ * receives. (Probing the queue-group dial subjects by publishing would land
+ * on a live agent, so the frontend's dial permission is probed on a direct
+ * dial subject; the shipped configuration grants `P.dial.>` as one.)
+ */
+const PROBE_ID = '_knats-permission-check';
+
+/** The prefix nats.js's request/reply subscription lives under (`_INBOX` unless the connection sets another). */
+function inboxPrefixOf(nc: NatsConnection): string | undefined {
+  return (nc as unknown as { options?: { inboxPrefix?: string } }).options?.inboxPrefix;
+}
+
+export function frontendNeeds(nc: NatsConnection, subjects: Subjects, id: string): BusNeeds {
+  return {
+    subscribe: [
+      { subject: subjects.frontendTunnels(id) },
+      { subject: subjects.presence() },
+      { subject: subjects.presenceQuery() },
+      // Dial replies: the request mux subscribes `<inbox>.*` on the first dial.
+      { subject: `${createInbox(inboxPrefixOf(nc))}.*` },
+    ],
+    publish: [
+      subjects.dialAgent(PROBE_ID),
+      subjects.agentTunnel(PROBE_ID, PROBE_ID),
+      subjects.presence(),
+      subjects.presenceQuery(),
+    ],
+  };
+}
+
+export function agentNeeds(subjects: Subjects, id: string, defaultRoute: boolean): BusNeeds {
+  return {
+    subscribe: [
+      { subject: subjects.dialAny(), queue: AGENT_QUEUE },
+      { subject: subjects.dialAgent(id) },
+      ...(defaultRoute ? [{ subject: subjects.dialRoute(), queue: AGENT_QUEUE }] : []),
+      { subject: subjects.agentTunnels(id) },
+      { subject: subjects.presence() },
+      { subject: subjects.presenceQuery() },
+    ],
+    publish: [subjects.frontendTunnel(PROBE_ID, PROBE_ID), subjects.presence(), subjects.presenceQuery()],
+  };
+}
+
+export interface Refusal {
+  readonly operation: 'subscribe' | 'publish';
+  readonly subject: string;
+  readonly queue?: string;
+}
+
+/** `subscribe knats.dial.any (queue agents), publish knats.fe.x.y` */
+export function describeRefusals(refusals: readonly Refusal[]): string {
+  return refusals.map((r) => `${r.operation} ${r.subject}${r.queue ? ` (queue ${r.queue})` : ''}`).join(', ');
+}
+
+/**
+ * Asks the server for every need and returns what it refused. Each probe
+ * subscription is unsubscribed in the same write as its SUB, so a queue
+ * group member exists for microseconds and takes no dial in practice; the
+ * server still answers a refused SUB with -ERR. Refusals arrive before the
+ * PONG of the flush (the server answers in order).
+ */
+export async function refusedPermissions(nc: NatsConnection, needs: BusNeeds): Promise<Refusal[]> {
+  const refusals: Refusal[] = [];
+  // nats.js returns a QueuedIterator (typed as AsyncIterable): stop() ends it and releases the listener.
+  const statuses = nc.status() as AsyncIterable<Status> & { stop(): void };
+  const watching = (async () => {
+    for await (const status of statuses) {
+      if (status.type !== 'error' || !(status.error instanceof errors.PermissionViolationError)) continue;
+      const { operation, subject, queue } = status.error;
+      refusals.push({
+        operation: operation === 'publish' ? 'publish' : 'subscribe',
+        subject,
+        ...(queue ? { queue } : {}),
+      });
+    }
+  })();
+  try {
+    for (const need of needs.subscribe) {
+      nc.subscribe(need.subject, {
+        ...(need.queue ? { queue: need.queue } : {}),
+        callback: () => {},
+      }).unsubscribe();
+    }
+    for (const subject of needs.publish) nc.publish(subject);
+    await nc.flush();
+    // Status events are delivered through an async iterator: let it catch up.
+    await new Promise((r) => setTimeout(r, 20));
+  } finally {
+    statuses.stop();
+    await watching;
+  }
+  return refusals;
+}
