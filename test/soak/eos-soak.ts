@@ -30,6 +30,7 @@ try {
     const cell = randomCell(seed);
     const problems = await rig.run(cell).catch((err: Error) => [err.message]);
     cells++;
+    if (cells % 50 === 0) console.log(`${cells} cells, ${failures} failed so far`);
     if (problems.length > 0) {
       failures++;
       console.log(`FAIL seed ${seed}: ${describeCell(cell)}\n  ${problems.join('\n  ')}`);
