@@ -8,7 +8,7 @@
  */
 import type { Socket } from 'node:net';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
-import { endedByReset } from '../broker/socket-reset.js';
+import { endedByReset, resetSocket } from '../broker/socket-reset.js';
 import type { Tunnel } from '../broker/tunnel.js';
 
 /** After the tunnel ends cleanly, how long the destination gets to take our last bytes. */
@@ -60,7 +60,7 @@ export function bridgeSocket(tunnel: Tunnel, socket: Socket, onClosed: () => voi
     finish(err) {
       finished = true;
       if (err) {
-        if (!socket.destroyed) socket.resetAndDestroy();
+        resetSocket(socket);
         return;
       }
       // Clean close: let the destination take what was written, then close.

@@ -1,28 +1,55 @@
 /**
- * Telling a TCP reset from a FIN when a socket's readable side ends.
+ * TCP resets at the socket level, where Node's own view is not enough.
  *
- * libuv reports a reset that arrives right behind data as a plain EOF: after
- * a partial read, POLLHUP is taken for end-of-stream without reading again,
- * so the ECONNRESET is never seen and Node emits 'end' as for a FIN. An
- * abort would then pass on as a clean end after a short stream. The kernel
- * still knows: a reset socket is in TCP_CLOSE, where getpeername fails
- * (ENOTCONN), while after a FIN it sits in CLOSE_WAIT with its peer intact.
- * That holds only while our own writing side is still open (after both FINs
- * the socket is closed too), so callers ask only then.
+ * Seeing one: libuv reports a reset that arrives right behind data as a
+ * plain EOF (after a partial read, POLLHUP is taken for end-of-stream
+ * without reading again), so the ECONNRESET is never seen and Node emits
+ * 'end' as for a FIN; an abort would then pass on as a clean end after a
+ * short stream. The kernel still knows: a reset socket is in TCP_CLOSE,
+ * where getpeername fails (ENOTCONN), while after a FIN it sits in
+ * CLOSE_WAIT with its peer intact. That holds only while our own writing
+ * side is still open (after both FINs the socket is closed too), so callers
+ * ask only then.
+ *
+ * Sending one: `resetAndDestroy()` is only possible on a TCP handle whose
+ * writing side was not shut down: libuv refuses a reset after a shutdown,
+ * and Node then never emits 'close' for that socket.
  */
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 
-interface PeerNameHandle {
+interface TcpHandle {
   getpeername?(out: object): number;
+}
+
+/** The TCP socket beneath a TLS socket (Node's internal `_parent`), or the socket itself. */
+function tcpOf(socket: Socket): Socket {
+  return socket instanceof TLSSocket ? ((socket as { _parent?: Socket })._parent ?? socket) : socket;
+}
+
+/** Unix sockets (Pipe handles) have no getpeername, and no reset. */
+function tcpHandleOf(socket: Socket): TcpHandle | undefined {
+  const handle = (socket as unknown as { _handle?: TcpHandle })._handle;
+  return typeof handle?.getpeername === 'function' ? handle : undefined;
 }
 
 /** True when the socket whose 'end' just fired was in fact reset by its peer. */
 export function endedByReset(socket: Socket): boolean {
-  // Under TLS the TCP socket beneath (Node's internal `_parent`) holds the state.
-  const tcp = socket instanceof TLSSocket ? ((socket as { _parent?: Socket })._parent ?? socket) : socket;
-  const handle = (tcp as unknown as { _handle?: PeerNameHandle })._handle;
-  // Unix sockets (Pipe handles) have no reset and no getpeername.
-  if (!handle?.getpeername) return false;
-  return handle.getpeername({}) !== 0;
+  const handle = tcpHandleOf(tcpOf(socket));
+  return handle !== undefined && handle.getpeername!({}) !== 0;
+}
+
+/**
+ * Aborts a connection so that its peer sees an abort: a TCP reset where one
+ * can be sent. A Unix socket, or a TCP socket whose writing side we already
+ * ended, is destroyed plainly (the peer sees a close).
+ */
+export function resetSocket(socket: Socket): void {
+  const tcp = tcpOf(socket);
+  if (tcpHandleOf(tcp) && !tcp.destroyed && !tcp.writableEnded && !socket.writableEnded) {
+    tcp.resetAndDestroy();
+    if (tcp !== socket) socket.destroy();
+    return;
+  }
+  socket.destroy();
 }

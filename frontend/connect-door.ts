@@ -14,10 +14,9 @@
  * size limit, and nothing but HTTP/1.x.
  */
 import type { Socket } from 'node:net';
-import { TLSSocket } from 'node:tls';
 import { ErrorCode, httpStatusFor, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
-import { endedByReset } from '../broker/socket-reset.js';
+import { endedByReset, resetSocket } from '../broker/socket-reset.js';
 import type { Tunnel, TunnelLocalSide } from '../broker/tunnel.js';
 import type { BusDialer } from './bus-dialer.js';
 import { dialForClient, tunnelEstablished, tunnelFinished } from './door-dial.js';
@@ -391,7 +390,8 @@ class ConnectConnection {
         tunnelFinished(this.door.options, tunnel);
         if (socket.destroyed) return;
         if (err) {
-          abortClient(socket);
+          // An abort must look like one to the client: a reset, never a clean end after a short body.
+          resetSocket(socket);
           return;
         }
         // Clean close: the client gets what was written, then EOF.
@@ -466,22 +466,4 @@ class ConnectConnection {
     this.phase = 'done';
     this.socket.destroy();
   }
-}
-
-/**
- * An abort must look like one to the client: a TCP reset, never a clean end
- * after a short body. Under TLS the reset goes to the TCP socket beneath
- * (Node keeps it as the internal `_parent`; without it, the TLS socket is
- * destroyed without close_notify, which TLS clients also treat as an abort).
- * A Unix socket has no reset: the client sees the connection close, and only
- * its own framing (TLS close_notify, HTTP lengths) tells it the stream was cut.
- */
-function abortClient(socket: Socket): void {
-  const tcp = socket instanceof TLSSocket ? (socket as TLSSocket & { _parent?: Socket })._parent : socket;
-  if (tcp && !tcp.destroyed && tcp.remotePort !== undefined) {
-    tcp.resetAndDestroy();
-    if (tcp !== socket) socket.destroy();
-    return;
-  }
-  socket.destroy();
 }

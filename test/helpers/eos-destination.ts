@@ -7,7 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
-import { endedByReset } from '../../broker/socket-reset.js';
+import { endedByReset, resetSocket } from '../../broker/socket-reset.js';
 
 export interface DestinationBehaviour {
   /** Bytes written as soon as the connection is accepted (before reading anything). */
@@ -75,7 +75,7 @@ export class BehaviourDestination {
 
   /** Resets every open connection (a stuck destination giving up). */
   resetAll(): void {
-    for (const socket of this.sockets) socket.resetAndDestroy();
+    for (const socket of this.sockets) resetSocket(socket);
   }
 
   async close(): Promise<void> {
