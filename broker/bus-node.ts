@@ -12,7 +12,7 @@ import { startHealthServer } from './health-server.js';
 import type { Logger } from './logging.js';
 import { type BusMetrics, createBusMetrics } from './metrics.js';
 import { Presence, type PresenceSettings } from './presence.js';
-import type { Subjects } from './subjects.js';
+import { frontendInboxPrefix, type Subjects } from './subjects.js';
 import { TunnelHost, type TunnelHostTiming } from './tunnel-host.js';
 import { VERSION } from './version.js';
 
@@ -43,7 +43,9 @@ export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
   const startedAt = Date.now();
   const metrics = createBusMetrics(role);
   let host: TunnelHost | undefined;
-  const nc = await connectBus(options.nats, `knats-${role}-${id}`, logger, {
+  // A frontend's dial replies arrive under its own inbox prefix, which only its user may read.
+  const nats = role === 'frontend' ? { ...options.nats, inboxPrefix: frontendInboxPrefix(id) } : options.nats;
+  const nc = await connectBus(nats, `knats-${role}-${id}`, logger, {
     disconnected: () => host?.onDisconnect(),
     reconnected: () => {
       metrics.reconnects.inc();

@@ -25,6 +25,8 @@ export interface NatsSettings {
   readonly tlsCaFile?: string;
   readonly tlsCertFile?: string;
   readonly tlsKeyFile?: string;
+  /** Where request replies arrive (nats.js `inboxPrefix`); set by the bus node, not a flag. */
+  readonly inboxPrefix?: string;
 }
 
 export interface LinkEvents {
@@ -69,6 +71,7 @@ export function connectionOptions(
   if (settings.user !== undefined) options.user = settings.user;
   if (settings.password !== undefined) options.pass = settings.password;
   if (settings.token !== undefined) options.token = settings.token;
+  if (settings.inboxPrefix !== undefined) options.inboxPrefix = settings.inboxPrefix;
   const authenticators = authenticatorsFor(settings);
   if (authenticators.length) options.authenticator = authenticators;
   if (settings.tlsCaFile || settings.tlsCertFile) {

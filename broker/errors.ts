@@ -43,6 +43,8 @@ export const ErrorCode = {
   BusLost: 'KNATS_BUS_LOST',
   /** The process is shutting down. */
   ShuttingDown: 'KNATS_SHUTTING_DOWN',
+  /** A peer's bus message (dial reply, heartbeat, dial request) with a bad or mismatching field: that message is dropped. */
+  BadPeerMessage: 'KNATS_BAD_PEER_MESSAGE',
   /** A malformed packet from the konnectivity client. */
   BadPacket: 'KNATS_BAD_PACKET',
   /** Bad configuration (flags, environment). */
@@ -93,6 +95,7 @@ const presentation: Record<ErrorCode, ErrorPresentation> = {
   KNATS_CONFIRM_TIMEOUT: { httpStatus: 504, reason: 'confirm_timeout' },
   KNATS_BUS_LOST: { httpStatus: 503, reason: 'bus_lost' },
   KNATS_SHUTTING_DOWN: { httpStatus: 503, reason: 'shutting_down' },
+  KNATS_BAD_PEER_MESSAGE: { httpStatus: 502, reason: 'bad_peer_message' },
   KNATS_BAD_PACKET: { httpStatus: 400, reason: 'bad_packet' },
   KNATS_BAD_CONFIG: { httpStatus: 500, reason: 'bad_config' },
   KNATS_NATS_SERVER: { httpStatus: 500, reason: 'nats_server' },

@@ -40,7 +40,7 @@ export function parseStrategies(value: string): ProxyStrategy[] {
 
 export interface AgentCandidate {
   readonly id: string;
-  readonly identifiers: AgentIdentifiers;
+  readonly routes: Routes;
   /** Open tunnels, from its last heartbeat. */
   readonly load: number;
 }
@@ -48,52 +48,86 @@ export interface AgentCandidate {
 export interface DialTarget {
   readonly strategy: ProxyStrategy;
   readonly subject: string;
+  /** The one agent listening on `subject` (destHost); absent for queue groups. */
+  readonly agentId?: string;
 }
 
 /** Specificity of an exact host/IP match: above any CIDR prefix length (max 128). */
 const EXACT = 1000;
 
-/** How specifically `agent` claims `host`; 0 when it does not. */
-export function matchSpecificity(agent: AgentIdentifiers, host: string): number {
-  const lower = host.toLowerCase();
-  if (agent.host.some((h) => h.toLowerCase() === lower)) return EXACT;
-  const family = isIP(host);
-  if (family === 0) return 0;
-  const type = family === 4 ? 'ipv4' : 'ipv6';
+/** At most this many agents are tried for one destHost dial (each may cost an accept timeout). */
+export const MAX_DESTHOST_AGENTS = 8;
+
+/**
+ * An agent's identifiers compiled for matching: done once per distinct
+ * identifiers text (when a heartbeat brings it), not per dial, so a dial
+ * costs a set lookup and a few prefix checks per agent.
+ */
+export interface Routes {
+  /** Host names, lower case. */
+  readonly hosts: ReadonlySet<string>;
+  /** ipv4= and ipv6= addresses. */
+  readonly exact: BlockList;
+  /** cidr= entries, longest prefix first. */
+  readonly cidrs: readonly {
+    readonly bits: number;
+    readonly type: 'ipv4' | 'ipv6';
+    readonly list: BlockList;
+  }[];
+}
+
+export function compileRoutes(ids: AgentIdentifiers): Routes {
   const exact = new BlockList();
-  for (const ip of family === 4 ? agent.ipv4 : agent.ipv6) {
-    if (isIP(ip) === family) exact.addAddress(ip, type);
-  }
-  if (exact.check(host, type)) return EXACT;
-  let best = 0;
-  for (const cidr of agent.cidr) {
+  for (const ip of ids.ipv4) if (isIP(ip) === 4) exact.addAddress(ip, 'ipv4');
+  for (const ip of ids.ipv6) if (isIP(ip) === 6) exact.addAddress(ip, 'ipv6');
+  const cidrs: { bits: number; type: 'ipv4' | 'ipv6'; list: BlockList }[] = [];
+  for (const cidr of ids.cidr) {
     const [network, bits] = cidr.split('/');
     const prefix = Number(bits);
-    if (!network || isIP(network) !== family || !Number.isInteger(prefix)) continue;
+    const family = network ? isIP(network) : 0;
+    if (family === 0 || !Number.isInteger(prefix)) continue;
+    const type = family === 4 ? 'ipv4' : 'ipv6';
     const list = new BlockList();
     try {
-      list.addSubnet(network, prefix, type);
+      list.addSubnet(network!, prefix, type);
     } catch {
       continue;
     }
-    // +1 so that a /0 still counts as a match.
-    if (list.check(host, type)) best = Math.max(best, prefix + 1);
+    cidrs.push({ bits: prefix, type, list });
   }
-  return best;
+  cidrs.sort((x, y) => y.bits - x.bits);
+  return { hosts: new Set(ids.host.map((h) => h.toLowerCase())), exact, cidrs };
+}
+
+/** How specifically an agent claims `host`; 0 when it does not. */
+export function matchSpecificity(routes: Routes, host: string): number {
+  if (routes.hosts.has(host.toLowerCase())) return EXACT;
+  const family = isIP(host);
+  if (family === 0) return 0;
+  const type = family === 4 ? 'ipv4' : 'ipv6';
+  if (routes.exact.check(host, type)) return EXACT;
+  for (const { bits, type: cidrType, list } of routes.cidrs) {
+    // +1 so that a /0 still counts as a match.
+    if (cidrType === type && list.check(host, type)) return bits + 1;
+  }
+  return 0;
 }
 
 /**
- * Agents for destHost, best first: the most specific group, with its first
- * pick by the power of two choices, then the rest as fallbacks.
+ * Agents for destHost, best first, at most MAX_DESTHOST_AGENTS: the most
+ * specific group, with its first pick by the power of two choices, then the
+ * rest as fallbacks.
  */
 export function agentsForHost(
   agents: readonly AgentCandidate[],
   host: string,
   random: () => number = Math.random,
 ): string[] {
-  const scored = agents
-    .map((agent) => ({ agent, score: matchSpecificity(agent.identifiers, host) }))
-    .filter((s) => s.score > 0);
+  const scored: { agent: AgentCandidate; score: number }[] = [];
+  for (const agent of agents) {
+    const score = matchSpecificity(agent.routes, host);
+    if (score > 0) scored.push({ agent, score });
+  }
   if (scored.length === 0) return [];
   // Shuffle, then a stable sort by specificity keeps ties in random order.
   for (let i = scored.length - 1; i > 0; i--) {
@@ -106,7 +140,7 @@ export function agentsForHost(
   if (tied >= 2 && scored[1]!.agent.load < scored[0]!.agent.load) {
     [scored[0], scored[1]] = [scored[1]!, scored[0]!];
   }
-  return scored.map((s) => s.agent.id);
+  return scored.slice(0, MAX_DESTHOST_AGENTS).map((s) => s.agent.id);
 }
 
 /** The subjects to try, in order. */
@@ -121,7 +155,7 @@ export function dialTargets(
     switch (strategy) {
       case 'destHost':
         for (const agentId of destHostAgents(host)) {
-          targets.push({ strategy, subject: subjects.dialAgent(agentId) });
+          targets.push({ strategy, subject: subjects.dialAgent(agentId), agentId });
         }
         break;
       case 'defaultRoute':
@@ -135,11 +169,27 @@ export function dialTargets(
   return targets;
 }
 
-const parsedIdentifiers = new Map<string, AgentIdentifiers>();
+/** Compiled routes by identifiers text; bounded like the presence table it mirrors. */
+const compiledRoutes = new Map<string, Routes | null>();
+const MAX_COMPILED = 4096;
+
+function routesOf(text: string): Routes | null {
+  let routes = compiledRoutes.get(text);
+  if (routes === undefined) {
+    try {
+      routes = compileRoutes(parseAgentIdentifiers(text));
+    } catch {
+      routes = null; // an agent of a newer version with keys we do not know: not routable by destHost
+    }
+    if (compiledRoutes.size >= MAX_COMPILED) compiledRoutes.clear();
+    compiledRoutes.set(text, routes);
+  }
+  return routes;
+}
 
 /**
  * Agents that take new dials, from presence. Identifiers arrive as text in
- * heartbeats; each distinct text is parsed once.
+ * heartbeats; each distinct text is parsed and compiled once.
  */
 export function candidatesFrom(
   peers: readonly {
@@ -149,17 +199,8 @@ export function candidatesFrom(
   const candidates: AgentCandidate[] = [];
   for (const { info } of peers) {
     if (info.role !== 'agent' || info.draining || !info.identifiers) continue;
-    let identifiers = parsedIdentifiers.get(info.identifiers);
-    if (!identifiers) {
-      try {
-        identifiers = parseAgentIdentifiers(info.identifiers);
-      } catch {
-        continue; // an agent of a newer version with keys we do not know: not routable by destHost
-      }
-      if (parsedIdentifiers.size > 10_000) parsedIdentifiers.clear();
-      parsedIdentifiers.set(info.identifiers, identifiers);
-    }
-    candidates.push({ id: info.id, identifiers, load: info.openTunnels });
+    const routes = routesOf(info.identifiers);
+    if (routes) candidates.push({ id: info.id, routes, load: info.openTunnels });
   }
   return candidates;
 }

@@ -246,16 +246,16 @@ describe('least privilege: the configuration of `knats broker config` on a real 
     await assertSubscribeAllowed(a1, 'tenant-a.dial.agent.a1');
     await assertSubscribeAllowed(a1, 'tenant-a.dial.any', 'agents');
     await assertSubscribeAllowed(a1, 'tenant-a.dial.route', 'agents');
-    await assertSubscribeAllowed(a1, 'tenant-a.presence');
+    await assertSubscribeAllowed(a1, 'tenant-a.presence.*.*.*');
   });
 
   it('an agent cannot reach another prefix', async () => {
     const a1 = await as('tenant-a', 'agent-a1');
     await assertSubscribeRefused(a1, 'tenant-b.ag.a1.*');
     await assertSubscribeRefused(a1, 'tenant-b.dial.any', 'agents');
-    await assertSubscribeRefused(a1, 'tenant-b.presence');
+    await assertSubscribeRefused(a1, 'tenant-b.presence.*.*.*');
     await assertPublishRefused(a1, 'tenant-b.fe.x.y');
-    await assertPublishRefused(a1, 'tenant-b.presence');
+    await assertPublishRefused(a1, 'tenant-b.presence.agent.a1.x');
   });
 
   it('an agent cannot publish a dial request nor pose as a frontend', async () => {
@@ -282,7 +282,11 @@ describe('least privilege: the configuration of `knats broker config` on a real 
     assert.equal(dialsSeen, 0, 'nothing reached the other agent');
     // What an agent must be able to publish.
     await assertPublishAllowed(a1, 'tenant-a.fe.somefrontend.sometunnel');
-    await assertPublishAllowed(a1, 'tenant-a.presence');
+    await assertPublishAllowed(a1, 'tenant-a.presence.agent.a1.x');
+    // ...but heartbeats only as itself.
+    await assertPublishRefused(a1, 'tenant-a.presence.agent.a2.x');
+    await assertPublishRefused(a1, 'tenant-a.presence.frontend.a1.x');
+    await assertPublishRefused(a1, 'tenant-a.presence');
   });
 
   it("a frontend cannot subscribe to agents' frame subjects nor pose as an agent; status is read-only", async () => {
@@ -294,11 +298,11 @@ describe('least privilege: the configuration of `knats broker config` on a real 
     await assertPublishAllowed(fe, 'tenant-a.dial.any');
     await assertPublishAllowed(fe, 'tenant-a.ag.a1.tunnel');
     const status = await as('tenant-a', 'status');
-    await assertSubscribeAllowed(status, 'tenant-a.presence');
+    await assertSubscribeAllowed(status, 'tenant-a.presence.*.*.*');
     await assertSubscribeRefused(status, 'tenant-a.fe.>');
     await assertSubscribeRefused(status, '_INBOX.>');
     await assertPublishRefused(status, 'tenant-a.dial.any');
-    await assertPublishRefused(status, 'tenant-a.presence');
+    await assertPublishRefused(status, 'tenant-a.presence.agent.a1.x');
   });
 
   it("one prefix's account does not see another's dial replies, even on _INBOX.>", async () => {
