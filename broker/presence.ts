@@ -65,6 +65,19 @@ export interface PresenceOptions {
 }
 
 /**
+ * How long a peer may stay silent before it is taken for gone: the interval
+ * it announced (ours when it announced none), clamped to sane bounds, times
+ * missedBeats. Unclamped, `0xffffffff` kept a fake peer for ~149 days.
+ */
+export function silenceAllowedMs(announcedMs: number, settings: PresenceSettings): number {
+  const interval = Math.min(
+    presenceLimits.maxIntervalMs,
+    Math.max(presenceLimits.minIntervalMs, announcedMs || settings.heartbeatMs),
+  );
+  return interval * settings.missedBeats;
+}
+
+/**
  * A heartbeat's body, if it agrees with its subject (identity comes from the
  * sender's credentials, never from the body) and every field is bounded;
  * otherwise why it is dropped.
@@ -257,20 +270,10 @@ export class Presence {
     );
   }
 
-  /** How long a peer may stay silent: its own interval, within sane bounds, times missedBeats. */
-  private silenceAllowedMs(peer: Peer): number {
-    const announced = peer.info.heartbeatIntervalMs || this.options.settings.heartbeatMs;
-    const interval = Math.min(
-      presenceLimits.maxIntervalMs,
-      Math.max(presenceLimits.minIntervalMs, announced),
-    );
-    return interval * this.options.settings.missedBeats;
-  }
-
   private expire(): void {
     const now = Date.now();
     for (const peer of this.peers.values()) {
-      if (now - peer.lastSeen > this.silenceAllowedMs(peer)) {
+      if (now - peer.lastSeen > silenceAllowedMs(peer.info.heartbeatIntervalMs, this.options.settings)) {
         this.drop(peer, `missed ${this.options.settings.missedBeats} heartbeats`);
       }
     }

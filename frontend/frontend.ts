@@ -168,6 +168,8 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
     maxBuffered: tunnelHost.maxBuffered(),
     receiveBudgetInUse: tunnelHost.budget.inUse,
     agents: presence.count('agent'),
+    incompatiblePeers: presence.incompatibleCount,
+    rejectedHeartbeats: presence.rejectedHeartbeats,
     draining,
     activeHandles: activeResources(),
   });

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   dialRequestCodec,
   dialResponseCodec,
@@ -24,7 +25,9 @@ import {
 import { encodeBlocked, encodeData } from '../../broker/codec.js';
 import { claimsToken } from '../../broker/identifiers.js';
 import { startLocalServer } from '../../broker/local-server.js';
+import { presenceLimits } from '../../broker/presence.js';
 import { Subjects } from '../../broker/subjects.js';
+import type { RunningFrontend } from '../../frontend/frontend.js';
 import { type Destination, echoServer } from '../helpers/destinations.js';
 import { cliPath, eventually, Fleet, fetchText } from '../helpers/fleet.js';
 import {
@@ -390,5 +393,60 @@ describe('attacker suite: a malicious agent with its own credentials against rea
     await victim.roundTrip('the whole suite');
     await victim.close();
     await processesUp('the whole suite');
+  });
+});
+
+describe('attacker suite: where identity cannot be bound (shared credentials, no auth), presence stays bounded', () => {
+  const fleet = new Fleet();
+  let echo: Destination;
+  let attacker: NatsConnection;
+  let frontend: RunningFrontend & { uds: string };
+
+  before(async () => {
+    await fleet.startNats();
+    echo = await echoServer();
+    frontend = await fleet.frontend(['--server-id', 'fe1', '--proxy-strategies', 'destHost,default']);
+    await fleet.agent(['--agent-id', 'victim']);
+    attacker = await connect({ servers: fleet.nats.url });
+    await eventually(() => frontend.debugState().agents === 1, 'the victim agent known');
+  });
+  after(async () => {
+    await attacker.close();
+    await echo.close();
+    await fleet.stop();
+  });
+
+  it('caps the peer table and the incompatible set; a dial among thousands of catch-all fakes tries a few', async () => {
+    const victim = await VictimTunnel.open(frontend.uds, echo.address);
+    const claimAll = claimsToken('cidr=0.0.0.0/0');
+    for (let i = 0; i < 5000; i++) {
+      const id = `fake${i}`;
+      attacker.publish(
+        subjects.presence('agent', id, claimAll),
+        heartbeat({ id, identifiers: 'cidr=0.0.0.0/0', heartbeatIntervalMs: 0xffffffff }),
+      );
+      if (i % 500 === 0) await attacker.flush();
+    }
+    for (let i = 0; i < 400; i++) {
+      const id = `old${i}`;
+      attacker.publish(
+        subjects.presence('agent', id, claimsToken('')),
+        heartbeat({ id, protocolVersion: 0 }),
+      );
+    }
+    await attacker.flush();
+    await eventually(() => frontend.debugState().agents === presenceLimits.maxPeers, 'the peer table full');
+    await new Promise((r) => setTimeout(r, 300));
+    const state = frontend.debugState();
+    assert.equal(state.agents, presenceLimits.maxPeers);
+    assert.equal(state.incompatiblePeers, presenceLimits.maxIncompatible);
+    // destHost picks fakes first (none answers): at most MAX_DESTHOST_AGENTS of them, then the default queue.
+    const client = new ProxyStreamClient(`unix:${frontend.uds}`);
+    const dial = await client.dial(echo.address);
+    client.close();
+    assert.equal(dial.error, '');
+    assert.ok(dial.ms < 1000, `dial took ${dial.ms} ms`);
+    await victim.roundTrip('4,096 fake agents');
+    await victim.close();
   });
 });
