@@ -249,7 +249,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     if (draining) return 'draining';
     if (nc.isClosed()) return 'NATS connection closed';
     if (!subscribed) return 'not subscribed for dials';
-    return undefined;
+    return presence.heartbeatRefused;
   };
   const endpoints = await startEndpoints(config, {
     metrics: node.metrics,

@@ -3,7 +3,7 @@
  * the agent alike: the NATS connection and its link events, the tunnel host,
  * presence, the bus metrics, and the health and admin HTTP endpoints.
  */
-import type { NatsConnection } from '@nats-io/transport-node';
+import { type NatsConnection, PermissionViolationError } from '@nats-io/transport-node';
 import type { PresenceInfo } from './bus-messages.js';
 import { connectBus, type NatsSettings } from './connection.js';
 import type { CreditSettings } from './credit.js';
@@ -43,6 +43,7 @@ export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
   const startedAt = Date.now();
   const metrics = createBusMetrics(role);
   let host: TunnelHost | undefined;
+  let presenceOf: Presence | undefined;
   // A frontend's dial replies arrive under its own inbox prefix, which only its user may read.
   const nats = role === 'frontend' ? { ...options.nats, inboxPrefix: frontendInboxPrefix(id) } : options.nats;
   const nc = await connectBus(nats, `knats-${role}-${id}`, logger, {
@@ -50,6 +51,11 @@ export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
     reconnected: () => {
       metrics.reconnects.inc();
       host?.onReconnect();
+    },
+    error: (err) => {
+      if (err instanceof PermissionViolationError && err.operation === 'publish') {
+        presenceOf?.onPublishRefused(err.subject);
+      }
     },
   });
   const tunnelHost = new TunnelHost({
@@ -99,6 +105,7 @@ export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
     },
     onPeerGone: (peer, why) => tunnelHost.closePeer(peer.info.id, `${peerRole} ${peer.info.id} ${why}`),
   });
+  presenceOf = presence;
   return { nc, host: tunnelHost, presence, metrics };
 }
 

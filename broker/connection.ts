@@ -32,6 +32,8 @@ export interface NatsSettings {
 export interface LinkEvents {
   disconnected?(): void;
   reconnected?(): void;
+  /** An asynchronous error from the server (a permission violation, for one). */
+  error?(err: Error): void;
 }
 
 function authenticatorsFor(settings: NatsSettings): Authenticator[] {
@@ -118,6 +120,7 @@ export async function connectBus(
           break;
         case 'error':
           logger.error({ err: status.error }, 'NATS error');
+          events.error?.(status.error);
           break;
         case 'slowConsumer':
           logger.error({ pending: status.pending }, 'NATS slow consumer');

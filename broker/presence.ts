@@ -15,6 +15,7 @@
  */
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, type PresenceInfo, presenceCodec } from './bus-messages.js';
+import { ErrorCode } from './errors.js';
 import { guarded } from './guard.js';
 import { claimsToken, MAX_IDENTIFIERS_LENGTH } from './identifiers.js';
 import type { Logger } from './logging.js';
@@ -118,6 +119,8 @@ export class Presence {
   private tableFullWarned = false;
   /** Heartbeats dropped as malformed, forged, oversized or beyond the peer cap. */
   rejectedHeartbeats = 0;
+  /** Set when the server refused our own heartbeat (our identity or claims are not what our user was granted). */
+  heartbeatRefused: string | undefined;
 
   constructor(options: PresenceOptions) {
     this.options = options;
@@ -206,6 +209,20 @@ export class Presence {
     } catch (err) {
       this.options.logger.debug({ reason: (err as Error).message }, 'heartbeat not sent');
     }
+  }
+
+  /**
+   * The server refused a publish: if it was our heartbeat, peers cannot see
+   * us, which the operator must learn (the readiness probe says it).
+   */
+  onPublishRefused(subject: string): void {
+    if (subject !== this.beatSubject || this.heartbeatRefused) return;
+    this.heartbeatRefused =
+      'NATS permissions refuse our heartbeat: the id or --agent-identifiers differ from what this user was granted';
+    this.options.logger.error(
+      { code: ErrorCode.BadConfig, subject, reason: this.heartbeatRefused },
+      'heartbeat refused',
+    );
   }
 
   /** Anyone may ask: answers are coalesced, so a flood of queries costs a few beats per second. */

@@ -390,6 +390,28 @@ describe('attacker suite: a malicious agent with its own credentials against rea
     await survived('terminal escapes');
   });
 
+  it('a real agent process running with identifiers beyond its grant is refused its heartbeats and says so', async () => {
+    const rogue = await fleet.spawnAgent([
+      '--agent-id',
+      'agA',
+      '--nats-nkey',
+      seed('agent-agA'),
+      '--agent-identifiers',
+      'ipv4=127.0.0.1',
+    ]);
+    try {
+      const readyz = await eventually(async () => {
+        const res = await fetchText(rogue.healthPort, '/readyz');
+        return res.status === 503 && res;
+      }, 'the rogue agent not ready');
+      assert.match(readyz.body, /NATS permissions refuse our heartbeat/);
+      assert.ok(rogue.logs.some((e) => e.msg === 'heartbeat refused' && e.code === 'KNATS_BAD_CONFIG'));
+      await survived('an agent claiming identifiers beyond its grant');
+    } finally {
+      rogue.child.kill('SIGKILL');
+    }
+  });
+
   it('after every attack: the victim tunnel closes cleanly and byte-exact, both processes up', async () => {
     await victim.roundTrip('the whole suite');
     await victim.close();
