@@ -221,8 +221,12 @@ function relative(file: string): string {
   return rel.startsWith('..') ? file : rel;
 }
 
-/** Shell lines telling how to run each role with its credentials. */
-function usageLines(url: string, credentials: readonly RoleCredential[]): string[] {
+/** Shell lines telling how to run each role with its credentials (and an agent with its granted identifiers). */
+function usageLines(
+  url: string,
+  credentials: readonly RoleCredential[],
+  grants: ReadonlyMap<string, string> = new Map(),
+): string[] {
   const commands: Record<Role, string> = {
     frontend: 'frontend --uds-name /path/konnectivity-server.socket',
     agent: 'agent',
@@ -232,6 +236,8 @@ function usageLines(url: string, credentials: readonly RoleCredential[]): string
     const extra: string[] = [];
     if (c.prefix !== 'knats') extra.push(`--subject-prefix ${c.prefix}`);
     if (c.id !== undefined) extra.push(c.role === 'agent' ? `--agent-id ${c.id}` : `--server-id ${c.id}`);
+    const grant = c.role === 'agent' && c.id !== undefined ? grants.get(c.id) : undefined;
+    if (grant !== undefined) extra.push(`--agent-identifiers '${grant}'`);
     const label = [c.prefix === 'knats' ? '' : c.prefix, c.role, c.id ?? ''].filter(Boolean).join(' ');
     const command = `knats ${commands[c.role]} --nats-url ${url} --nats-nkey ${relative(c.seedFile)}`;
     return `#   ${`${label}:`.padEnd(20)} ${command}${extra.length ? ` ${extra.join(' ')}` : ''}`;
@@ -352,7 +358,11 @@ export async function brokerConfig(
   if (credentials.length) {
     notes.push(
       `# seeds (mode 0600) in ${relative(stateDir)}: give each process only its own, e.g. as a Kubernetes Secret; run`,
-      ...usageLines('URL', credentials),
+      ...usageLines(
+        'URL',
+        credentials,
+        new Map(agents.flatMap((a) => (a.grant === undefined ? [] : [[a.id, a.grant] as const]))),
+      ),
     );
   }
   return { config, notes, credentials };
