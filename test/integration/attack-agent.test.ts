@@ -354,6 +354,37 @@ describe('attacker suite: a malicious agent with its own credentials against rea
     await freshDial('bad dial replies');
   });
 
+  it("a dial sent to the attacker by name cannot be answered in agB's name", async () => {
+    const sub = attacker.subscribe(subjects.dialAgent('agA'), {
+      callback: (_err, msg) => {
+        const request = dialRequestCodec.decode(msg.data);
+        msg.respond(
+          dialResponseCodec.encode({
+            protocolVersion: PROTOCOL_VERSION,
+            tunnelId: request.tunnelId,
+            agentId: 'agB',
+            errorCode: '',
+            errorMessage: '',
+            initialWindow: 1 << 20,
+          }),
+        );
+      },
+    });
+    // A proper heartbeat with its granted identifiers: destHost dials for a.example go to agA by name.
+    attacker.publish(
+      subjects.presence('agent', 'agA', claimsToken('host=a.example')),
+      heartbeat({ id: 'agA', identifiers: 'host=a.example' }),
+    );
+    await attacker.flush();
+    await new Promise((r) => setTimeout(r, 300));
+    const client = new ProxyStreamClient(`unix:${uds}`);
+    const dial = await client.dial('a.example:443');
+    client.close();
+    sub.unsubscribe();
+    assert.match(dial.error, /KNATS_BAD_PEER_MESSAGE.*sent to agent agA answered by agent agB/);
+    await survived('a reply in another agent name');
+  });
+
   it('injected frames for unknown tunnels and a flood of presence queries are harmless', async () => {
     for (let i = 0; i < 500; i++) {
       const tunnel = randomBytes(16).toString('base64url');
