@@ -16,6 +16,7 @@
 import { BlockList, isIP } from 'node:net';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
 import { type AgentIdentifiers, parseAgentIdentifiers } from '../broker/identifiers.js';
+import { presenceLimits } from '../broker/presence.js';
 import type { Subjects } from '../broker/subjects.js';
 
 export const STRATEGIES = ['default', 'destHost', 'defaultRoute'] as const;
@@ -55,61 +56,98 @@ export interface DialTarget {
 /** Specificity of an exact host/IP match: above any CIDR prefix length (max 128). */
 const EXACT = 1000;
 
+const MAX_COMPILED = 2 * presenceLimits.maxPeers;
+
 /** At most this many agents are tried for one destHost dial (each may cost an accept timeout). */
 export const MAX_DESTHOST_AGENTS = 8;
 
+/** One ipv4=/ipv6= address or cidr= network, shared by every agent that claims the same text. */
+interface AddressEntry {
+  /** Specificity of a match: EXACT for an address, prefix length + 1 for a network (a /0 still matches). */
+  readonly score: number;
+  readonly type: 'ipv4' | 'ipv6';
+  readonly list: BlockList;
+}
+
 /**
  * An agent's identifiers compiled for matching: done once per distinct
- * identifiers text (when a heartbeat brings it), not per dial, so a dial
- * costs a set lookup and a few prefix checks per agent.
+ * identifiers text (when a heartbeat brings it), not per dial.
  */
 export interface Routes {
   /** Host names, lower case. */
   readonly hosts: ReadonlySet<string>;
-  /** ipv4= and ipv6= addresses. */
-  readonly exact: BlockList;
-  /** cidr= entries, longest prefix first. */
-  readonly cidrs: readonly {
-    readonly bits: number;
-    readonly type: 'ipv4' | 'ipv6';
-    readonly list: BlockList;
-  }[];
+  /** Addresses and networks, most specific first. */
+  readonly addresses: readonly AddressEntry[];
+}
+
+const addressEntries = new Map<string, AddressEntry | null>();
+
+/** `ipv4`/`ipv6` address or `cidr` network as a shared entry; null if it does not parse. */
+function addressEntry(kind: 'ipv4' | 'ipv6' | 'cidr', value: string): AddressEntry | null {
+  const key = `${kind}=${value}`;
+  let entry = addressEntries.get(key);
+  if (entry !== undefined) return entry;
+  const [network = '', bits] = kind === 'cidr' ? value.split('/') : [value];
+  const family = isIP(network);
+  const type = family === 4 ? 'ipv4' : 'ipv6';
+  const prefix = Number(bits);
+  entry = null;
+  if (family !== 0 && (kind === 'cidr' ? Number.isInteger(prefix) : kind === type)) {
+    const list = new BlockList();
+    try {
+      if (kind === 'cidr') list.addSubnet(network, prefix, type);
+      else list.addAddress(network, type);
+      entry = { score: kind === 'cidr' ? prefix + 1 : EXACT, type, list };
+    } catch {
+      entry = null;
+    }
+  }
+  if (addressEntries.size >= MAX_COMPILED) addressEntries.clear();
+  addressEntries.set(key, entry);
+  return entry;
 }
 
 export function compileRoutes(ids: AgentIdentifiers): Routes {
-  const exact = new BlockList();
-  for (const ip of ids.ipv4) if (isIP(ip) === 4) exact.addAddress(ip, 'ipv4');
-  for (const ip of ids.ipv6) if (isIP(ip) === 6) exact.addAddress(ip, 'ipv6');
-  const cidrs: { bits: number; type: 'ipv4' | 'ipv6'; list: BlockList }[] = [];
-  for (const cidr of ids.cidr) {
-    const [network, bits] = cidr.split('/');
-    const prefix = Number(bits);
-    const family = network ? isIP(network) : 0;
-    if (family === 0 || !Number.isInteger(prefix)) continue;
-    const type = family === 4 ? 'ipv4' : 'ipv6';
-    const list = new BlockList();
-    try {
-      list.addSubnet(network!, prefix, type);
-    } catch {
-      continue;
+  const addresses: AddressEntry[] = [];
+  for (const kind of ['ipv4', 'ipv6', 'cidr'] as const) {
+    for (const value of ids[kind]) {
+      const entry = addressEntry(kind, value);
+      if (entry) addresses.push(entry);
     }
-    cidrs.push({ bits: prefix, type, list });
   }
-  cidrs.sort((x, y) => y.bits - x.bits);
-  return { hosts: new Set(ids.host.map((h) => h.toLowerCase())), exact, cidrs };
+  addresses.sort((x, y) => y.score - x.score);
+  return { hosts: new Set(ids.host.map((h) => h.toLowerCase())), addresses };
 }
 
-/** How specifically an agent claims `host`; 0 when it does not. */
-export function matchSpecificity(routes: Routes, host: string): number {
-  if (routes.hosts.has(host.toLowerCase())) return EXACT;
-  const family = isIP(host);
-  if (family === 0) return 0;
-  const type = family === 4 ? 'ipv4' : 'ipv6';
-  if (routes.exact.check(host, type)) return EXACT;
-  for (const { bits, type: cidrType, list } of routes.cidrs) {
-    // +1 so that a /0 still counts as a match.
-    if (cidrType === type && list.check(host, type)) return bits + 1;
+/**
+ * One dial's destination, prepared once: the address checks it makes are
+ * remembered per shared entry, so a thousand agents claiming the same
+ * network cost one check.
+ */
+export class DialDestination {
+  readonly lower: string;
+  readonly type: 'ipv4' | 'ipv6' | undefined;
+  private readonly checked = new Map<AddressEntry, boolean>();
+  constructor(readonly host: string) {
+    this.lower = host.toLowerCase();
+    const family = isIP(host);
+    this.type = family === 4 ? 'ipv4' : family === 6 ? 'ipv6' : undefined;
   }
+  within(entry: AddressEntry): boolean {
+    let hit = this.checked.get(entry);
+    if (hit === undefined) {
+      hit = entry.type === this.type && entry.list.check(this.host, entry.type);
+      this.checked.set(entry, hit);
+    }
+    return hit;
+  }
+}
+
+/** How specifically an agent claims the destination; 0 when it does not. */
+export function matchSpecificity(routes: Routes, destination: DialDestination): number {
+  if (routes.hosts.has(destination.lower)) return EXACT;
+  if (destination.type === undefined) return 0;
+  for (const entry of routes.addresses) if (destination.within(entry)) return entry.score;
   return 0;
 }
 
@@ -124,8 +162,9 @@ export function agentsForHost(
   random: () => number = Math.random,
 ): string[] {
   const scored: { agent: AgentCandidate; score: number }[] = [];
+  const destination = new DialDestination(host);
   for (const agent of agents) {
-    const score = matchSpecificity(agent.routes, host);
+    const score = matchSpecificity(agent.routes, destination);
     if (score > 0) scored.push({ agent, score });
   }
   if (scored.length === 0) return [];
@@ -169,9 +208,8 @@ export function dialTargets(
   return targets;
 }
 
-/** Compiled routes by identifiers text; bounded like the presence table it mirrors. */
+/** Compiled routes by identifiers text; twice the presence table's bound, so a full table does not thrash it. */
 const compiledRoutes = new Map<string, Routes | null>();
-const MAX_COMPILED = 4096;
 
 function routesOf(text: string): Routes | null {
   let routes = compiledRoutes.get(text);
