@@ -83,7 +83,7 @@ export function silenceAllowedMs(announcedMs: number, settings: PresenceSettings
  * sender's credentials, never from the body) and every field is bounded;
  * otherwise why it is dropped.
  */
-function readHeartbeat(sender: PresenceSender, data: Uint8Array): PresenceInfo | string {
+export function readHeartbeat(sender: PresenceSender, data: Uint8Array): PresenceInfo | string {
   if (data.length > presenceLimits.maxHeartbeatBytes) return 'too large';
   let info: PresenceInfo;
   try {
@@ -174,7 +174,7 @@ export class Presence {
    * `id` has been validated as a subject token by the caller.
    */
   touch(id: string, role: PresenceInfo['role']): void {
-    if (this.peers.has(id)) return;
+    if (this.peers.has(id) || this.peers.size >= presenceLimits.maxPeers) return;
     this.peers.set(id, {
       info: {
         protocolVersion: PROTOCOL_VERSION,

@@ -2,11 +2,10 @@
  * `knats status`: the fleet as seen on the bus, from one presence query.
  */
 import type { PresenceInfo } from '../broker/bus-messages.js';
-import { presenceCodec } from '../broker/bus-messages.js';
 import { connectBus } from '../broker/connection.js';
 import { parseAgentIdentifiers } from '../broker/identifiers.js';
 import { silentLogger } from '../broker/logging.js';
-import { presenceLimits } from '../broker/presence.js';
+import { presenceLimits, readHeartbeat } from '../broker/presence.js';
 import { Subjects } from '../broker/subjects.js';
 import { VERSION } from '../broker/version.js';
 import { natsFlags, natsSettings } from './config.js';
@@ -28,17 +27,14 @@ export async function collectFleet(
   const sub = nc.subscribe(subjects.presenceAll(), {
     callback: (err, msg) => {
       if (err) return;
-      // Who sent it is known from the subject (its credentials); a body naming someone else is dropped.
+      // Who sent it is known from the subject (its credentials); a body naming someone else, or
+      // identifiers that are not the ones its subject claims, is dropped as the frontends drop it.
       const sender = subjects.presenceSender(msg.subject);
-      if (!sender || seen.size >= presenceLimits.maxPeers) return;
-      try {
-        const info = presenceCodec.decode(msg.data);
-        if (info.id !== sender.id || info.role !== sender.role) return;
-        if (info.alive) seen.set(sender.id, { ...info, lastSeenMs: Date.now() });
-        else seen.delete(sender.id);
-      } catch {
-        // a malformed heartbeat is not our problem to report here
-      }
+      if (!sender || (!seen.has(sender.id) && seen.size >= presenceLimits.maxPeers)) return;
+      const info = readHeartbeat(sender, msg.data);
+      if (typeof info === 'string') return;
+      if (info.alive) seen.set(sender.id, { ...info, lastSeenMs: Date.now() });
+      else seen.delete(sender.id);
     },
   });
   await nc.flush();
