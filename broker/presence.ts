@@ -218,7 +218,7 @@ export class Presence {
   onPublishRefused(subject: string): void {
     if (subject !== this.beatSubject || this.heartbeatRefused) return;
     this.heartbeatRefused =
-      'NATS permissions refuse our heartbeat: the id or --agent-identifiers differ from what this user was granted';
+      "NATS permissions refuse our heartbeat: this process's id (or an agent's --agent-identifiers) is not what its NATS user was granted";
     this.options.logger.error(
       { code: ErrorCode.BadConfig, subject, reason: this.heartbeatRefused },
       'heartbeat refused',

@@ -176,6 +176,7 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
   const notReadyReason = () => {
     if (draining) return 'draining';
     if (nc.isClosed()) return 'NATS connection closed';
+    if (presence.heartbeatRefused) return presence.heartbeatRefused;
     if (liveAgents() === 0) return 'no agent known on the bus';
     return undefined;
   };

@@ -443,6 +443,25 @@ describe('attacker suite: a malicious agent with its own credentials against rea
     }
   });
 
+  it("a frontend process posing under another frontend's id is refused its heartbeats and says so", async () => {
+    const impostor = await fleet.spawnFrontend(fleet.socketPath(), [
+      '--server-id',
+      'fe1',
+      '--nats-nkey',
+      seed('frontend-fe2'),
+    ]);
+    try {
+      const readyz = await eventually(async () => {
+        const res = await fetchText(impostor.healthPort, '/readyz');
+        return /NATS permissions refuse our heartbeat/.test(res.body) && res;
+      }, 'the impostor says why it is not ready');
+      assert.equal(readyz.status, 503);
+      await survived('a frontend posing as fe1');
+    } finally {
+      impostor.child.kill('SIGKILL');
+    }
+  });
+
   it('after every attack: the victim tunnel closes cleanly and byte-exact, both processes up', async () => {
     await victim.roundTrip('the whole suite');
     await victim.close();
