@@ -22,11 +22,12 @@ import { encodeAccepted } from '../broker/codec.js';
 import { BusLink, type NatsSettings } from '../broker/connection.js';
 import type { CreditSettings } from '../broker/credit.js';
 import { ErrorCode, isKnatsError, KnatsError, reasonLabel } from '../broker/errors.js';
+import { asPeerError } from '../broker/guard.js';
 import type { AgentIdentifiers } from '../broker/identifiers.js';
 import type { Logger } from '../broker/logging.js';
 import { createBusMetrics } from '../broker/metrics.js';
 import type { PresenceSettings } from '../broker/presence.js';
-import { AGENT_QUEUE, Subjects } from '../broker/subjects.js';
+import { AGENT_QUEUE, isToken, MAX_TUNNEL_ID_LENGTH, Subjects } from '../broker/subjects.js';
 import type { TunnelHostTiming } from '../broker/tunnel-host.js';
 import { VERSION } from '../broker/version.js';
 import { dialTcp, mapSocketError } from './dialer.js';
@@ -110,7 +111,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       isDraining: () => draining,
       metrics: busMetrics,
       link,
-      needs: () => agentNeeds(subjects, config.id, config.identifiers.defaultRoute),
+      needs: () => agentNeeds(subjects, config.id, config.identifiers.text, config.identifiers.defaultRoute),
     },
     config,
     {
@@ -172,7 +173,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     }
     const invalid = invalidDialRequest(request);
     if (invalid) {
-      refuse(invalid, TUNNEL_ID.test(request.tunnelId) ? request.tunnelId : '');
+      refuse(invalid, isToken(request.tunnelId, MAX_TUNNEL_ID_LENGTH) ? request.tunnelId : '');
       return;
     }
     if (tunnelHost.get(request.tunnelId) || dialingTunnelIds.has(request.tunnelId)) {
@@ -262,7 +263,13 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
               { code: ErrorCode.BusPermission, subject, reason: err.message },
               'dial subscription failed',
             );
-          } else void onDial(msg);
+          } else {
+            // A dial request is peer input: whatever it makes throw costs that dial, never the process.
+            onDial(msg).catch((thrown) => {
+              const error = asPeerError(thrown);
+              logger.error({ code: error.code, reason: error.message }, 'dial request failed');
+            });
+          }
         },
       }),
     );
@@ -302,17 +309,16 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
 
 /** Dials in flight per agent; beyond it a dial is answered at once with TooManyPendingDials. */
 const MAX_PENDING_DIALS = 1024;
-const TUNNEL_ID = /^[A-Za-z0-9_-]{1,64}$/;
-const FRONTEND_ID = /^[A-Za-z0-9_-]{1,128}$/;
 /** host:port with the longest DNS name (253) fits with room to spare; longer is hostile or broken. */
 const MAX_ADDRESS_BYTES = 1024;
 
 /** The fields of a dial request that must be sane before it is logged, echoed or acted on. */
 function invalidDialRequest(request: BusDialRequest): KnatsError | undefined {
-  if (!TUNNEL_ID.test(request.tunnelId)) {
+  // Both become subject tokens of the tunnel's frames.
+  if (!isToken(request.tunnelId, MAX_TUNNEL_ID_LENGTH)) {
     return new KnatsError(ErrorCode.MalformedFrame, 'dial request with an invalid tunnel id');
   }
-  if (!FRONTEND_ID.test(request.frontendId)) {
+  if (!isToken(request.frontendId)) {
     return new KnatsError(ErrorCode.MalformedFrame, 'dial request with an invalid frontend id');
   }
   if (request.protocolVersion < MIN_PROTOCOL_VERSION) {

@@ -4,7 +4,7 @@
  * check, the tunnel host, presence, the bus metrics, and the health and
  * admin HTTP endpoints.
  */
-import type { NatsConnection } from '@nats-io/transport-node';
+import { type NatsConnection, PermissionViolationError } from '@nats-io/transport-node';
 import type { PresenceInfo } from './bus-messages.js';
 import { type BusNeeds, describeRefusals, refusedPermissions } from './bus-permissions.js';
 import { type BusLink, connectBus, type NatsSettings } from './connection.js';
@@ -14,7 +14,7 @@ import { startHealthServer } from './health-server.js';
 import type { Logger } from './logging.js';
 import type { BusMetrics } from './metrics.js';
 import { Presence, type PresenceSettings } from './presence.js';
-import type { Subjects } from './subjects.js';
+import { frontendInboxPrefix, type Subjects } from './subjects.js';
 import { TunnelHost, type TunnelHostTiming } from './tunnel-host.js';
 import { VERSION } from './version.js';
 
@@ -56,8 +56,11 @@ export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
   const { role, id, subjects, logger, metrics, link, signal } = options;
   const startedAt = Date.now();
   let host: TunnelHost | undefined;
+  let presenceOf: Presence | undefined;
+  // A frontend's dial replies arrive under its own inbox prefix, which only its user may read.
+  const nats = role === 'frontend' ? { ...options.nats, inboxPrefix: frontendInboxPrefix(id) } : options.nats;
   const nc = await connectBus(
-    options.nats,
+    nats,
     `knats-${role}-${id}`,
     logger,
     {
@@ -71,7 +74,12 @@ export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
         metrics.reconnects.inc();
         host?.onReconnect();
       },
-      error: (kind) => metrics.busError(kind),
+      error: (kind, err) => {
+        metrics.busError(kind);
+        if (err instanceof PermissionViolationError && err.operation === 'publish') {
+          presenceOf?.onPublishRefused(err.subject);
+        }
+      },
     },
     true,
     { link, signal },
@@ -129,6 +137,7 @@ export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
     },
     onPeerGone: (peer, why) => tunnelHost.closePeer(peer.info.id, `${peerRole} ${peer.info.id} ${why}`),
   });
+  presenceOf = presence;
   return { nc, host: tunnelHost, presence, metrics };
 }
 
@@ -255,16 +264,19 @@ export interface NodeEndpoints {
 /**
  * Opens the health and admin ports, then joins the bus: from the first
  * second /readyz says why the process is not ready (draining, the bus, its
- * permissions, then the role's own reason).
+ * permissions, a refused heartbeat, then the role's own reason).
  */
 export async function startBusNode(
   options: BusNodeOptions,
   config: EndpointConfig,
   endpoints: NodeEndpoints,
 ): Promise<{ node: BusNode; endpoints: Endpoints }> {
+  let node: BusNode | undefined;
   const notReadyReason = () =>
     (options.isDraining() ? 'draining' : undefined) ??
     options.link.notReadyReason() ??
+    // The server refused our heartbeat: our user was not granted this id or these identifiers.
+    node?.presence.heartbeatRefused ??
     endpoints.roleNotReady();
   const started = await startEndpoints(config, {
     metrics: options.metrics,
@@ -274,7 +286,8 @@ export async function startBusNode(
     portFlags: endpoints.portFlags,
   });
   try {
-    return { node: await joinBus(options), endpoints: started };
+    node = await joinBus(options);
+    return { node, endpoints: started };
   } catch (err) {
     await started.close();
     throw err;

@@ -7,6 +7,7 @@
  * they follow any change of the subject layout.
  */
 import { createInbox, errors, type NatsConnection, type Status } from '@nats-io/transport-node';
+import { claimsToken } from './identifiers.js';
 import { AGENT_QUEUE, type Subjects } from './subjects.js';
 
 export interface SubscribeNeed {
@@ -37,7 +38,7 @@ export function frontendNeeds(nc: NatsConnection, subjects: Subjects, id: string
   return {
     subscribe: [
       { subject: subjects.frontendTunnels(id) },
-      { subject: subjects.presence() },
+      { subject: subjects.presenceAll() },
       { subject: subjects.presenceQuery() },
       // Dial replies: the request mux subscribes `<inbox>.*` on the first dial.
       { subject: `${createInbox(inboxPrefixOf(nc))}.*` },
@@ -45,23 +46,32 @@ export function frontendNeeds(nc: NatsConnection, subjects: Subjects, id: string
     publish: [
       subjects.dialAgent(PROBE_ID),
       subjects.agentTunnel(PROBE_ID, PROBE_ID),
-      subjects.presence(),
+      subjects.presence('frontend', id, claimsToken('')),
       subjects.presenceQuery(),
     ],
   };
 }
 
-export function agentNeeds(subjects: Subjects, id: string, defaultRoute: boolean): BusNeeds {
+export function agentNeeds(
+  subjects: Subjects,
+  id: string,
+  identifiers: string,
+  defaultRoute: boolean,
+): BusNeeds {
   return {
     subscribe: [
       { subject: subjects.dialAny(), queue: AGENT_QUEUE },
       { subject: subjects.dialAgent(id) },
       ...(defaultRoute ? [{ subject: subjects.dialRoute(), queue: AGENT_QUEUE }] : []),
       { subject: subjects.agentTunnels(id) },
-      { subject: subjects.presence() },
+      { subject: subjects.presenceAll() },
       { subject: subjects.presenceQuery() },
     ],
-    publish: [subjects.frontendTunnel(PROBE_ID, PROBE_ID), subjects.presence(), subjects.presenceQuery()],
+    publish: [
+      subjects.frontendTunnel(PROBE_ID, PROBE_ID),
+      subjects.presence('agent', id, claimsToken(identifiers)),
+      subjects.presenceQuery(),
+    ],
   };
 }
 

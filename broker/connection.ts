@@ -32,6 +32,8 @@ export interface NatsSettings {
   readonly tlsCaFile?: string;
   readonly tlsCertFile?: string;
   readonly tlsKeyFile?: string;
+  /** Where request replies arrive (nats.js `inboxPrefix`); set by the bus node, not a flag. */
+  readonly inboxPrefix?: string;
 }
 
 export interface LinkEvents {
@@ -39,8 +41,8 @@ export interface LinkEvents {
   connected?(): void;
   disconnected?(): void;
   reconnected?(): void;
-  /** Every connection failure and every error the server sends, by kind. */
-  error?(kind: BusErrorKind): void;
+  /** Every connection failure and every error the server sends (a permission violation, for one), by kind. */
+  error?(kind: BusErrorKind, err: unknown): void;
 }
 
 /** Why a connection attempt failed or what the server complained about; the label of knats_bus_errors_total. */
@@ -170,6 +172,7 @@ export function connectionOptions(
   if (settings.passwordFile !== undefined) options.pass = readSecret(settings.passwordFile);
   if (settings.token !== undefined) options.token = settings.token;
   if (settings.tokenFile !== undefined) options.token = readSecret(settings.tokenFile);
+  if (settings.inboxPrefix !== undefined) options.inboxPrefix = settings.inboxPrefix;
   const authenticators = authenticatorsFor(settings);
   if (authenticators.length) options.authenticator = authenticators;
   if (settings.tlsCaFile || settings.tlsCertFile) {
@@ -267,7 +270,7 @@ export async function connectBus(
     } catch (err) {
       const kind = busErrorKind(err);
       const reason = `${kind}: ${describe(err)}`;
-      events.error?.(kind);
+      events.error?.(kind, err);
       link.markDown(`cannot connect to NATS at ${servers} (${reason})`);
       if (!waitForFirstConnect) {
         throw new KnatsError(ErrorCode.BusUnavailable, `cannot connect to NATS at ${servers}: ${reason}`, {
@@ -306,7 +309,7 @@ export async function connectBus(
           break;
         case 'error': {
           const kind = busErrorKind(status.error);
-          events.error?.(kind);
+          events.error?.(kind, status.error);
           const reason = describe(status.error);
           // The start-up permission check reports its own refusals, all in one line.
           const checking = kind === 'authorization' && !link.permitted();
@@ -317,7 +320,7 @@ export async function connectBus(
           break;
         }
         case 'slowConsumer':
-          events.error?.('slow_consumer');
+          events.error?.('slow_consumer', status);
           if (once.first(`slow consumer ${status.sub.getSubject()}`)) {
             logger.error(
               { code: ErrorCode.BusUnavailable, subject: status.sub.getSubject(), pending: status.pending },

@@ -51,6 +51,8 @@ export const ErrorCode = {
   SecretFileMode: 'KNATS_SECRET_FILE_MODE',
   /** The process is shutting down. */
   ShuttingDown: 'KNATS_SHUTTING_DOWN',
+  /** A peer's bus message (dial reply, heartbeat, dial request) with a bad or mismatching field: that message is dropped. */
+  BadPeerMessage: 'KNATS_BAD_PEER_MESSAGE',
   /** A malformed packet from the konnectivity client. */
   BadPacket: 'KNATS_BAD_PACKET',
   /** Bad configuration (flags, environment). */
@@ -105,6 +107,7 @@ const presentationTable: Record<ErrorCode, ErrorPresentation> = {
   KNATS_BUS_PERMISSION: { httpStatus: 503, reason: 'bus_permission' },
   KNATS_SECRET_FILE_MODE: { httpStatus: 500, reason: 'secret_file_mode' },
   KNATS_SHUTTING_DOWN: { httpStatus: 503, reason: 'shutting_down' },
+  KNATS_BAD_PEER_MESSAGE: { httpStatus: 502, reason: 'bad_peer_message' },
   KNATS_BAD_PACKET: { httpStatus: 400, reason: 'bad_packet' },
   KNATS_BAD_CONFIG: { httpStatus: 500, reason: 'bad_config' },
   KNATS_NATS_SERVER: { httpStatus: 500, reason: 'nats_server' },

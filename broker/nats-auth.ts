@@ -21,7 +21,8 @@ import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { nkeys } from '@nats-io/transport-node';
 import { ErrorCode, KnatsError } from './errors.js';
-import { AGENT_QUEUE, assertToken, Subjects } from './subjects.js';
+import { claimsToken, parseAgentIdentifiers } from './identifiers.js';
+import { AGENT_QUEUE, assertToken, frontendInboxPrefix, Subjects } from './subjects.js';
 
 export type Role = 'frontend' | 'agent' | 'status';
 
@@ -34,20 +35,27 @@ export interface RolePermissions {
 
 /**
  * A frontend sends dials and frames to agents and announces itself; it reads
- * frontends' frames (with `frontendId`, only its own: the user is then bound
- * to `--server-id ID`), presence and its request replies. It may NOT read
- * agents' frame subjects nor publish frontends' (so it cannot pose as an agent).
+ * frontends' frames, presence and its request replies. With `frontendId` the
+ * user is bound to `--server-id ID`: it reads only its own frames and its own
+ * inbox (so no frontend learns another's tunnel ids from dial replies) and
+ * heartbeats only as itself. It may NOT read agents' frame subjects nor
+ * publish frontends' (so it cannot pose as an agent).
  */
 export function frontendPermissions(prefix: string, frontendId?: string): RolePermissions {
   const s = new Subjects(prefix);
   if (frontendId !== undefined) assertToken(frontendId, 'frontend id');
   return {
-    publish: [`${prefix}.dial.>`, `${prefix}.ag.>`, s.presence(), s.presenceQuery()],
+    publish: [
+      `${prefix}.dial.>`,
+      `${prefix}.ag.>`,
+      s.presence('frontend', frontendId ?? '*', '*'),
+      s.presenceQuery(),
+    ],
     subscribe: [
       frontendId === undefined ? `${prefix}.fe.>` : s.frontendTunnels(frontendId),
-      s.presence(),
+      s.presenceAll(),
       s.presenceQuery(),
-      '_INBOX.>',
+      frontendId === undefined ? '_INBOX.>' : `${frontendInboxPrefix(frontendId)}.>`,
     ],
     allowResponses: false,
   };
@@ -56,21 +64,35 @@ export function frontendPermissions(prefix: string, frontendId?: string): RolePe
 /**
  * An agent takes dials only as a member of the agents queue group (a plain
  * subscription would see every dial), plus its direct dial subject; it reads
- * its frames and presence; it publishes only frames to frontends, presence and
- * dial replies. Without `agentId` the user is shared by all agents (any agent
- * may then read any agent's frames); with it, only that agent's subjects.
+ * its frames and presence; it publishes only frames to frontends, its own
+ * heartbeats and dial replies. Without `agentId` the user is shared by all
+ * agents (any agent may then read any agent's frames and heartbeat as any
+ * agent); with it, only that agent's subjects.
+ *
+ * `grant` (identifiers text, per-agent users only): the identifiers this
+ * agent may claim. Its heartbeats are then allowed only under the hash of
+ * that set (frontends check claims against it, see identifiers.ts
+ * claimsToken), and it joins the default-route queue only if granted.
  */
-export function agentPermissions(prefix: string, agentId?: string): RolePermissions {
+export function agentPermissions(prefix: string, agentId?: string, grant?: string): RolePermissions {
   const s = new Subjects(prefix);
   if (agentId !== undefined) assertToken(agentId, 'agent id');
+  if (grant !== undefined && agentId === undefined) {
+    throw new KnatsError(ErrorCode.BadConfig, 'identifiers can be granted only to a per-agent user');
+  }
+  const granted = grant === undefined ? undefined : parseAgentIdentifiers(grant);
   return {
-    publish: [`${prefix}.fe.>`, s.presence(), s.presenceQuery()],
+    publish: [
+      `${prefix}.fe.>`,
+      s.presence('agent', agentId ?? '*', granted ? claimsToken(granted.text) : '*'),
+      s.presenceQuery(),
+    ],
     subscribe: [
       `${s.dialAny()} ${AGENT_QUEUE}`,
-      `${s.dialRoute()} ${AGENT_QUEUE}`,
+      ...(granted && !granted.defaultRoute ? [] : [`${s.dialRoute()} ${AGENT_QUEUE}`]),
       agentId === undefined ? s.dialAgent('*') : s.dialAgent(agentId),
       agentId === undefined ? `${prefix}.ag.>` : s.agentTunnels(agentId),
-      s.presence(),
+      s.presenceAll(),
       s.presenceQuery(),
     ],
     allowResponses: true,
@@ -80,16 +102,16 @@ export function agentPermissions(prefix: string, agentId?: string): RolePermissi
 /** `knats status`: reads presence, asks for it; nothing else. */
 export function statusPermissions(prefix: string): RolePermissions {
   const s = new Subjects(prefix);
-  return { publish: [s.presenceQuery()], subscribe: [s.presence()], allowResponses: false };
+  return { publish: [s.presenceQuery()], subscribe: [s.presenceAll()], allowResponses: false };
 }
 
-/** `id`: the agent or frontend id a per-process user is bound to. */
-export function permissionsFor(prefix: string, role: Role, id?: string): RolePermissions {
+/** `id`: the agent or frontend id a per-process user is bound to; `grant`: an agent's granted identifiers. */
+export function permissionsFor(prefix: string, role: Role, id?: string, grant?: string): RolePermissions {
   switch (role) {
     case 'frontend':
       return frontendPermissions(prefix, id);
     case 'agent':
-      return agentPermissions(prefix, id);
+      return agentPermissions(prefix, id, grant);
     case 'status':
       return statusPermissions(prefix);
   }
@@ -102,6 +124,8 @@ export interface AuthUser {
   readonly role: Role;
   /** Per-process user bound to this agent / frontend id; absent for a role's shared user. */
   readonly id?: string;
+  /** Per-agent users: the identifiers it may claim (absent: any). */
+  readonly grant?: string;
   /** Public user nkey (U...). */
   readonly nkey: string;
   /** Shown as a comment next to the user (where its seed is). */
@@ -133,8 +157,14 @@ export function assertUserNkey(key: string, what: string): string {
 const list = (items: readonly string[]) => `[${items.map((i) => JSON.stringify(i)).join(', ')}]`;
 
 function userBlock(prefix: string, user: AuthUser, indent: string): string[] {
-  const p = permissionsFor(prefix, user.role, user.id);
-  const label = user.id === undefined ? user.role : `${user.role} ${user.id}`;
+  const p = permissionsFor(prefix, user.role, user.id, user.grant);
+  const label = [
+    user.role,
+    user.id,
+    user.grant === undefined ? '' : `may claim ${JSON.stringify(user.grant)}`,
+  ]
+    .filter(Boolean)
+    .join(' ');
   const lines = [
     `${indent}# ${label}${user.comment ? ` (${user.comment})` : ''}`,
     `${indent}{`,

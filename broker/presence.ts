@@ -1,12 +1,25 @@
 /**
- * Presence: every process heartbeats on P.presence, answers P.presence.query
- * at once, and keeps a view of the fleet in which a peer that missed
- * `missedBeats` heartbeats is gone.
+ * Presence: every process heartbeats on its own subject
+ * P.presence.<role>.<id>.<claims>, answers P.presence.query soon, and keeps a
+ * view of the fleet in which a peer that missed `missedBeats` heartbeats is
+ * gone.
+ *
+ * Heartbeats come from peers and are not trusted:
+ * - who sent one is read from its subject, which only that peer's NATS user
+ *   may publish on (broker/nats-auth.ts); a body that names another id or
+ *   role, or identifiers that do not hash to the subject's claims token, is
+ *   dropped;
+ * - the table is bounded: at most `maxPeers` peers, strings of bounded length,
+ *   the peer's own heartbeat interval clamped, the `incompatible` set bounded
+ *   and expiring like the peers.
  */
-import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, type PresenceInfo, presenceCodec } from './bus-messages.js';
+import { ErrorCode } from './errors.js';
+import { guarded } from './guard.js';
+import { claimsToken, MAX_IDENTIFIERS_LENGTH } from './identifiers.js';
 import type { Logger } from './logging.js';
-import type { Subjects } from './subjects.js';
+import type { PresenceSender, Subjects } from './subjects.js';
 
 export interface PresenceSettings {
   readonly heartbeatMs: number;
@@ -15,6 +28,23 @@ export interface PresenceSettings {
 }
 
 export const defaultPresenceSettings: PresenceSettings = { heartbeatMs: 2000, missedBeats: 3 };
+
+/** Bounds on what peers can make a process hold or do. */
+export const presenceLimits = {
+  /** Peers in the table; heartbeats of further new peers are dropped. */
+  maxPeers: 4096,
+  /** Incompatible peers remembered (to warn once each). */
+  maxIncompatible: 256,
+  /** A peer's announced heartbeat interval is clamped to this range. */
+  minIntervalMs: 100,
+  maxIntervalMs: 60_000,
+  maxVersionLength: 64,
+  maxStrategiesLength: 256,
+  /** A heartbeat is a few hundred bytes; identifiers are bounded separately. */
+  maxHeartbeatBytes: MAX_IDENTIFIERS_LENGTH + 1024,
+  /** Answers to P.presence.query are coalesced to at most one per this long. */
+  queryAnswerMs: 100,
+} as const;
 
 export interface Peer {
   readonly info: PresenceInfo;
@@ -35,25 +65,77 @@ export interface PresenceOptions {
   readonly onPeerSeen?: (peer: Peer) => void;
 }
 
+/**
+ * How long a peer may stay silent before it is taken for gone: the interval
+ * it announced (ours when it announced none), clamped to sane bounds, times
+ * missedBeats. Unclamped, `0xffffffff` kept a fake peer for ~149 days.
+ */
+export function silenceAllowedMs(announcedMs: number, settings: PresenceSettings): number {
+  const interval = Math.min(
+    presenceLimits.maxIntervalMs,
+    Math.max(presenceLimits.minIntervalMs, announcedMs || settings.heartbeatMs),
+  );
+  return interval * settings.missedBeats;
+}
+
+/**
+ * A heartbeat's body, if it agrees with its subject (identity comes from the
+ * sender's credentials, never from the body) and every field is bounded;
+ * otherwise why it is dropped.
+ */
+export function readHeartbeat(sender: PresenceSender, data: Uint8Array): PresenceInfo | string {
+  if (data.length > presenceLimits.maxHeartbeatBytes) return 'too large';
+  let info: PresenceInfo;
+  try {
+    info = presenceCodec.decode(data);
+  } catch {
+    return 'malformed';
+  }
+  if (info.id !== sender.id || info.role !== sender.role)
+    return 'body names another id or role than the subject';
+  if (
+    info.version.length > presenceLimits.maxVersionLength ||
+    info.proxyStrategies.length > presenceLimits.maxStrategiesLength ||
+    info.identifiers.length > MAX_IDENTIFIERS_LENGTH
+  ) {
+    return 'oversized field';
+  }
+  if (claimsToken(info.identifiers) !== sender.claims) {
+    return 'identifiers do not match the claims token of the subject';
+  }
+  return info;
+}
+
 export class Presence {
   private readonly peers = new Map<string, Peer>();
-  private readonly incompatible = new Set<string>();
+  /** Incompatible peers, by id, with when they were last heard. */
+  private readonly incompatible = new Map<string, number>();
   private readonly options: PresenceOptions;
   private readonly subscriptions: Subscription[] = [];
   private readonly timer: NodeJS.Timeout;
+  private readonly beatSubject: string;
+  private queryAnswer: NodeJS.Timeout | undefined;
+  private lastQueryAnswer = 0;
+  private tableFullWarned = false;
+  /** Heartbeats dropped as malformed, forged, oversized or beyond the peer cap. */
+  rejectedHeartbeats = 0;
+  /** Set when the server refused our own heartbeat (our identity or claims are not what our user was granted). */
+  heartbeatRefused: string | undefined;
 
   constructor(options: PresenceOptions) {
     this.options = options;
-    const { nc, subjects } = options;
+    const { nc, subjects, logger } = options;
+    const me = options.self();
+    this.beatSubject = subjects.presence(me.role, options.selfId, claimsToken(me.identifiers));
     this.subscriptions.push(
-      nc.subscribe(subjects.presence(), {
+      nc.subscribe(subjects.presenceAll(), {
         callback: (err, msg) => {
-          if (!err) this.onHeartbeat(msg.data);
+          if (!err) guarded(logger, 'heartbeat', () => this.onHeartbeat(msg));
         },
       }),
       nc.subscribe(subjects.presenceQuery(), {
         callback: (err) => {
-          if (!err) this.beat();
+          if (!err) this.answerQuery();
         },
       }),
     );
@@ -61,8 +143,10 @@ export class Presence {
     // missedBeats intervals, not missedBeats + 1.
     let tick = 0;
     this.timer = setInterval(() => {
-      if (++tick % 4 === 0) this.beat();
-      this.expire();
+      guarded(logger, 'presence tick', () => {
+        if (++tick % 4 === 0) this.beat();
+        this.expire();
+      });
     }, options.settings.heartbeatMs / 4);
     this.timer.unref();
     this.beat();
@@ -87,9 +171,10 @@ export class Presence {
   /**
    * A tunnel names a peer we may not have heard from yet (it started a
    * moment ago): track it anyway, so its death still closes the tunnel.
+   * `id` has been validated as a subject token by the caller.
    */
   touch(id: string, role: PresenceInfo['role']): void {
-    if (this.peers.has(id)) return;
+    if (this.peers.has(id) || this.peers.size >= presenceLimits.maxPeers) return;
     this.peers.set(id, {
       info: {
         protocolVersion: PROTOCOL_VERSION,
@@ -120,51 +205,98 @@ export class Presence {
       alive,
     };
     try {
-      this.options.nc.publish(this.options.subjects.presence(), presenceCodec.encode(info));
+      this.options.nc.publish(this.beatSubject, presenceCodec.encode(info));
     } catch (err) {
-      this.options.logger.debug({ err }, 'heartbeat not sent');
+      this.options.logger.debug({ reason: (err as Error).message }, 'heartbeat not sent');
     }
   }
 
-  private onHeartbeat(data: Uint8Array): void {
-    let info: PresenceInfo;
-    try {
-      info = presenceCodec.decode(data);
-    } catch (err) {
-      this.options.logger.warn({ err }, 'malformed heartbeat ignored');
+  /**
+   * The server refused a publish: if it was our heartbeat, peers cannot see
+   * us, which the operator must learn (the readiness probe says it).
+   */
+  onPublishRefused(subject: string): void {
+    if (subject !== this.beatSubject || this.heartbeatRefused) return;
+    this.heartbeatRefused =
+      "NATS permissions refuse our heartbeat: this process's id (or an agent's --agent-identifiers) is not what its NATS user was granted";
+    this.options.logger.error(
+      { code: ErrorCode.BadConfig, subject, reason: this.heartbeatRefused },
+      'heartbeat refused',
+    );
+  }
+
+  /** Anyone may ask: answers are coalesced, so a flood of queries costs a few beats per second. */
+  private answerQuery(): void {
+    if (this.queryAnswer) return;
+    const wait = Math.max(0, this.lastQueryAnswer + presenceLimits.queryAnswerMs - Date.now());
+    this.queryAnswer = setTimeout(() => {
+      this.queryAnswer = undefined;
+      this.lastQueryAnswer = Date.now();
+      this.beat();
+    }, wait);
+    this.queryAnswer.unref();
+  }
+
+  private reject(why: string, subject: string): void {
+    this.rejectedHeartbeats++;
+    this.options.logger.debug({ subject: subject.slice(0, 200), why }, 'heartbeat dropped');
+  }
+
+  private onHeartbeat(msg: Msg): void {
+    const sender = this.options.subjects.presenceSender(msg.subject);
+    if (sender?.id === this.options.selfId) return;
+    const info = sender ? readHeartbeat(sender, msg.data) : 'subject is not a heartbeat subject';
+    if (typeof info === 'string') {
+      this.reject(info, msg.subject);
       return;
     }
-    if (!info.id || info.id === this.options.selfId) return;
     if (info.protocolVersion < MIN_PROTOCOL_VERSION) {
-      // Not routable: a dial to it would fail anyway. Said once per peer, not per beat.
-      if (!this.incompatible.has(info.id)) {
-        this.incompatible.add(info.id);
-        this.options.logger.warn(
-          { peerId: info.id, role: info.role, protocolVersion: info.protocolVersion, version: info.version },
-          `peer speaks bus protocol ${info.protocolVersion}, this build needs >= ${MIN_PROTOCOL_VERSION}; ignored`,
-        );
-      }
-      return;
-    }
-    if (!info.alive) {
-      const peer = this.peers.get(info.id);
-      if (peer) this.drop(peer, 'said goodbye');
+      this.onIncompatible(info);
       return;
     }
     const known = this.peers.get(info.id);
+    if (!info.alive) {
+      if (known) this.drop(known, 'said goodbye');
+      return;
+    }
+    if (!known && this.peers.size >= presenceLimits.maxPeers) {
+      if (!this.tableFullWarned) {
+        this.tableFullWarned = true;
+        this.options.logger.warn(
+          { maxPeers: presenceLimits.maxPeers },
+          'presence table full; heartbeats of new peers are dropped',
+        );
+      }
+      this.reject('presence table full', msg.subject);
+      return;
+    }
     const peer: Peer = { info, lastSeen: Date.now(), provisional: false };
     this.peers.set(info.id, peer);
     if (!known || known.provisional) this.options.onPeerSeen?.(peer);
   }
 
+  private onIncompatible(info: PresenceInfo): void {
+    // Not routable: a dial to it would fail anyway. Said once per peer, not per beat.
+    const known = this.incompatible.has(info.id);
+    if (!known && this.incompatible.size >= presenceLimits.maxIncompatible) return;
+    this.incompatible.set(info.id, Date.now());
+    if (known) return;
+    this.options.logger.warn(
+      { peerId: info.id, role: info.role, protocolVersion: info.protocolVersion, version: info.version },
+      `peer speaks bus protocol ${info.protocolVersion}, this build needs >= ${MIN_PROTOCOL_VERSION}; ignored`,
+    );
+  }
+
   private expire(): void {
     const now = Date.now();
     for (const peer of this.peers.values()) {
-      const interval = peer.info.heartbeatIntervalMs || this.options.settings.heartbeatMs;
-      if (now - peer.lastSeen > interval * this.options.settings.missedBeats) {
+      if (now - peer.lastSeen > silenceAllowedMs(peer.info.heartbeatIntervalMs, this.options.settings)) {
         this.drop(peer, `missed ${this.options.settings.missedBeats} heartbeats`);
       }
     }
+    const forgetBefore = now - presenceLimits.maxIntervalMs * this.options.settings.missedBeats;
+    for (const [id, lastSeen] of this.incompatible) if (lastSeen < forgetBefore) this.incompatible.delete(id);
+    if (this.peers.size < presenceLimits.maxPeers) this.tableFullWarned = false;
   }
 
   private drop(peer: Peer, why: string): void {
@@ -173,9 +305,15 @@ export class Presence {
     this.options.onPeerGone?.(peer, why);
   }
 
+  /** How many incompatible peers are remembered (bounded by presenceLimits.maxIncompatible). */
+  get incompatibleCount(): number {
+    return this.incompatible.size;
+  }
+
   /** Says goodbye (so peers drop us at once) and stops. */
   stop(): void {
     clearInterval(this.timer);
+    clearTimeout(this.queryAnswer);
     this.beat(false);
     for (const sub of this.subscriptions) sub.unsubscribe();
     this.peers.clear();

@@ -4,7 +4,10 @@
  *   P.dial.any               queue group of all agents (default strategy)
  *   P.dial.agent.<agentId>   one agent (destHost / identifier routing)
  *   P.dial.route             queue group of agents with default-route=true
- *   P.presence               heartbeats of agents and frontends
+ *   P.presence.<role>.<id>.<claims>  heartbeats of agents and frontends; the
+ *                            NATS user of a process may publish only on its own
+ *                            (see broker/nats-auth.ts), so receivers take role,
+ *                            id and the identifiers' hash from the subject
  *   P.presence.query         "everyone answer now"
  *   P.fe.<frontendId>.<tid>  frames to a frontend's end of a tunnel
  *   P.ag.<agentId>.<tid>     frames to an agent's end of a tunnel
@@ -16,15 +19,46 @@ export const AGENT_QUEUE = 'agents';
 
 const TOKEN = /^[A-Za-z0-9_-]+$/;
 
-/** Ids and prefixes become subject tokens: no dots, wildcards or spaces. */
+/** Longest agent / frontend id or subject prefix. */
+export const MAX_ID_LENGTH = 128;
+/** Longest tunnel id (ours are 22 characters). */
+export const MAX_TUNNEL_ID_LENGTH = 64;
+
+/**
+ * True if `value` can be used as one subject token: letters, digits, '_' or
+ * '-', 1 to `maxLength` characters. Every id a peer sends is checked with
+ * this before it is used in a subject, a map key or a log line.
+ */
+export function isToken(value: string, maxLength = MAX_ID_LENGTH): boolean {
+  return typeof value === 'string' && value.length <= maxLength && TOKEN.test(value);
+}
+
+/** Ids and prefixes from our own configuration become subject tokens: no dots, wildcards or spaces. */
 export function assertToken(value: string, what: string): string {
-  if (!TOKEN.test(value)) {
+  if (!isToken(value)) {
     throw new KnatsError(
       ErrorCode.BadConfig,
-      `${what} ${JSON.stringify(value)} must be letters, digits, '_' or '-' (it becomes a NATS subject token)`,
+      `${what} ${JSON.stringify(value.length > MAX_ID_LENGTH ? `${value.slice(0, MAX_ID_LENGTH)}...` : value)} must be 1 to ${MAX_ID_LENGTH} letters, digits, '_' or '-' (it becomes a NATS subject token)`,
     );
   }
   return value;
+}
+
+export type PresenceRole = 'agent' | 'frontend';
+
+/** Role, id and identifiers' hash of a heartbeat, from its subject. */
+export interface PresenceSender {
+  readonly role: PresenceRole;
+  readonly id: string;
+  readonly claims: string;
+}
+
+/**
+ * A frontend's replies (dial answers) arrive under this inbox prefix, which
+ * only its own NATS user may read: other frontends never see its tunnel ids.
+ */
+export function frontendInboxPrefix(frontendId: string): string {
+  return `_INBOX.fe.${frontendId}`;
 }
 
 export class Subjects {
@@ -41,8 +75,25 @@ export class Subjects {
   dialRoute(): string {
     return `${this.prefix}.dial.route`;
   }
-  presence(): string {
-    return `${this.prefix}.presence`;
+  /**
+   * Where a process heartbeats: `claims` is the hash of its identifiers
+   * (identifiers.ts claimsToken). With '*' for id or claims: a permission.
+   */
+  presence(role: PresenceRole, id: string, claims: string): string {
+    return `${this.prefix}.presence.${role}.${id}.${claims}`;
+  }
+  /** Every heartbeat, of any role and id. */
+  presenceAll(): string {
+    return `${this.prefix}.presence.*.*.*`;
+  }
+  /** Who sent a heartbeat, from its subject; undefined unless every token is sane. */
+  presenceSender(subject: string): PresenceSender | undefined {
+    const head = `${this.prefix}.presence.`;
+    if (!subject.startsWith(head)) return undefined;
+    const [role, id, claims, ...rest] = subject.slice(head.length).split('.');
+    if (rest.length || (role !== 'agent' && role !== 'frontend')) return undefined;
+    if (id === undefined || claims === undefined || !isToken(id) || !isToken(claims, 64)) return undefined;
+    return { role, id, claims };
   }
   presenceQuery(): string {
     return `${this.prefix}.presence.query`;

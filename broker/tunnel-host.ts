@@ -7,6 +7,7 @@ import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node'
 import { DATA_HEADER_BYTES, encodeClose, FrameType, MAX_DATA_PAYLOAD } from './codec.js';
 import { type CreditSettings, ReceiveBudget } from './credit.js';
 import { ErrorCode, KnatsError } from './errors.js';
+import { guarded } from './guard.js';
 import type { Logger } from './logging.js';
 import { tunnelIdOf } from './subjects.js';
 import { type FramePublisher, Tunnel, type TunnelHostHooks } from './tunnel.js';
@@ -84,10 +85,16 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
           options.logger.error({ err }, 'tunnel subscription failed');
           return;
         }
-        this.onMessage(msg);
+        // Frames come from peers: whatever one does costs at most its tunnel, never the reader loop.
+        guarded(
+          options.logger,
+          'tunnel frame',
+          () => this.onMessage(msg),
+          (error) => this.tunnels.get(tunnelIdOf(msg.subject))?.fail(error),
+        );
       },
     });
-    this.ticker = setInterval(() => this.tick(), TICK_MS);
+    this.ticker = setInterval(() => guarded(options.logger, 'tunnel host tick', () => this.tick()), TICK_MS);
     this.ticker.unref();
   }
 
@@ -159,7 +166,8 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
   closePeer(peerId: string, reason: string): void {
     const set = this.byPeer.get(peerId);
     if (!set) return;
-    for (const tunnel of [...set]) tunnel.end(new KnatsError(ErrorCode.PeerGone, reason));
+    for (const tunnel of [...set])
+      this.work(tunnel, () => tunnel.end(new KnatsError(ErrorCode.PeerGone, reason)));
   }
 
   /** Closes every tunnel (shutdown or a bus lost for too long). */
@@ -167,9 +175,26 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
     for (const tunnel of [...this.tunnels.values()]) tunnel.fail(err);
   }
 
+  /**
+   * Never throws: tunnels publish from socket and stream callbacks where a
+   * throw would exit the process. A refused publish (connection closed, a
+   * subject nats.js rejects) cannot be byte-exact any more, so it fails the
+   * tunnel the subject belongs to, after the current call returns.
+   */
   publish(subject: string, frame: Uint8Array, reply?: string): void {
     this.framesOut++;
-    this.nc.publish(subject, frame, reply ? { reply } : undefined);
+    try {
+      this.nc.publish(subject, frame, reply ? { reply } : undefined);
+    } catch (err) {
+      const error = new KnatsError(ErrorCode.BusLost, `publish refused: ${(err as Error).message}`);
+      const tunnel = this.tunnels.get(tunnelIdOf(subject));
+      this.options.logger.debug(
+        { code: error.code, reason: error.message, tunnelId: tunnel?.id },
+        'frame not sent',
+      );
+      if (tunnel)
+        queueMicrotask(() => guarded(this.options.logger, 'failing a tunnel', () => tunnel.fail(error)));
+    }
   }
 
   // ---- TunnelHostHooks ---------------------------------------------------
@@ -202,7 +227,7 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
   /** Frames may have been lost while we were away: every tunnel checks sequences with its peer. */
   onReconnect(): void {
     this.disconnectedSince = 0;
-    for (const tunnel of this.tunnels.values()) tunnel.probe();
+    for (const tunnel of [...this.tunnels.values()]) this.work(tunnel, () => tunnel.probe());
   }
 
   // ---- internals -------------------------------------------------------
@@ -237,25 +262,34 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
     }
     if (now - this.lastBlockedProbe >= timing.blockedProbeMs) {
       this.lastBlockedProbe = now;
-      for (const tunnel of this.blocked) {
-        if (tunnel.finishOverdue) {
-          tunnel.fail(new KnatsError(ErrorCode.PeerGone, 'peer granted no credit to flush the last bytes'));
-        } else {
-          tunnel.probeBlocked();
-        }
+      for (const tunnel of [...this.blocked]) {
+        this.work(tunnel, () => {
+          if (tunnel.finishOverdue) {
+            tunnel.fail(new KnatsError(ErrorCode.PeerGone, 'peer granted no credit to flush the last bytes'));
+          } else {
+            tunnel.probeBlocked();
+          }
+        });
       }
     }
-    for (const tunnel of this.unconfirmed) {
+    for (const tunnel of [...this.unconfirmed]) {
       if (now - tunnel.openedAt > timing.confirmTimeoutMs) {
-        tunnel.end(new KnatsError(ErrorCode.ConfirmTimeout, 'frontend never confirmed the dial'));
+        this.work(tunnel, () =>
+          tunnel.end(new KnatsError(ErrorCode.ConfirmTimeout, 'frontend never confirmed the dial')),
+        );
       }
     }
     if (now - this.lastIdleSweep >= timing.idleProbeMs / 2) {
       this.lastIdleSweep = now;
-      for (const tunnel of this.tunnels.values()) {
-        if (now - tunnel.lastPeerFrameAt > timing.idleProbeMs) tunnel.probe();
+      for (const tunnel of [...this.tunnels.values()]) {
+        if (now - tunnel.lastPeerFrameAt > timing.idleProbeMs) this.work(tunnel, () => tunnel.probe());
       }
     }
+  }
+
+  /** One tunnel's timer work: a throw fails that tunnel, the others carry on. */
+  private work(tunnel: Tunnel, job: () => void): void {
+    guarded(tunnel.logger, 'tunnel timer work', job, (error) => tunnel.fail(error));
   }
 
   /** Stops routing frames; tunnels should have been closed first. */

@@ -7,6 +7,7 @@
 
 import path from 'node:path';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
+import { parseAgentIdentifiers } from '../broker/identifiers.js';
 import { startLocalCluster, startLocalServer } from '../broker/local-server.js';
 import { createLogger } from '../broker/logging.js';
 import {
@@ -72,8 +73,10 @@ export const brokerConfigFlags: FlagSpec[] = [
     help:
       'one user per agent id, restricted to its own frame and direct-dial subjects (repeatable or ' +
       'comma-separated; ID=UPUBKEY uses an existing public nkey). Replaces the shared agent user, ' +
-      'so every agent then needs its own (--agent-id ID)',
-    placeholder: 'ID[=NKEY]',
+      'so every agent then needs its own (--agent-id ID). ?IDENTIFIERS grants the identifiers the ' +
+      "agent may claim, e.g. 'agA?host=a.example&cidr=10.0.0.0/8' (it must run with exactly these " +
+      '--agent-identifiers; without a grant it may claim any)',
+    placeholder: 'ID[=NKEY][?IDENTIFIERS]',
   },
   {
     name: 'frontend',
@@ -178,20 +181,38 @@ function prefixesOf(flags: FlagReader, name: string): string[] {
   return prefixes;
 }
 
-/** `ID` or `ID=UKEY`. */
-function idsOf(flags: FlagReader, name: string): { id: string; nkey?: string }[] {
+interface ProcessUser {
+  readonly id: string;
+  readonly nkey?: string;
+  /** Identifiers granted to an agent (`?host=...`). */
+  readonly grant?: string;
+}
+
+/** `ID`, `ID=UKEY`, and for agents `ID[=UKEY]?IDENTIFIERS`. */
+function idsOf(flags: FlagReader, name: string): ProcessUser[] {
   const seen = new Set<string>();
   return listOf(flags, name).map((item) => {
-    const eq = item.indexOf('=');
-    const id = eq >= 0 ? item.slice(0, eq) : item;
+    const question = item.indexOf('?');
+    const grant = question >= 0 ? item.slice(question + 1) : undefined;
+    const user = question >= 0 ? item.slice(0, question) : item;
+    const eq = user.indexOf('=');
+    const id = eq >= 0 ? user.slice(0, eq) : user;
     try {
       assertToken(id, `--${name}`);
+      if (grant !== undefined) {
+        if (name !== 'agent') throw bad(`--${name} ${id}: identifiers can be granted to agents only`);
+        parseAgentIdentifiers(grant);
+      }
     } catch (err) {
-      throw bad((err as Error).message);
+      throw bad(`--${name} ${id}: ${(err as Error).message}`);
     }
     if (seen.has(id)) throw bad(`--${name}: ${id} is listed twice`);
     seen.add(id);
-    return eq >= 0 ? { id, nkey: assertUserNkey(item.slice(eq + 1), `--${name} ${id}`) } : { id };
+    return {
+      id,
+      ...(eq >= 0 ? { nkey: assertUserNkey(user.slice(eq + 1), `--${name} ${id}`) } : {}),
+      ...(grant !== undefined ? { grant } : {}),
+    };
   });
 }
 
@@ -200,8 +221,12 @@ function relative(file: string): string {
   return rel.startsWith('..') ? file : rel;
 }
 
-/** Shell lines telling how to run each role with its credentials. */
-function usageLines(url: string, credentials: readonly RoleCredential[]): string[] {
+/** Shell lines telling how to run each role with its credentials (and an agent with its granted identifiers). */
+function usageLines(
+  url: string,
+  credentials: readonly RoleCredential[],
+  grants: ReadonlyMap<string, string> = new Map(),
+): string[] {
   const commands: Record<Role, string> = {
     frontend: 'frontend --uds-name /path/konnectivity-server.socket',
     agent: 'agent',
@@ -211,6 +236,8 @@ function usageLines(url: string, credentials: readonly RoleCredential[]): string
     const extra: string[] = [];
     if (c.prefix !== 'knats') extra.push(`--subject-prefix ${c.prefix}`);
     if (c.id !== undefined) extra.push(c.role === 'agent' ? `--agent-id ${c.id}` : `--server-id ${c.id}`);
+    const grant = c.role === 'agent' && c.id !== undefined ? grants.get(c.id) : undefined;
+    if (grant !== undefined) extra.push(`--agent-identifiers '${grant}'`);
     const label = [c.prefix === 'knats' ? '' : c.prefix, c.role, c.id ?? ''].filter(Boolean).join(' ');
     const command = `knats ${commands[c.role]} --nats-url ${url} --nats-nkey ${relative(c.seedFile)}`;
     return `#   ${`${label}:`.padEnd(20)} ${command}${extra.length ? ` ${extra.join(' ')}` : ''}`;
@@ -305,31 +332,22 @@ export async function brokerConfig(
   const auth: PrefixAuth[] = [];
   for (const prefix of prefixes) {
     const users: AuthUser[] = [];
-    const add = async (role: Role, id?: string, nkey?: string) => {
+    const add = async (role: Role, { id, nkey, grant }: Partial<ProcessUser> = {}) => {
+      const bound = { role, ...(id !== undefined ? { id } : {}), ...(grant !== undefined ? { grant } : {}) };
       if (nkey !== undefined) {
-        users.push({
-          role,
-          ...(id !== undefined ? { id } : {}),
-          nkey,
-          comment: 'key given on the command line',
-        });
+        users.push({ ...bound, nkey, comment: 'key given on the command line' });
         return;
       }
       const credential = await ensureRoleCredential(stateDir, prefix, role, id);
       credentials.push(credential);
-      users.push({
-        role,
-        ...(id !== undefined ? { id } : {}),
-        nkey: credential.publicKey,
-        comment: `seed: ${relative(credential.seedFile)}`,
-      });
+      users.push({ ...bound, nkey: credential.publicKey, comment: `seed: ${relative(credential.seedFile)}` });
     };
     for (const role of ['frontend', 'agent', 'status'] as const) {
       const perProcess = role === 'agent' ? agents : role === 'frontend' ? frontends : [];
-      for (const nkey of sharedKeys[role]) await add(role, undefined, nkey);
+      for (const nkey of sharedKeys[role]) await add(role, { nkey });
       // The shared user is generated unless keys were given or per-process users replace it.
       if (sharedKeys[role].length === 0 && perProcess.length === 0) await add(role);
-      for (const { id, nkey } of perProcess) await add(role, id, nkey);
+      for (const user of perProcess) await add(role, user);
     }
     auth.push({ prefix, users });
   }
@@ -340,7 +358,11 @@ export async function brokerConfig(
   if (credentials.length) {
     notes.push(
       `# seeds (mode 0600) in ${relative(stateDir)}: give each process only its own, e.g. as a Kubernetes Secret; run`,
-      ...usageLines('URL', credentials),
+      ...usageLines(
+        'URL',
+        credentials,
+        new Map(agents.flatMap((a) => (a.grant === undefined ? [] : [[a.id, a.grant] as const]))),
+      ),
     );
   }
   return { config, notes, credentials };

@@ -2,10 +2,10 @@
  * `knats status`: the fleet as seen on the bus, from one presence query.
  */
 import type { PresenceInfo } from '../broker/bus-messages.js';
-import { presenceCodec } from '../broker/bus-messages.js';
 import { connectBus } from '../broker/connection.js';
 import { parseAgentIdentifiers } from '../broker/identifiers.js';
 import { silentLogger } from '../broker/logging.js';
+import { presenceLimits, readHeartbeat } from '../broker/presence.js';
 import { Subjects } from '../broker/subjects.js';
 import { VERSION } from '../broker/version.js';
 import { natsFlags, natsSettings } from './config.js';
@@ -24,16 +24,17 @@ export async function collectFleet(
 ) {
   const subjects = new Subjects(prefix);
   const seen = new Map<string, PresenceInfo & { lastSeenMs: number }>();
-  const sub = nc.subscribe(subjects.presence(), {
+  const sub = nc.subscribe(subjects.presenceAll(), {
     callback: (err, msg) => {
       if (err) return;
-      try {
-        const info = presenceCodec.decode(msg.data);
-        if (info.alive) seen.set(info.id, { ...info, lastSeenMs: Date.now() });
-        else seen.delete(info.id);
-      } catch {
-        // a malformed heartbeat is not our problem to report here
-      }
+      // Who sent it is known from the subject (its credentials); a body naming someone else, or
+      // identifiers that are not the ones its subject claims, is dropped as the frontends drop it.
+      const sender = subjects.presenceSender(msg.subject);
+      if (!sender || (!seen.has(sender.id) && seen.size >= presenceLimits.maxPeers)) return;
+      const info = readHeartbeat(sender, msg.data);
+      if (typeof info === 'string') return;
+      if (info.alive) seen.set(sender.id, { ...info, lastSeenMs: Date.now() });
+      else seen.delete(sender.id);
     },
   });
   await nc.flush();
@@ -81,6 +82,46 @@ export function fleetWarnings(fleet: readonly Member[]): string[] {
   return warnings;
 }
 
+/** Longest peer string printed; the rest is cut. */
+const MAX_SHOWN = 200;
+
+/** C0, DEL and C1 controls (terminal escape sequences), and Unicode line and bidi controls. */
+function unsafeForTerminal(code: number): boolean {
+  return (
+    code < 0x20 ||
+    (code >= 0x7f && code <= 0x9f) ||
+    code === 0x61c ||
+    (code >= 0x200b && code <= 0x200f) ||
+    (code >= 0x2028 && code <= 0x202e) ||
+    (code >= 0x2066 && code <= 0x2069)
+  );
+}
+
+/**
+ * Peer strings are printed only after this: characters a terminal would act
+ * on become `\u{..}`, and long values are cut.
+ */
+export function sanitizePeerString(value: string): string {
+  const cut = value.length > MAX_SHOWN ? `${value.slice(0, MAX_SHOWN)}...` : value;
+  let out = '';
+  for (const char of cut) {
+    const code = char.codePointAt(0)!;
+    out += unsafeForTerminal(code) ? `\\u{${code.toString(16)}}` : char;
+  }
+  return out;
+}
+
+/** A fleet member with every string it got from the peer sanitized, for printing. */
+function printable(member: Member): Member {
+  return {
+    ...member,
+    id: sanitizePeerString(member.id),
+    identifiers: sanitizePeerString(member.identifiers),
+    version: sanitizePeerString(member.version),
+    proxyStrategies: sanitizePeerString(member.proxyStrategies),
+  };
+}
+
 function humanBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let i = 0;
@@ -94,8 +135,9 @@ function humanBytes(n: number): string {
 export async function runStatus(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<void> {
   const flags = new FlagReader(statusFlags, parseFlags(statusFlags, argv, env));
   const nc = await connectBus(natsSettings(flags), 'knats-status', silentLogger(), {}, false);
-  const fleet = await collectFleet(nc, flags.string('subject-prefix') ?? 'knats', flags.duration('wait'));
+  const collected = await collectFleet(nc, flags.string('subject-prefix') ?? 'knats', flags.duration('wait'));
   await nc.close();
+  const fleet = collected.map(printable);
   const warnings = fleetWarnings(fleet);
   if (flags.bool('json')) {
     process.stdout.write(

@@ -15,7 +15,7 @@ import {
 } from '../broker/bus-messages.js';
 import { ErrorCode, errorFromPeer, isKnatsError, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
-import type { Subjects } from '../broker/subjects.js';
+import { isToken, MAX_ID_LENGTH, type Subjects } from '../broker/subjects.js';
 import type { Tunnel } from '../broker/tunnel.js';
 import type { TunnelHost } from '../broker/tunnel-host.js';
 import { type DialTarget, dialTargets, type ProxyStrategy } from './router.js';
@@ -157,7 +157,7 @@ export class BusDialer {
       }
       const reply = await answer;
       if (!reply) return 'no-responders';
-      const response = decodeResponse(reply);
+      const response = decodeResponse(reply, tunnelId, target);
       const agentId = response.agentId;
       // A draining agent may still get a dial that crossed its unsubscribe.
       if (response.errorCode === ErrorCode.ShuttingDown) return 'retry';
@@ -217,12 +217,37 @@ export function newTunnelId(): string {
   return randomBytes(16).toString('base64url');
 }
 
-function decodeResponse(reply: Uint8Array): BusDialResponse {
+/**
+ * The agent's answer, checked before any field is used: its agentId becomes
+ * a subject token of every frame of the tunnel (an id nats.js refuses would
+ * make each publish throw), so it must be a sane token, and the agent the
+ * subject was addressed to when the dial named one; the tunnel id must be
+ * the one asked for. A bad answer costs this dial, with BadPeerMessage.
+ */
+function decodeResponse(reply: Uint8Array, tunnelId: string, target: DialTarget): BusDialResponse {
   let response: BusDialResponse;
   try {
     response = dialResponseCodec.decode(reply);
   } catch (err) {
     throw new KnatsError(ErrorCode.MalformedFrame, 'malformed dial response', { cause: err });
+  }
+  if (!isToken(response.agentId)) {
+    throw new KnatsError(
+      ErrorCode.BadPeerMessage,
+      `dial response with an invalid agent id (${response.agentId.length} characters; must be 1 to ${MAX_ID_LENGTH} letters, digits, '_' or '-')`,
+    );
+  }
+  if (target.agentId !== undefined && response.agentId !== target.agentId) {
+    throw new KnatsError(
+      ErrorCode.BadPeerMessage,
+      `dial sent to agent ${target.agentId} answered by agent ${response.agentId}`,
+    );
+  }
+  if (response.tunnelId !== tunnelId) {
+    throw new KnatsError(
+      ErrorCode.BadPeerMessage,
+      `agent ${response.agentId} answered for another tunnel id`,
+    );
   }
   if (response.protocolVersion < MIN_PROTOCOL_VERSION) {
     throw new KnatsError(

@@ -121,6 +121,8 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
     maxBuffered: node?.host.maxBuffered() ?? 0,
     receiveBudgetInUse: node?.host.budget.inUse ?? 0,
     agents: node?.presence.count('agent') ?? 0,
+    incompatiblePeers: node?.presence.incompatibleCount ?? 0,
+    rejectedHeartbeats: node?.presence.rejectedHeartbeats ?? 0,
     draining,
     activeHandles: activeResources(),
   });

@@ -16,6 +16,7 @@
 import { BlockList, isIP } from 'node:net';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
 import { type AgentIdentifiers, parseAgentIdentifiers } from '../broker/identifiers.js';
+import { presenceLimits } from '../broker/presence.js';
 import type { Subjects } from '../broker/subjects.js';
 
 export const STRATEGIES = ['default', 'destHost', 'defaultRoute'] as const;
@@ -40,7 +41,7 @@ export function parseStrategies(value: string): ProxyStrategy[] {
 
 export interface AgentCandidate {
   readonly id: string;
-  readonly identifiers: AgentIdentifiers;
+  readonly routes: Routes;
   /** Open tunnels, from its last heartbeat. */
   readonly load: number;
 }
@@ -48,52 +49,124 @@ export interface AgentCandidate {
 export interface DialTarget {
   readonly strategy: ProxyStrategy;
   readonly subject: string;
+  /** The one agent listening on `subject` (destHost); absent for queue groups. */
+  readonly agentId?: string;
 }
 
 /** Specificity of an exact host/IP match: above any CIDR prefix length (max 128). */
 const EXACT = 1000;
 
-/** How specifically `agent` claims `host`; 0 when it does not. */
-export function matchSpecificity(agent: AgentIdentifiers, host: string): number {
-  const lower = host.toLowerCase();
-  if (agent.host.some((h) => h.toLowerCase() === lower)) return EXACT;
-  const family = isIP(host);
-  if (family === 0) return 0;
-  const type = family === 4 ? 'ipv4' : 'ipv6';
-  const exact = new BlockList();
-  for (const ip of family === 4 ? agent.ipv4 : agent.ipv6) {
-    if (isIP(ip) === family) exact.addAddress(ip, type);
-  }
-  if (exact.check(host, type)) return EXACT;
-  let best = 0;
-  for (const cidr of agent.cidr) {
-    const [network, bits] = cidr.split('/');
-    const prefix = Number(bits);
-    if (!network || isIP(network) !== family || !Number.isInteger(prefix)) continue;
-    const list = new BlockList();
-    try {
-      list.addSubnet(network, prefix, type);
-    } catch {
-      continue;
-    }
-    // +1 so that a /0 still counts as a match.
-    if (list.check(host, type)) best = Math.max(best, prefix + 1);
-  }
-  return best;
+const MAX_COMPILED = 2 * presenceLimits.maxPeers;
+
+/** At most this many agents are tried for one destHost dial (each may cost an accept timeout). */
+export const MAX_DESTHOST_AGENTS = 8;
+
+/** One ipv4=/ipv6= address or cidr= network, shared by every agent that claims the same text. */
+interface AddressEntry {
+  /** Specificity of a match: EXACT for an address, prefix length + 1 for a network (a /0 still matches). */
+  readonly score: number;
+  readonly type: 'ipv4' | 'ipv6';
+  readonly list: BlockList;
 }
 
 /**
- * Agents for destHost, best first: the most specific group, with its first
- * pick by the power of two choices, then the rest as fallbacks.
+ * An agent's identifiers compiled for matching: done once per distinct
+ * identifiers text (when a heartbeat brings it), not per dial.
+ */
+export interface Routes {
+  /** Host names, lower case. */
+  readonly hosts: ReadonlySet<string>;
+  /** Addresses and networks, most specific first. */
+  readonly addresses: readonly AddressEntry[];
+}
+
+const addressEntries = new Map<string, AddressEntry | null>();
+
+/** `ipv4`/`ipv6` address or `cidr` network as a shared entry; null if it does not parse. */
+function addressEntry(kind: 'ipv4' | 'ipv6' | 'cidr', value: string): AddressEntry | null {
+  const key = `${kind}=${value}`;
+  let entry = addressEntries.get(key);
+  if (entry !== undefined) return entry;
+  const [network = '', bits] = kind === 'cidr' ? value.split('/') : [value];
+  const family = isIP(network);
+  const type = family === 4 ? 'ipv4' : 'ipv6';
+  const prefix = Number(bits);
+  entry = null;
+  if (family !== 0 && (kind === 'cidr' ? Number.isInteger(prefix) : kind === type)) {
+    const list = new BlockList();
+    try {
+      if (kind === 'cidr') list.addSubnet(network, prefix, type);
+      else list.addAddress(network, type);
+      entry = { score: kind === 'cidr' ? prefix + 1 : EXACT, type, list };
+    } catch {
+      entry = null;
+    }
+  }
+  if (addressEntries.size >= MAX_COMPILED) addressEntries.clear();
+  addressEntries.set(key, entry);
+  return entry;
+}
+
+export function compileRoutes(ids: AgentIdentifiers): Routes {
+  const addresses: AddressEntry[] = [];
+  for (const kind of ['ipv4', 'ipv6', 'cidr'] as const) {
+    for (const value of ids[kind]) {
+      const entry = addressEntry(kind, value);
+      if (entry) addresses.push(entry);
+    }
+  }
+  addresses.sort((x, y) => y.score - x.score);
+  return { hosts: new Set(ids.host.map((h) => h.toLowerCase())), addresses };
+}
+
+/**
+ * One dial's destination, prepared once: the address checks it makes are
+ * remembered per shared entry, so a thousand agents claiming the same
+ * network cost one check.
+ */
+export class DialDestination {
+  readonly lower: string;
+  readonly type: 'ipv4' | 'ipv6' | undefined;
+  private readonly checked = new Map<AddressEntry, boolean>();
+  constructor(readonly host: string) {
+    this.lower = host.toLowerCase();
+    const family = isIP(host);
+    this.type = family === 4 ? 'ipv4' : family === 6 ? 'ipv6' : undefined;
+  }
+  within(entry: AddressEntry): boolean {
+    let hit = this.checked.get(entry);
+    if (hit === undefined) {
+      hit = entry.type === this.type && entry.list.check(this.host, entry.type);
+      this.checked.set(entry, hit);
+    }
+    return hit;
+  }
+}
+
+/** How specifically an agent claims the destination; 0 when it does not. */
+export function matchSpecificity(routes: Routes, destination: DialDestination): number {
+  if (routes.hosts.has(destination.lower)) return EXACT;
+  if (destination.type === undefined) return 0;
+  for (const entry of routes.addresses) if (destination.within(entry)) return entry.score;
+  return 0;
+}
+
+/**
+ * Agents for destHost, best first, at most MAX_DESTHOST_AGENTS: the most
+ * specific group, with its first pick by the power of two choices, then the
+ * rest as fallbacks.
  */
 export function agentsForHost(
   agents: readonly AgentCandidate[],
   host: string,
   random: () => number = Math.random,
 ): string[] {
-  const scored = agents
-    .map((agent) => ({ agent, score: matchSpecificity(agent.identifiers, host) }))
-    .filter((s) => s.score > 0);
+  const scored: { agent: AgentCandidate; score: number }[] = [];
+  const destination = new DialDestination(host);
+  for (const agent of agents) {
+    const score = matchSpecificity(agent.routes, destination);
+    if (score > 0) scored.push({ agent, score });
+  }
   if (scored.length === 0) return [];
   // Shuffle, then a stable sort by specificity keeps ties in random order.
   for (let i = scored.length - 1; i > 0; i--) {
@@ -106,7 +179,7 @@ export function agentsForHost(
   if (tied >= 2 && scored[1]!.agent.load < scored[0]!.agent.load) {
     [scored[0], scored[1]] = [scored[1]!, scored[0]!];
   }
-  return scored.map((s) => s.agent.id);
+  return scored.slice(0, MAX_DESTHOST_AGENTS).map((s) => s.agent.id);
 }
 
 /** The subjects to try, in order. */
@@ -121,7 +194,7 @@ export function dialTargets(
     switch (strategy) {
       case 'destHost':
         for (const agentId of destHostAgents(host)) {
-          targets.push({ strategy, subject: subjects.dialAgent(agentId) });
+          targets.push({ strategy, subject: subjects.dialAgent(agentId), agentId });
         }
         break;
       case 'defaultRoute':
@@ -135,11 +208,26 @@ export function dialTargets(
   return targets;
 }
 
-const parsedIdentifiers = new Map<string, AgentIdentifiers>();
+/** Compiled routes by identifiers text; twice the presence table's bound, so a full table does not thrash it. */
+const compiledRoutes = new Map<string, Routes | null>();
+
+function routesOf(text: string): Routes | null {
+  let routes = compiledRoutes.get(text);
+  if (routes === undefined) {
+    try {
+      routes = compileRoutes(parseAgentIdentifiers(text));
+    } catch {
+      routes = null; // an agent of a newer version with keys we do not know: not routable by destHost
+    }
+    if (compiledRoutes.size >= MAX_COMPILED) compiledRoutes.clear();
+    compiledRoutes.set(text, routes);
+  }
+  return routes;
+}
 
 /**
  * Agents that take new dials, from presence. Identifiers arrive as text in
- * heartbeats; each distinct text is parsed once.
+ * heartbeats; each distinct text is parsed and compiled once.
  */
 export function candidatesFrom(
   peers: readonly {
@@ -149,17 +237,8 @@ export function candidatesFrom(
   const candidates: AgentCandidate[] = [];
   for (const { info } of peers) {
     if (info.role !== 'agent' || info.draining || !info.identifiers) continue;
-    let identifiers = parsedIdentifiers.get(info.identifiers);
-    if (!identifiers) {
-      try {
-        identifiers = parseAgentIdentifiers(info.identifiers);
-      } catch {
-        continue; // an agent of a newer version with keys we do not know: not routable by destHost
-      }
-      if (parsedIdentifiers.size > 10_000) parsedIdentifiers.clear();
-      parsedIdentifiers.set(info.identifiers, identifiers);
-    }
-    candidates.push({ id: info.id, identifiers, load: info.openTunnels });
+    const routes = routesOf(info.identifiers);
+    if (routes) candidates.push({ id: info.id, routes, load: info.openTunnels });
   }
   return candidates;
 }

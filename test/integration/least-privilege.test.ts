@@ -4,13 +4,13 @@
  * local `knats broker`, and every authenticated-NATS flag end to end.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, afterEach, before, describe, it } from 'node:test';
-import { connect, type NatsConnection, nkeys, PermissionViolationError } from '@nats-io/transport-node';
+import { connect, type NatsConnection, nkeys } from '@nats-io/transport-node';
 import { pino } from 'pino';
 import { startAgent } from '../../agent/agent.js';
 import { connectionOptions, type NatsSettings } from '../../broker/connection.js';
@@ -21,87 +21,20 @@ import { startFrontend } from '../../frontend/frontend.js';
 import { createPki, type Pki } from '../helpers/certs.js';
 import { type Destination, echoServer } from '../helpers/destinations.js';
 import { agentArgs, cliPath, eventually, Fleet, fetchText, frontendArgs } from '../helpers/fleet.js';
+import {
+  assertPublishAllowed,
+  assertPublishRefused,
+  assertSubscribeAllowed,
+  assertSubscribeRefused,
+  brokerConfigCli,
+  connectWith,
+} from '../helpers/nats-permissions.js';
 import { ProxyStreamClient } from '../helpers/proxy-client.js';
 
 function captureLogger() {
   const entries: Record<string, unknown>[] = [];
   const logger = pino({ level: 'debug' }, { write: (line: string) => void entries.push(JSON.parse(line)) });
   return { logger, entries };
-}
-
-/** A connection that records every async error the server sends it (permission violations). */
-async function connectWith(settings: NatsSettings): Promise<NatsConnection & { errors: Error[] }> {
-  const nc = await connect(connectionOptions(settings, 'least-privilege-test', false));
-  const errors: Error[] = [];
-  void (async () => {
-    for await (const status of nc.status()) if (status.type === 'error') errors.push(status.error);
-  })();
-  return Object.assign(nc, { errors });
-}
-
-/** Subscribes and returns the server's refusal, or undefined if the subscription stands. */
-async function subscribeRefusal(
-  nc: NatsConnection,
-  subject: string,
-  queue?: string,
-): Promise<PermissionViolationError | undefined> {
-  let refusal: PermissionViolationError | undefined;
-  const sub = nc.subscribe(subject, {
-    ...(queue ? { queue } : {}),
-    callback: (err) => {
-      if (err) refusal = err as PermissionViolationError;
-    },
-  });
-  // The server answers SUB before the PING of the flush: once flushed, any -ERR has been processed.
-  await nc.flush();
-  await new Promise((r) => setImmediate(r));
-  if (!refusal) sub.unsubscribe();
-  return refusal;
-}
-
-async function assertSubscribeRefused(nc: NatsConnection, subject: string, queue?: string): Promise<void> {
-  const refusal = await subscribeRefusal(nc, subject, queue);
-  assert.ok(
-    refusal instanceof PermissionViolationError,
-    `subscribing to ${subject} ${queue ?? ''} was not refused`,
-  );
-  assert.equal(refusal.operation, 'subscription');
-  assert.equal(refusal.subject, subject);
-  assert.match(refusal.message, /Permissions Violation for Subscription/);
-}
-
-async function assertSubscribeAllowed(nc: NatsConnection, subject: string, queue?: string): Promise<void> {
-  const refusal = await subscribeRefusal(nc, subject, queue);
-  assert.equal(
-    refusal,
-    undefined,
-    `subscribing to ${subject} ${queue ?? ''} was refused: ${refusal?.message}`,
-  );
-}
-
-async function assertPublishRefused(
-  nc: NatsConnection & { errors: Error[] },
-  subject: string,
-): Promise<void> {
-  const before = nc.errors.length;
-  nc.publish(subject, 'x');
-  await nc.flush();
-  await new Promise((r) => setImmediate(r));
-  const refusal = nc.errors.slice(before).find((e) => e instanceof PermissionViolationError);
-  assert.ok(refusal instanceof PermissionViolationError, `publishing to ${subject} was not refused`);
-  assert.equal(refusal.operation, 'publish');
-  assert.equal(refusal.subject, subject);
-}
-
-async function assertPublishAllowed(
-  nc: NatsConnection & { errors: Error[] },
-  subject: string,
-): Promise<void> {
-  const before = nc.errors.length;
-  nc.publish(subject, 'x');
-  await nc.flush();
-  await new Promise((r) => setImmediate(r));
-  assert.deepEqual(nc.errors.slice(before), [], `publishing to ${subject} was refused`);
 }
 
 async function assertConnectRefused(settings: NatsSettings, message: RegExp): Promise<void> {
@@ -125,15 +58,6 @@ async function assertConnectRefused(settings: NatsSettings, message: RegExp): Pr
   clearTimeout(timer);
   assert.ok(outcome instanceof Error, `connect was not refused: ${String(outcome)}`);
   assert.match(outcome.message, message);
-}
-
-/** `knats broker config ...` run as the real CLI; returns its stdout. */
-function brokerConfigCli(args: string[], cwd: string): string {
-  return execFileSync(process.execPath, [cliPath, 'broker', 'config', ...args], {
-    cwd,
-    encoding: 'utf8',
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
 }
 
 /** Starts a frontend and an agent in-process with `flags` each and carries bytes through a tunnel. */
@@ -246,16 +170,16 @@ describe('least privilege: the configuration of `knats broker config` on a real 
     await assertSubscribeAllowed(a1, 'tenant-a.dial.agent.a1');
     await assertSubscribeAllowed(a1, 'tenant-a.dial.any', 'agents');
     await assertSubscribeAllowed(a1, 'tenant-a.dial.route', 'agents');
-    await assertSubscribeAllowed(a1, 'tenant-a.presence');
+    await assertSubscribeAllowed(a1, 'tenant-a.presence.*.*.*');
   });
 
   it('an agent cannot reach another prefix', async () => {
     const a1 = await as('tenant-a', 'agent-a1');
     await assertSubscribeRefused(a1, 'tenant-b.ag.a1.*');
     await assertSubscribeRefused(a1, 'tenant-b.dial.any', 'agents');
-    await assertSubscribeRefused(a1, 'tenant-b.presence');
+    await assertSubscribeRefused(a1, 'tenant-b.presence.*.*.*');
     await assertPublishRefused(a1, 'tenant-b.fe.x.y');
-    await assertPublishRefused(a1, 'tenant-b.presence');
+    await assertPublishRefused(a1, 'tenant-b.presence.agent.a1.x');
   });
 
   it('an agent cannot publish a dial request nor pose as a frontend', async () => {
@@ -282,7 +206,11 @@ describe('least privilege: the configuration of `knats broker config` on a real 
     assert.equal(dialsSeen, 0, 'nothing reached the other agent');
     // What an agent must be able to publish.
     await assertPublishAllowed(a1, 'tenant-a.fe.somefrontend.sometunnel');
-    await assertPublishAllowed(a1, 'tenant-a.presence');
+    await assertPublishAllowed(a1, 'tenant-a.presence.agent.a1.x');
+    // ...but heartbeats only as itself.
+    await assertPublishRefused(a1, 'tenant-a.presence.agent.a2.x');
+    await assertPublishRefused(a1, 'tenant-a.presence.frontend.a1.x');
+    await assertPublishRefused(a1, 'tenant-a.presence');
   });
 
   it("a frontend cannot subscribe to agents' frame subjects nor pose as an agent; status is read-only", async () => {
@@ -294,11 +222,11 @@ describe('least privilege: the configuration of `knats broker config` on a real 
     await assertPublishAllowed(fe, 'tenant-a.dial.any');
     await assertPublishAllowed(fe, 'tenant-a.ag.a1.tunnel');
     const status = await as('tenant-a', 'status');
-    await assertSubscribeAllowed(status, 'tenant-a.presence');
+    await assertSubscribeAllowed(status, 'tenant-a.presence.*.*.*');
     await assertSubscribeRefused(status, 'tenant-a.fe.>');
     await assertSubscribeRefused(status, '_INBOX.>');
     await assertPublishRefused(status, 'tenant-a.dial.any');
-    await assertPublishRefused(status, 'tenant-a.presence');
+    await assertPublishRefused(status, 'tenant-a.presence.agent.a1.x');
   });
 
   it("one prefix's account does not see another's dial replies, even on _INBOX.>", async () => {

@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { PROTOCOL_VERSION, type PresenceInfo, presenceCodec } from '../../broker/bus-messages.js';
+import { claimsToken } from '../../broker/identifiers.js';
+import { Subjects } from '../../broker/subjects.js';
 import { eventually, Fleet } from '../helpers/fleet.js';
 
 const heartbeat = (overrides: Partial<PresenceInfo>): Uint8Array =>
@@ -38,12 +40,15 @@ describe('version skew', () => {
   it('accepts a newer peer whose heartbeat carries fields this build does not know', async () => {
     // Field 99 (varint) appended: a field a future version might add.
     const future = Buffer.concat([heartbeat({ id: 'future-agent' }), Buffer.from([0x98, 0x06, 0x01])]);
-    nc.publish('knats.presence', future);
+    nc.publish(new Subjects('knats').presence('agent', 'future-agent', claimsToken('')), future);
     await eventually(() => fleet.frontends[0]!.debugState().agents === 1, 'the future agent is known');
   });
 
   it('ignores a peer that speaks an incompatible bus protocol', async () => {
-    nc.publish('knats.presence', heartbeat({ id: 'ancient-agent', protocolVersion: 0 }));
+    nc.publish(
+      new Subjects('knats').presence('agent', 'ancient-agent', claimsToken('')),
+      heartbeat({ id: 'ancient-agent', protocolVersion: 0 }),
+    );
     await nc.flush();
     await new Promise((r) => setTimeout(r, 200));
     assert.equal(fleet.frontends[0]!.debugState().agents, 1, 'only the compatible agent counts');
