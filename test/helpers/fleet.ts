@@ -81,12 +81,12 @@ export class Fleet {
   }
 
   /**
-   * A `knats` child process; resolves once it logged `readyMessage`, with the
+   * A `knats` child process; resolves once it logged `readyMessage` (a log line's msg, or a pattern), with the
    * ports it logged (health/admin servers).
    */
   async spawn(
     args: string[],
-    readyMessage: string,
+    readyMessage: string | RegExp,
   ): Promise<{ child: ChildProcess; healthPort: number; logs: Record<string, unknown>[] }> {
     const child = spawn(process.execPath, [cliPath, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
     this.children.push(child);
@@ -108,7 +108,11 @@ export class Fleet {
             logs.push(entry);
             if (entry.msg === 'health server listening' && !entry.server && !healthPort)
               healthPort = entry.port ?? 0;
-            if (entry.msg === readyMessage) {
+            if (
+              typeof readyMessage === 'string'
+                ? entry.msg === readyMessage
+                : readyMessage.test(entry.msg ?? '')
+            ) {
               clearTimeout(timer);
               resolve();
             }
@@ -126,13 +130,17 @@ export class Fleet {
   }
 
   /** A frontend child process of the real CLI on `uds`. */
-  spawnFrontend(uds: string, extra: readonly string[] = []) {
-    return this.spawn(['frontend', ...frontendArgs(this.nats.url, uds, extra)], 'frontend ready');
+  spawnFrontend(
+    uds: string,
+    extra: readonly string[] = [],
+    readyMessage: string | RegExp = 'frontend ready',
+  ) {
+    return this.spawn(['frontend', ...frontendArgs(this.nats.url, uds, extra)], readyMessage);
   }
 
   /** An agent child process of the real CLI. */
-  spawnAgent(extra: readonly string[] = []) {
-    return this.spawn(['agent', ...agentArgs(this.nats.url, extra)], 'agent ready');
+  spawnAgent(extra: readonly string[] = [], readyMessage: string | RegExp = 'agent ready') {
+    return this.spawn(['agent', ...agentArgs(this.nats.url, extra)], readyMessage);
   }
 
   async stop(): Promise<void> {

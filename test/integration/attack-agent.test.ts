@@ -422,21 +422,18 @@ describe('attacker suite: a malicious agent with its own credentials against rea
   });
 
   it('a real agent process running with identifiers beyond its grant is refused its heartbeats and says so', async () => {
-    const rogue = await fleet.spawnAgent([
-      '--agent-id',
-      'agA',
-      '--nats-nkey',
-      seed('agent-agA'),
-      '--agent-identifiers',
-      'ipv4=127.0.0.1',
-    ]);
+    // The start-up permission check finds the refused heartbeat subject before the agent ever says ready.
+    const rogue = await fleet.spawnAgent(
+      ['--agent-id', 'agA', '--nats-nkey', seed('agent-agA'), '--agent-identifiers', 'ipv4=127.0.0.1'],
+      /^NATS refuses what this process needs/,
+    );
     try {
       const readyz = await eventually(async () => {
         const res = await fetchText(rogue.healthPort, '/readyz');
         return res.status === 503 && res;
       }, 'the rogue agent not ready');
-      assert.match(readyz.body, /NATS permissions refuse our heartbeat/);
-      assert.ok(rogue.logs.some((e) => e.msg === 'heartbeat refused' && e.code === 'KNATS_BAD_CONFIG'));
+      assert.match(readyz.body, /NATS permission denied: publish \S*presence\.agent\.agA\./);
+      assert.ok(rogue.logs.some((e) => e.code === 'KNATS_BUS_PERMISSION'));
       await survived('an agent claiming identifiers beyond its grant');
     } finally {
       rogue.child.kill('SIGKILL');
@@ -444,16 +441,15 @@ describe('attacker suite: a malicious agent with its own credentials against rea
   });
 
   it("a frontend process posing under another frontend's id is refused its heartbeats and says so", async () => {
-    const impostor = await fleet.spawnFrontend(fleet.socketPath(), [
-      '--server-id',
-      'fe1',
-      '--nats-nkey',
-      seed('frontend-fe2'),
-    ]);
+    const impostor = await fleet.spawnFrontend(
+      fleet.socketPath(),
+      ['--server-id', 'fe1', '--nats-nkey', seed('frontend-fe2')],
+      /^NATS refuses what this process needs/,
+    );
     try {
       const readyz = await eventually(async () => {
         const res = await fetchText(impostor.healthPort, '/readyz');
-        return /NATS permissions refuse our heartbeat/.test(res.body) && res;
+        return /NATS permission denied: .*presence\.frontend\.fe1\./.test(res.body) && res;
       }, 'the impostor says why it is not ready');
       assert.equal(readyz.status, 503);
       await survived('a frontend posing as fe1');
