@@ -8,11 +8,8 @@
  */
 import type { Socket } from 'node:net';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
-import { endedByReset, resetSocket } from '../broker/socket-reset.js';
+import { endAfterFlush, endedByReset, resetSocket } from '../broker/socket-reset.js';
 import type { Tunnel } from '../broker/tunnel.js';
-
-/** After the tunnel ends cleanly, how long the destination gets to take our last bytes. */
-const END_GRACE_MS = 5000;
 
 /** `socket` must allow half-open connections (each direction ends on its own). */
 export function bridgeSocket(tunnel: Tunnel, socket: Socket, onClosed: () => void): void {
@@ -63,10 +60,8 @@ export function bridgeSocket(tunnel: Tunnel, socket: Socket, onClosed: () => voi
         resetSocket(socket);
         return;
       }
-      // Clean close: let the destination take what was written, then close.
-      socket.end();
-      const grace = setTimeout(() => socket.destroy(), END_GRACE_MS);
-      socket.once('close', () => clearTimeout(grace));
+      // Clean close: the destination gets everything written, then FIN (or a reset if it stops taking bytes).
+      endAfterFlush(socket, tunnel.lingerMs);
     },
   });
 }

@@ -44,7 +44,48 @@ export const presenceLimits = {
   maxHeartbeatBytes: MAX_IDENTIFIERS_LENGTH + 1024,
   /** Answers to P.presence.query are coalesced to at most one per this long. */
   queryAnswerMs: 100,
+  /**
+   * Heartbeats one sender may have read per second, with this burst: a beat
+   * every interval plus an answer per query fit far below it, and a sender
+   * that floods its own subject costs a map lookup per message instead of a
+   * decode and a hash, so it cannot starve everyone's liveness.
+   */
+  beatsPerSecond: 20,
+  beatBurst: 20,
 } as const;
+
+/** Per-sender token buckets for heartbeats, keyed by the subject's role and id (bounded). */
+export class BeatRateLimit {
+  private readonly buckets = new Map<string, { tokens: number; at: number }>();
+
+  /** True if a heartbeat from `sender` may be read now. */
+  take(sender: string, now = Date.now()): boolean {
+    const { beatsPerSecond, beatBurst, maxPeers } = presenceLimits;
+    let bucket = this.buckets.get(sender);
+    if (!bucket) {
+      if (this.buckets.size >= 2 * maxPeers) this.forgetFull(now);
+      bucket = { tokens: beatBurst, at: now };
+      this.buckets.set(sender, bucket);
+    }
+    bucket.tokens = Math.min(beatBurst, bucket.tokens + ((now - bucket.at) / 1000) * beatsPerSecond);
+    bucket.at = now;
+    if (bucket.tokens < 1) return false;
+    bucket.tokens -= 1;
+    return true;
+  }
+
+  /** A full bucket is the same as none: forgetting those keeps the map bounded. */
+  private forgetFull(now: number): void {
+    const refillMs = (presenceLimits.beatBurst / presenceLimits.beatsPerSecond) * 1000;
+    for (const [sender, bucket] of this.buckets) {
+      if (now - bucket.at >= refillMs) this.buckets.delete(sender);
+    }
+  }
+
+  get size(): number {
+    return this.buckets.size;
+  }
+}
 
 export interface Peer {
   readonly info: PresenceInfo;
@@ -108,6 +149,7 @@ export function readHeartbeat(sender: PresenceSender, data: Uint8Array): Presenc
 
 export class Presence {
   private readonly peers = new Map<string, Peer>();
+  private readonly beatRate = new BeatRateLimit();
   /** Incompatible peers, by id, with when they were last heard. */
   private readonly incompatible = new Map<string, number>();
   private readonly options: PresenceOptions;
@@ -245,6 +287,10 @@ export class Presence {
   private onHeartbeat(msg: Msg): void {
     const sender = this.options.subjects.presenceSender(msg.subject);
     if (sender?.id === this.options.selfId) return;
+    if (sender && !this.beatRate.take(`${sender.role}.${sender.id}`)) {
+      this.rejectedHeartbeats++;
+      return;
+    }
     const info = sender ? readHeartbeat(sender, msg.data) : 'subject is not a heartbeat subject';
     if (typeof info === 'string') {
       this.reject(info, msg.subject);

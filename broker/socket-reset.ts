@@ -14,6 +14,10 @@
  * Sending one: `resetAndDestroy()` is only possible on a TCP handle whose
  * writing side was not shut down: libuv refuses a reset after a shutdown,
  * and Node then never emits 'close' for that socket.
+ *
+ * Ending cleanly: `destroy()` drops what still waits in Node's buffer and the
+ * kernel then sends a plain FIN, a short stream with a clean end; a clean
+ * end waits for the buffer instead (endAfterFlush).
  */
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
@@ -39,17 +43,49 @@ export function endedByReset(socket: Socket): boolean {
   return handle !== undefined && handle.getpeername!({}) !== 0;
 }
 
+/** Node shuts a socket's writing down once end() was called and its buffer is empty. */
+function shutDown(socket: Socket): boolean {
+  return socket.writableEnded && socket.writableLength === 0;
+}
+
 /**
  * Aborts a connection so that its peer sees an abort: a TCP reset where one
- * can be sent. A Unix socket, or a TCP socket whose writing side we already
- * ended, is destroyed plainly (the peer sees a close).
+ * can be sent. A Unix socket, or a TCP socket whose writing side was already
+ * shut down, is destroyed plainly (the peer sees a close).
  */
 export function resetSocket(socket: Socket): void {
   const tcp = tcpOf(socket);
-  if (tcpHandleOf(tcp) && !tcp.destroyed && !tcp.writableEnded && !socket.writableEnded) {
+  if (tcpHandleOf(tcp) && !tcp.destroyed && !shutDown(socket) && !(tcp !== socket && tcp.writableEnded)) {
     tcp.resetAndDestroy();
     if (tcp !== socket) socket.destroy();
     return;
   }
   socket.destroy();
+}
+
+/**
+ * Ends our side cleanly: the peer gets every byte still queued in Node, then
+ * our FIN, however slowly it reads, as long as it keeps reading. A peer that
+ * takes nothing for `stallMs` is reset (an abort, never a short stream with a
+ * clean end). Once everything is handed to the kernel, whose FIN follows the
+ * bytes, the peer has `stallMs` to close its side before the socket is closed.
+ */
+export function endAfterFlush(socket: Socket, stallMs: number): void {
+  socket.end();
+  // Keep reading (the caller discards it) so the peer's own FIN or reset is seen even if we had paused it.
+  socket.resume();
+  let queued = socket.writableLength;
+  const timer = setInterval(() => {
+    const now = socket.writableLength;
+    if (now > 0 && now >= queued) {
+      clearInterval(timer);
+      resetSocket(socket);
+    } else if (now === 0) {
+      clearInterval(timer);
+      socket.destroy();
+    }
+    queued = now;
+  }, stallMs);
+  timer.unref();
+  socket.once('close', () => clearInterval(timer));
 }

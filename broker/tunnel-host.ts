@@ -234,8 +234,12 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
 
   private onMessage(msg: Msg): void {
     this.framesIn++;
-    const tunnel = this.tunnels.get(tunnelIdOf(msg.subject));
+    const tunnelId = tunnelIdOf(msg.subject);
+    const tunnel = this.tunnels.get(tunnelId);
     const data = msg.data;
+    // The server's "no responders" status for a probe's reply subject (the peer's end is not subscribed,
+    // for now or for good) is not a frame: the probe's own timeouts decide.
+    if (data.byteLength === 0 && msg.headers?.code === 503) return;
     const bytes = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     if (tunnel) {
       tunnel.handleFrame(bytes);
@@ -244,8 +248,15 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
     }
     // A frame for a tunnel we do not know (closed, or never ours). Probes carry
     // a reply subject: answer them so the peer closes its end instead of leaking it.
+    // Only on the peer's end of the same tunnel, so nobody can aim our CLOSE at
+    // another tunnel (the id is a 128-bit secret of the tunnel's two ends).
     this.unknownTunnelFrames++;
-    if (msg.reply && bytes[0] !== FrameType.Close && msg.reply.startsWith(this.options.peerFramePrefix)) {
+    if (
+      msg.reply &&
+      bytes[0] !== FrameType.Close &&
+      msg.reply.startsWith(this.options.peerFramePrefix) &&
+      tunnelIdOf(msg.reply) === tunnelId
+    ) {
       this.publish(msg.reply, encodeClose(0, ErrorCode.PeerGone, 'unknown tunnel'));
     }
   }

@@ -143,7 +143,8 @@ export class Tunnel {
   private endError: KnatsError | undefined;
   private localPaused = false;
   private waitingForBudget = false;
-  private readonly lingerMs: number;
+  /** How long a side that stops taking our last bytes is waited for (also by adapters ending their socket). */
+  readonly lingerMs: number;
   /**
    * Set when the local side ended its sending while bytes still wait for
    * credit; moved on by every grant, so only a peer that stops consuming for
@@ -179,6 +180,10 @@ export class Tunnel {
   }
   get isOpen(): boolean {
     return this.state === 'open';
+  }
+  /** The abort that ended the tunnel (undefined while open, or after a clean end). */
+  get abortedWith(): KnatsError | undefined {
+    return this.endError;
   }
   /** Bytes received from the peer and not yet handed off locally. */
   get bufferedIn(): number {

@@ -16,7 +16,7 @@
 import type { Socket } from 'node:net';
 import { ErrorCode, httpStatusFor, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
-import { endedByReset, resetSocket } from '../broker/socket-reset.js';
+import { endAfterFlush, endedByReset, resetSocket } from '../broker/socket-reset.js';
 import type { Tunnel, TunnelLocalSide } from '../broker/tunnel.js';
 import type { BusDialer } from './bus-dialer.js';
 import { dialForClient, tunnelEstablished, tunnelFinished } from './door-dial.js';
@@ -38,8 +38,6 @@ export const DEFAULT_HEADER_TIMEOUT_MS = 10_000;
 export const DEFAULT_MAX_HEADER_BYTES = 16 * 1024;
 /** After an error response, how long the client gets to read it before the socket is destroyed. */
 const ERROR_LINGER_MS = 2000;
-/** After a clean tunnel close, how long the client gets to take our last bytes. */
-const END_GRACE_MS = 5000;
 
 const STATUS_TEXT: Readonly<Record<number, string>> = {
   200: 'Connection Established',
@@ -394,9 +392,8 @@ class ConnectConnection {
           resetSocket(socket);
           return;
         }
-        // Clean close: the client gets what was written, then EOF.
-        socket.end();
-        this.closeTimer = setTimeout(() => socket.destroy(), END_GRACE_MS);
+        // Clean close: the client gets everything written, then EOF (or a reset if it stops taking bytes).
+        endAfterFlush(socket, tunnel.lingerMs);
       },
     };
   }

@@ -42,6 +42,9 @@ export async function dialForClient(
   try {
     if (!context.accepting()) throw new KnatsError(ErrorCode.ShuttingDown, 'frontend is draining');
     const outcome = await dialer.dial(address, 'tcp', logger, signal);
+    // The destination aborted before the client was answered (a reset right after accepting): a failed dial.
+    const aborted = outcome.tunnel.abortedWith;
+    if (aborted) throw aborted;
     if (signal?.aborted) {
       outcome.tunnel.close(
         new KnatsError(ErrorCode.DialCancelled, 'client went away before the dial completed'),

@@ -22,7 +22,7 @@ import {
   type PresenceInfo,
   presenceCodec,
 } from '../../broker/bus-messages.js';
-import { encodeBlocked, encodeData } from '../../broker/codec.js';
+import { encodeBlocked, encodeData, encodePing } from '../../broker/codec.js';
 import { claimsToken } from '../../broker/identifiers.js';
 import { startLocalServer } from '../../broker/local-server.js';
 import { presenceLimits } from '../../broker/presence.js';
@@ -383,6 +383,41 @@ describe('attacker suite: a malicious agent with its own credentials against rea
     sub.unsubscribe();
     assert.match(dial.error, /KNATS_BAD_PEER_MESSAGE.*sent to agent agA answered by agent agB/);
     await survived('a reply in another agent name');
+  });
+
+  it("a heartbeat flood on the attacker's own subject costs only its own heartbeats", async () => {
+    // 4 KiB of identifiers that do not match the granted claims: each one is costly to read (decode, hash)
+    // unless the receiver drops it by its sender's rate first.
+    const beat = heartbeat({ id: 'agA', identifiers: `host=${'x'.repeat(4000)}.example` });
+    const subject = subjects.presence('agent', 'agA', claimsToken('host=a.example'));
+    // Longer than the three missed heartbeats after which a starved receiver would drop a live agent.
+    const until = Date.now() + 8000;
+    while (Date.now() < until) {
+      for (let i = 0; i < 2000; i++) attacker.publish(subject, beat);
+      await attacker.flush();
+    }
+    await survived('a heartbeat flood');
+    await freshDial('a heartbeat flood');
+  });
+
+  it('a probe reply aimed at another tunnel is not answered', async () => {
+    const answered: string[] = [];
+    // Aimed at another tunnel of the attacker's own, so the test can see whether it was answered.
+    const aimedAt = subjects.agentTunnel('agA', 'another-tunnel');
+    const sub = attacker.subscribe(subjects.agentTunnels('agA'), {
+      callback: (_e, m) => {
+        answered.push(m.subject);
+      },
+    });
+    attacker.publish(subjects.frontendTunnel('fe1', 'no-such-tunnel'), encodePing(0), { reply: aimedAt });
+    attacker.publish(subjects.frontendTunnel('fe1', 'no-such-tunnel'), encodePing(0), {
+      reply: subjects.agentTunnel('agA', 'no-such-tunnel'),
+    });
+    await attacker.flush();
+    await eventually(() => answered.length > 0, 'the probe on the same tunnel answered');
+    sub.unsubscribe();
+    assert.deepEqual(answered, [subjects.agentTunnel('agA', 'no-such-tunnel')]);
+    await survived('a reflected probe');
   });
 
   it('injected frames for unknown tunnels and a flood of presence queries are harmless', async () => {

@@ -11,7 +11,12 @@ import { describe, it } from 'node:test';
 import { ErrorCode, KnatsError } from '../../broker/errors.js';
 import { canonicalIdentifiers, claimsToken } from '../../broker/identifiers.js';
 import { agentPermissions, frontendPermissions, statusPermissions } from '../../broker/nats-auth.js';
-import { defaultPresenceSettings, silenceAllowedMs } from '../../broker/presence.js';
+import {
+  BeatRateLimit,
+  defaultPresenceSettings,
+  presenceLimits,
+  silenceAllowedMs,
+} from '../../broker/presence.js';
 import { frontendInboxPrefix, isToken, Subjects } from '../../broker/subjects.js';
 import { brokerConfig } from '../../cli/broker-command.js';
 import { sanitizePeerString } from '../../cli/status-command.js';
@@ -125,5 +130,24 @@ describe('knats status output', () => {
     for (const c of ['\u001b', '\u0007', '\u009b', '\u202e', '\r', '\n']) assert.ok(!shown.includes(c), c);
     assert.match(shown, /\\u\{1b\}\]0;pwned\\u\{7\}/);
     assert.ok(sanitizePeerString('x'.repeat(10_000)).length < 300);
+  });
+});
+
+describe('heartbeat rate per sender', () => {
+  it('lets a burst through, then only the refill rate, per sender', () => {
+    const limit = new BeatRateLimit();
+    const t0 = 1_000_000;
+    let passed = 0;
+    for (let i = 0; i < 1000; i++) if (limit.take('agent.a', t0)) passed++;
+    assert.equal(passed, presenceLimits.beatBurst);
+    assert.equal(limit.take('agent.b', t0), true, 'another sender has its own bucket');
+    assert.equal(limit.take('agent.a', t0 + 1000 / presenceLimits.beatsPerSecond), true, 'refilled');
+    assert.equal(limit.take('agent.a', t0 + 1000 / presenceLimits.beatsPerSecond), false);
+  });
+
+  it('stays bounded under many senders', () => {
+    const limit = new BeatRateLimit();
+    for (let i = 0; i < 5 * presenceLimits.maxPeers; i++) limit.take(`agent.x${i}`, i * 1000);
+    assert.ok(limit.size <= 2 * presenceLimits.maxPeers);
   });
 });
