@@ -18,6 +18,11 @@ export interface FlagSpec {
   readonly default?: string | number | boolean;
   /** Value placeholder for help. */
   readonly placeholder?: string;
+  /**
+   * An upstream Konnectivity flag that has no meaning on a bus: accepted (and
+   * its value type-checked) without effect; a start-up warning names this.
+   */
+  readonly replacedBy?: string;
 }
 
 export type FlagValue = string | number | boolean;
@@ -165,7 +170,8 @@ export function helpText(command: string, synopsis: string, specs: readonly Flag
     const value = spec.kind === 'bool' ? '' : ` ${spec.placeholder ?? spec.kind.toUpperCase()}`;
     const def = spec.default !== undefined && spec.default !== '' ? ` (default ${String(spec.default)})` : '';
     lines.push(`  --${spec.name}${value}`);
-    lines.push(`        ${spec.help}${def} [${envName(spec.name)}]`);
+    const help = spec.replacedBy ? `upstream flag, no effect here: ${spec.replacedBy}` : spec.help;
+    lines.push(`        ${help}${def} [${envName(spec.name)}]`);
   }
   return lines.join('\n');
 }
