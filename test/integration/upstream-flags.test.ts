@@ -1,0 +1,163 @@
+/**
+ * Upstream's example manifests' arguments start real `knats` processes with
+ * only --nats-url added (and, on this shared test machine, the socket, log
+ * file and ports moved to free ones): they join the bus, log one warning per
+ * flag without meaning here, and carry a tunnel. --enable-profiling serves
+ * profiles on the admin port.
+ */
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { ErrorCode } from '../../broker/errors.js';
+import { type ExampleArgs, exampleArgs } from '../fixtures/upstream-konnectivity.js';
+import { connectOnce, connectRequest } from '../helpers/connect-client.js';
+import { type Destination, echoServer } from '../helpers/destinations.js';
+import { agentArgs, cliPath, eventually, Fleet, fetchText, frontendArgs } from '../helpers/fleet.js';
+import { ProxyStreamClient, randomId } from '../helpers/proxy-client.js';
+
+type Line = Record<string, unknown>;
+
+function example(source: string): ExampleArgs {
+  const found = exampleArgs.find((e) => e.source === source);
+  assert.ok(found, source);
+  return found;
+}
+
+function upstreamWarnings(logs: Line[]): string[] {
+  return logs
+    .filter((l) => l.code === ErrorCode.UpstreamFlagReplaced)
+    .map((l) => {
+      assert.equal(l.level, 40, 'a warning');
+      assert.equal(typeof l.replacedBy, 'string');
+      return String(l.flag);
+    })
+    .sort();
+}
+
+function adminPort(logs: Line[]): number {
+  const line = logs.find((l) => l.msg === 'health server listening' && l.server === 'admin');
+  assert.ok(line, 'the admin port is logged');
+  return Number(line.port);
+}
+
+describe("upstream's example manifests run with only --nats-url added", () => {
+  const fleet = new Fleet();
+  let echo: Destination;
+  let agentLogs: Line[];
+
+  before(async () => {
+    await fleet.startNats();
+    echo = await echoServer();
+    const agent = example('examples/kind/konnectivity-agent-ds.yaml');
+    // The test destination listens on loopback, which agents deny unless allowed (agentArgs).
+    ({ logs: agentLogs } = await fleet.spawn(
+      ['agent', ...agent.args, ...agentArgs(fleet.nats.url)],
+      'agent ready',
+    ));
+  });
+  after(async () => {
+    await echo.close();
+    await fleet.stop();
+  });
+
+  it('the agent of examples/kind warns once per flag without meaning here', () => {
+    const agent = example('examples/kind/konnectivity-agent-ds.yaml');
+    assert.deepEqual(upstreamWarnings(agentLogs), [...agent.replaced].sort());
+  });
+
+  it('the proxy-server of examples/kind-multinode serves a gRPC tunnel', async () => {
+    const server = example('examples/kind-multinode/templates/k8s/konnectivity-server.yaml');
+    const uds = fleet.socketPath();
+    const { logs, healthPort } = await fleet.spawn(
+      ['frontend', ...server.args, ...frontendArgs(fleet.nats.url, uds)],
+      'frontend ready',
+    );
+    assert.deepEqual(upstreamWarnings(logs), [...server.replaced].sort());
+    await eventually(async () => (await fetchText(healthPort, '/readyz')).status === 200, 'frontend ready');
+
+    const client = new ProxyStreamClient(`unix:${uds}`);
+    try {
+      const dial = await client.dial(echo.address, randomId());
+      assert.equal(dial.error, '');
+      client.send(dial.connectID, Buffer.from('through upstream flags'));
+      await client.waitBytes(dial.connectID, 22);
+      assert.equal(client.dataOf(dial.connectID).toString(), 'through upstream flags');
+    } finally {
+      client.close();
+    }
+  });
+
+  it('the proxy-server of examples/kubernetes (HTTP CONNECT) logs to its --log-file, nothing on stderr', async () => {
+    const server = example('examples/kubernetes/konnectivity-server.yaml');
+    const uds = fleet.socketPath();
+    const logFile = join(fleet.dir, 'konnectivity-server.log');
+    const child: ChildProcess = spawn(
+      process.execPath,
+      [cliPath, 'frontend', ...server.args, ...frontendArgs(fleet.nats.url, uds, ['--log-file', logFile])],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    fleet.children.push(child);
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const lines = () =>
+      existsSync(logFile)
+        ? readFileSync(logFile, 'utf8')
+            .split('\n')
+            .filter(Boolean)
+            .map((l) => JSON.parse(l) as Line)
+        : [];
+    await eventually(() => lines().some((l) => l.msg === 'frontend ready'), 'frontend ready in the log file');
+    assert.deepEqual(upstreamWarnings(lines()), [...server.replaced].sort());
+
+    const { head, client } = await eventually(async () => {
+      const attempt = await connectOnce({ path: uds }, connectRequest(echo.address));
+      if (attempt.head.status === 200) return attempt;
+      attempt.client.socket.destroy();
+      return undefined;
+    }, 'CONNECT through the frontend');
+    assert.equal(head.status, 200);
+    client.socket.destroy();
+    await eventually(() => lines().some((l) => l.msg === 'tunnel open'), 'the tunnel in the log file');
+    assert.equal(stderr, '', 'below ERROR nothing goes to stderr (klog --stderrthreshold)');
+  });
+});
+
+describe('--enable-profiling serves CPU profiles and heap snapshots on the admin port only', () => {
+  const fleet = new Fleet();
+  let profiled: Line[];
+  let plain: Line[];
+  let profiledHealthPort: number;
+
+  before(async () => {
+    await fleet.startNats();
+    ({ logs: profiled, healthPort: profiledHealthPort } = await fleet.spawnAgent(['--enable-profiling']));
+    ({ logs: plain } = await fleet.spawnAgent());
+  });
+  after(() => fleet.stop());
+
+  it('a CPU profile of the asked length', async () => {
+    const started = Date.now();
+    const { status, body } = await fetchText(adminPort(profiled), '/debug/pprof/profile?seconds=1');
+    assert.equal(status, 200);
+    assert.ok(Date.now() - started >= 900, 'it profiled for about a second');
+    const profile = JSON.parse(body) as { nodes: unknown[]; startTime: number; endTime: number };
+    assert.ok(profile.nodes.length > 0);
+    assert.ok(profile.endTime > profile.startTime);
+  });
+
+  it('a heap snapshot', async () => {
+    const { status, body } = await fetchText(adminPort(profiled), '/debug/pprof/heap');
+    assert.equal(status, 200);
+    const snapshot = JSON.parse(body) as { snapshot: { node_count: number } };
+    assert.ok(snapshot.snapshot.node_count > 0);
+  });
+
+  it('bad lengths are refused; nothing on the health port nor without the flag', async () => {
+    assert.equal((await fetchText(adminPort(profiled), '/debug/pprof/profile?seconds=0')).status, 400);
+    assert.equal((await fetchText(profiledHealthPort, '/debug/pprof/heap')).status, 404);
+    assert.equal((await fetchText(adminPort(plain), '/debug/pprof/profile?seconds=1')).status, 404);
+    assert.equal((await fetchText(adminPort(plain), '/debug/pprof/heap')).status, 404);
+  });
+});
