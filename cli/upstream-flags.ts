@@ -42,12 +42,7 @@ const mappedFlags: FlagSpec[] = [
   { name: 'lease-namespace', kind: 'string', replacedBy: PRESENCE, help: '' },
   { name: 'lease-label', kind: 'string', replacedBy: PRESENCE, help: '' },
   { name: 'xfr-channel-size', kind: 'int', replacedBy: CREDIT, help: '' },
-  {
-    name: 'warn-on-channel-limit',
-    kind: 'bool',
-    replacedBy: `${CREDIT}; a stalled tunnel shows in knats_ credit stall metrics`,
-    help: '',
-  },
+  { name: 'warn-on-channel-limit', kind: 'bool', replacedBy: CREDIT, help: '' },
 ];
 
 export const upstreamServerFlags: FlagSpec[] = [
