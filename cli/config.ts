@@ -204,6 +204,7 @@ export const frontendFlags: FlagSpec[] = [
   {
     name: 'cipher-suites',
     kind: 'string',
+    repeatable: true,
     default: '',
     help: 'comma-separated TLS 1.2 cipher suites, Go/IANA names (TLS 1.3 suites are not configurable); empty: defaults',
     placeholder: 'LIST',

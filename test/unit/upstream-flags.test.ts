@@ -121,6 +121,7 @@ describe('klog flags map onto the logger', () => {
     assert.equal(level(['--v', '3']), 'info');
     assert.equal(level(['-v=4']), 'debug');
     assert.equal(level(['-v', '9']), 'trace');
+    assert.equal(level(['-v4']), 'debug', "pflag's shorthand with its value attached");
     assert.equal(level([]), 'info');
   });
 
@@ -222,6 +223,21 @@ describe('mapped and renamed upstream flags', () => {
     assert.deepEqual(
       warnings.map((w) => w.flag),
       ['--sync-forever', '--count-server-leases'],
+    );
+  });
+
+  it('list flags add up when repeated, as pflag string slices do', () => {
+    const suites = (args: string[]) => frontendConfig([...FRONTEND_BASE, ...args], {}).config.cipherSuites;
+    assert.equal(
+      suites([
+        '--cipher-suites',
+        'TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256',
+        '--cipher-suites=TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384',
+      ]),
+      suites([
+        '--cipher-suites',
+        'TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384',
+      ]),
     );
   });
 
