@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
+import { connect, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ErrorCode } from '../../broker/errors.js';
@@ -159,5 +160,61 @@ describe('--enable-profiling serves CPU profiles and heap snapshots on the admin
     assert.equal((await fetchText(profiledHealthPort, '/debug/pprof/heap')).status, 404);
     assert.equal((await fetchText(adminPort(plain), '/debug/pprof/profile?seconds=1')).status, 404);
     assert.equal((await fetchText(adminPort(plain), '/debug/pprof/heap')).status, 404);
+  });
+});
+
+/** A TCP relay in front of nats-server that counts the PINGs its client sends. */
+async function pingCountingRelay(
+  natsPort: number,
+): Promise<{ url: string; pings(): number; server: Server }> {
+  let pings = 0;
+  const server = createServer((client) => {
+    const upstream = connect(natsPort, '127.0.0.1');
+    let pending = '';
+    client.on('data', (chunk: Buffer) => {
+      pending += chunk.toString('latin1');
+      const lines = pending.split('\r\n');
+      pending = lines.pop() ?? '';
+      pings += lines.filter((line) => line === 'PING').length;
+      upstream.write(chunk);
+    });
+    upstream.pipe(client);
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('close', end).on('error', end);
+    upstream.on('close', end).on('error', end);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  return { url: `nats://127.0.0.1:${port}`, pings: () => pings, server };
+}
+
+describe('--keepalive-time is the NATS ping interval (never rarer than 5 s)', () => {
+  const fleet = new Fleet();
+  const relays: Server[] = [];
+
+  before(() => fleet.startNats());
+  after(async () => {
+    await fleet.stop();
+    for (const relay of relays) relay.close();
+  });
+
+  it("1s pings every second; upstream's 1h keeps our 5 s", async () => {
+    const natsPort = Number(new URL(fleet.nats.url).port);
+    const fast = await pingCountingRelay(natsPort);
+    const upstreamDefault = await pingCountingRelay(natsPort);
+    relays.push(fast.server, upstreamDefault.server);
+    await Promise.all([
+      fleet.spawn(['agent', ...agentArgs(fast.url), '--keepalive-time=1s'], 'agent ready'),
+      fleet.spawn(['agent', ...agentArgs(upstreamDefault.url), '--keepalive-time=1h'], 'agent ready'),
+    ]);
+    const before = [fast.pings(), upstreamDefault.pings()];
+    await new Promise((resolve) => setTimeout(resolve, 4500));
+    const fastPings = fast.pings() - before[0]!;
+    const defaultPings = upstreamDefault.pings() - before[1]!;
+    assert.ok(fastPings >= 3, `--keepalive-time=1s: ${fastPings} pings in 4.5 s`);
+    assert.ok(defaultPings <= 1, `--keepalive-time=1h: ${defaultPings} pings in 4.5 s (5 s interval)`);
   });
 });
