@@ -3,11 +3,12 @@
  * only --nats-url added (and, on this shared test machine, the socket, log
  * file and ports moved to free ones): they join the bus, log one warning per
  * flag without meaning here, and carry a tunnel. --enable-profiling serves
- * profiles on the admin port.
+ * profiles on the admin port; the keepalive flags are seen on the wire.
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
+import { connect as http2Connect } from 'node:http2';
 import { connect, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -216,5 +217,34 @@ describe('--keepalive-time is the NATS ping interval (never rarer than 5 s)', ()
     const defaultPings = upstreamDefault.pings() - before[1]!;
     assert.ok(fastPings >= 3, `--keepalive-time=1s: ${fastPings} pings in 4.5 s`);
     assert.ok(defaultPings <= 1, `--keepalive-time=1h: ${defaultPings} pings in 4.5 s (5 s interval)`);
+  });
+});
+
+describe("--frontend-keepalive-time is the gRPC door's keepalive toward kube-apiserver", () => {
+  const fleet = new Fleet();
+  before(() => fleet.startNats());
+  after(() => fleet.stop());
+
+  /** HTTP/2 PINGs the frontend sends to one client connection in `ms`. */
+  async function pingsIn(uds: string, ms: number): Promise<number> {
+    const session = http2Connect('http://localhost', { createConnection: () => connect(uds) });
+    let pings = 0;
+    session.on('ping', () => pings++);
+    session.on('error', () => {});
+    await new Promise((resolve) => setTimeout(resolve, ms));
+    session.destroy();
+    return pings;
+  }
+
+  it('1s pings every second; the default (30 s) does not within seconds', async () => {
+    const fast = fleet.socketPath();
+    const regular = fleet.socketPath();
+    await Promise.all([
+      fleet.spawnFrontend(fast, ['--frontend-keepalive-time=1s']),
+      fleet.spawnFrontend(regular),
+    ]);
+    const [fastPings, regularPings] = await Promise.all([pingsIn(fast, 3500), pingsIn(regular, 3500)]);
+    assert.ok(fastPings >= 2, `--frontend-keepalive-time=1s: ${fastPings} pings in 3.5 s`);
+    assert.equal(regularPings, 0);
   });
 });
