@@ -122,7 +122,7 @@ function verbosityLevel(v: number): LogLevel {
   return v === 4 ? 'debug' : 'info';
 }
 
-export function logLevel(flags: FlagReader): LogLevel {
+function logLevel(flags: FlagReader): LogLevel {
   if (flags.has('v') && flags.has('log-level')) throw bad('--v and --log-level: give one of them');
   if (flags.has('v')) return verbosityLevel(flags.int('v'));
   const level = flags.string('log-level') ?? 'info';
