@@ -39,6 +39,11 @@ RUN chmod 0755 dist/cli.js \
   && ln -s /app/dist/cli.js /usr/local/bin/knats \
   && mkdir -p /run/knats /certs \
   && chown node:node /run/knats /certs
+# Upstream's entrypoints, so manifests written for proxy-server and proxy-agent
+# (command: ["/proxy-server"]) run with only the image and --nats-url changed.
+RUN printf '#!/bin/sh\nexec node /app/dist/cli.js frontend "$@"\n' > /proxy-server \
+  && printf '#!/bin/sh\nexec node /app/dist/cli.js agent "$@"\n' > /proxy-agent \
+  && chmod 0755 /proxy-server /proxy-agent
 USER node
 # Upstream's ports: frontend health 8092, agent health 8093, frontend mTLS 8131.
 EXPOSE 8092 8093 8131

@@ -81,16 +81,18 @@ async function main(argv: string[]): Promise<void> {
   const env = process.env;
   switch (command) {
     case 'frontend': {
-      const { config, level } = frontendConfig(rest, env);
-      const logger = createLogger({ name: 'frontend', level });
+      const { config, logging, warnings } = frontendConfig(rest, env);
+      const logger = createLogger({ name: 'frontend', output: logging });
+      for (const warning of warnings) logger.warn(warning, 'upstream flag has no effect here');
       routeGrpcLogs(logger);
       const frontend = await startFrontend({ ...config, logger });
       stopOnSignals(frontend, logger);
       return;
     }
     case 'agent': {
-      const { config, level } = agentConfig(rest, env);
-      const logger = createLogger({ name: 'agent', level });
+      const { config, logging, warnings } = agentConfig(rest, env);
+      const logger = createLogger({ name: 'agent', output: logging });
+      for (const warning of warnings) logger.warn(warning, 'upstream flag has no effect here');
       const agent = await startAgent({ ...config, logger });
       stopOnSignals(agent, logger);
       return;

@@ -47,6 +47,8 @@ export interface AgentConfig {
   readonly healthBindAddress: string;
   readonly adminPort: number;
   readonly adminBindAddress: string;
+  /** --enable-profiling: CPU profiles and heap snapshots on the admin port. */
+  readonly enableProfiling?: boolean;
   readonly gracefulShutdownTimeoutMs: number;
   readonly credit: CreditSettings;
   readonly timing: TunnelHostTiming;

@@ -203,6 +203,8 @@ export interface EndpointConfig {
   readonly healthPort: number;
   readonly adminBindAddress: string;
   readonly adminPort: number;
+  /** Serve CPU profiles and heap snapshots on the admin port. */
+  readonly enableProfiling?: boolean;
 }
 
 export interface EndpointOptions {
@@ -241,6 +243,7 @@ export async function startEndpoints(config: EndpointConfig, options: EndpointOp
       port: config.adminPort,
       flag: options.portFlags.admin,
       debugState: options.debugState,
+      profiling: config.enableProfiling === true,
       logger: options.logger.child({ server: 'admin' }),
     });
     return {

@@ -34,7 +34,12 @@ export interface NatsSettings {
   readonly tlsKeyFile?: string;
   /** Where request replies arrive (nats.js `inboxPrefix`); set by the bus node, not a flag. */
   readonly inboxPrefix?: string;
+  /** How often the NATS connection is pinged; default DEFAULT_PING_INTERVAL_MS. */
+  readonly pingIntervalMs?: number;
 }
+
+/** Fail over fast: with two pings outstanding allowed, a dead server is noticed within ~2 intervals. */
+export const DEFAULT_PING_INTERVAL_MS = 5000;
 
 export interface LinkEvents {
   /** The first connection is up (the link then reports reconnects). */
@@ -159,8 +164,7 @@ export function connectionOptions(
     reconnectJitter: 100,
     // Credentials may be fixed on the server (reload) while we retry: keep trying.
     ignoreAuthErrorAbort: true,
-    // Fail over fast: a dead server is noticed within ~2 pings.
-    pingInterval: 5000,
+    pingInterval: settings.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS,
     maxPingOut: 2,
     waitOnFirstConnect: waitForFirstConnect,
     // A stack trace captured for every request (every dial) is measurable on the dial path.

@@ -55,6 +55,8 @@ export const ErrorCode = {
   BadPeerMessage: 'KNATS_BAD_PEER_MESSAGE',
   /** A malformed packet from the konnectivity client. */
   BadPacket: 'KNATS_BAD_PACKET',
+  /** An upstream Konnectivity flag with no meaning on a bus: accepted without effect; the warning names what replaces it. */
+  UpstreamFlagReplaced: 'KNATS_UPSTREAM_FLAG_REPLACED',
   /** Bad configuration (flags, environment). */
   BadConfig: 'KNATS_BAD_CONFIG',
   /** nats-server could not be found or started. */
@@ -106,6 +108,7 @@ const presentationTable: Record<ErrorCode, ErrorPresentation> = {
   KNATS_BUS_UNAVAILABLE: { httpStatus: 503, reason: 'bus_unavailable' },
   KNATS_BUS_PERMISSION: { httpStatus: 503, reason: 'bus_permission' },
   KNATS_SECRET_FILE_MODE: { httpStatus: 500, reason: 'secret_file_mode' },
+  KNATS_UPSTREAM_FLAG_REPLACED: { httpStatus: 500, reason: 'upstream_flag_replaced' },
   KNATS_SHUTTING_DOWN: { httpStatus: 503, reason: 'shutting_down' },
   KNATS_BAD_PEER_MESSAGE: { httpStatus: 502, reason: 'bad_peer_message' },
   KNATS_BAD_PACKET: { httpStatus: 400, reason: 'bad_packet' },

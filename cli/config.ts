@@ -10,7 +10,7 @@ import type { NatsSettings } from '../broker/connection.js';
 import { type CreditSettings, defaultCreditSettings } from '../broker/credit.js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
 import { parseAgentIdentifiers } from '../broker/identifiers.js';
-import type { LogLevel } from '../broker/logging.js';
+import type { LogSettings } from '../broker/logging.js';
 import { defaultPresenceSettings } from '../broker/presence.js';
 import { assertToken } from '../broker/subjects.js';
 import { defaultTunnelHostTiming } from '../broker/tunnel-host.js';
@@ -18,8 +18,14 @@ import type { FrontendConfig } from '../frontend/frontend.js';
 import { type ProxyStrategy, parseStrategies } from '../frontend/router.js';
 import { parseCipherSuites, parseTlsMinVersion } from '../frontend/tls.js';
 import { FlagReader, type FlagSpec, parseFlags } from './flags.js';
-
-const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+import { klogFlags, logLevelFlag, logSettings } from './log-flags.js';
+import {
+  busPingIntervalMs,
+  type UpstreamFlagWarning,
+  upstreamAgentFlags,
+  upstreamFlagWarnings,
+  upstreamServerFlags,
+} from './upstream-flags.js';
 
 export const natsFlags: FlagSpec[] = [
   {
@@ -70,13 +76,7 @@ export const natsFlags: FlagSpec[] = [
   { name: 'nats-tls-ca', kind: 'string', help: 'CA bundle to verify the NATS servers', placeholder: 'FILE' },
   { name: 'nats-tls-cert', kind: 'string', help: 'client certificate for NATS (mTLS)', placeholder: 'FILE' },
   { name: 'nats-tls-key', kind: 'string', help: 'key of --nats-tls-cert', placeholder: 'FILE' },
-  {
-    name: 'log-level',
-    kind: 'string',
-    default: 'info',
-    help: `log level (${LOG_LEVELS.join(', ')})`,
-    placeholder: 'LEVEL',
-  },
+  logLevelFlag,
 ];
 
 const tunnelFlags: FlagSpec[] = [
@@ -204,6 +204,7 @@ export const frontendFlags: FlagSpec[] = [
   {
     name: 'cipher-suites',
     kind: 'string',
+    repeatable: true,
     default: '',
     help: 'comma-separated TLS 1.2 cipher suites, Go/IANA names (TLS 1.3 suites are not configurable); empty: defaults',
     placeholder: 'LIST',
@@ -251,6 +252,8 @@ export const frontendFlags: FlagSpec[] = [
     placeholder: 'N',
   },
   ...tunnelFlags,
+  ...klogFlags,
+  ...upstreamServerFlags,
 ];
 
 export const agentFlags: FlagSpec[] = [
@@ -294,6 +297,8 @@ export const agentFlags: FlagSpec[] = [
   },
   ...processFlags('health-server-port', 8093, 'admin-server-port', 8094),
   ...tunnelFlags,
+  ...klogFlags,
+  ...upstreamAgentFlags,
 ];
 
 function bad(message: string): KnatsError {
@@ -341,12 +346,6 @@ export function natsSettings(flags: FlagReader): NatsSettings {
   };
 }
 
-export function logLevel(flags: FlagReader): LogLevel {
-  const level = flags.string('log-level') ?? 'info';
-  if (!LOG_LEVELS.includes(level)) throw bad(`--log-level: unknown level ${JSON.stringify(level)}`);
-  return level as LogLevel;
-}
-
 function creditSettings(flags: FlagReader): CreditSettings {
   const window = flags.int('tunnel-window');
   const budget = flags.int('receive-budget');
@@ -363,9 +362,11 @@ function presenceSettings(flags: FlagReader) {
   return { heartbeatMs, missedBeats: defaultPresenceSettings.missedBeats };
 }
 
-function processId(flags: FlagReader, flag: string): string {
+/** The flag, else upstream's environment variable (PROXY_SERVER_ID, PROXY_AGENT_ID), else hostname + random. */
+function processId(flags: FlagReader, flag: string, upstreamEnv: string | undefined): string {
   const id =
     flags.string(flag) ??
+    (upstreamEnv || undefined) ??
     `${hostname()
       .replace(/[^A-Za-z0-9_-]/g, '-')
       .slice(0, 40)}-${nuid.next().slice(-8)}`;
@@ -384,13 +385,23 @@ function positiveDuration(flags: FlagReader, name: string): number {
 
 export type WithoutLogger<T> = Omit<T, 'logger'>;
 
+/** What a long-running command needs besides its component's config. */
+export interface ComponentStart<T> {
+  readonly config: WithoutLogger<T>;
+  readonly logging: LogSettings;
+  /** Upstream flags given that have no effect here, to log once the logger exists. */
+  readonly warnings: readonly UpstreamFlagWarning[];
+}
+
+/** The bus settings of a long-running component: --keepalive-time sets the ping interval. */
+function componentNats(flags: FlagReader): NatsSettings {
+  return { ...natsSettings(flags), pingIntervalMs: busPingIntervalMs(flags) };
+}
+
 export function frontendConfig(
   argv: readonly string[],
   env: NodeJS.ProcessEnv,
-): {
-  config: WithoutLogger<FrontendConfig>;
-  level: LogLevel;
-} {
+): ComponentStart<FrontendConfig> {
   const flags = new FlagReader(frontendFlags, parseFlags(frontendFlags, argv, env));
   if (flags.positionals.length) throw bad(`unexpected argument ${JSON.stringify(flags.positionals[0])}`);
   const mode = flags.string('mode');
@@ -419,10 +430,11 @@ export function frontendConfig(
   if (maxPendingDials < 1) throw bad('--max-pending-dials: at least 1');
   if (maxPendingDialsPerStream < 1) throw bad('--max-pending-dials-per-stream: at least 1');
   return {
-    level: logLevel(flags),
+    logging: logSettings(flags, 'frontend'),
+    warnings: upstreamFlagWarnings(frontendFlags, flags),
     config: {
-      id: processId(flags, 'server-id'),
-      nats: natsSettings(flags),
+      id: processId(flags, 'server-id', env.PROXY_SERVER_ID),
+      nats: componentNats(flags),
       subjectPrefix: subjectPrefix(flags),
       mode,
       udsName,
@@ -444,6 +456,8 @@ export function frontendConfig(
       healthBindAddress: flags.string('health-bind-address') ?? '',
       adminPort: flags.port('admin-port'),
       adminBindAddress: flags.string('admin-bind-address') ?? '127.0.0.1',
+      enableProfiling: flags.bool('enable-profiling'),
+      grpcKeepaliveMs: positiveDuration(flags, 'frontend-keepalive-time'),
       gracefulShutdownTimeoutMs: flags.duration('graceful-shutdown-timeout'),
       maxPendingDials,
       maxPendingDialsPerStream,
@@ -471,20 +485,18 @@ function subjectPrefix(flags: FlagReader): string {
   }
 }
 
-export function agentConfig(
-  argv: readonly string[],
-  env: NodeJS.ProcessEnv,
-): {
-  config: WithoutLogger<AgentConfig>;
-  level: LogLevel;
-} {
+export function agentConfig(argv: readonly string[], env: NodeJS.ProcessEnv): ComponentStart<AgentConfig> {
   const flags = new FlagReader(agentFlags, parseFlags(agentFlags, argv, env));
   if (flags.positionals.length) throw bad(`unexpected argument ${JSON.stringify(flags.positionals[0])}`);
+  if (flags.has('health-bind-address') && flags.has('health-server-host')) {
+    throw bad('--health-bind-address and --health-server-host (its upstream name): give one of them');
+  }
   return {
-    level: logLevel(flags),
+    logging: logSettings(flags, 'agent'),
+    warnings: upstreamFlagWarnings(agentFlags, flags),
     config: {
-      id: processId(flags, 'agent-id'),
-      nats: natsSettings(flags),
+      id: processId(flags, 'agent-id', env.PROXY_AGENT_ID),
+      nats: componentNats(flags),
       subjectPrefix: subjectPrefix(flags),
       identifiers: parseAgentIdentifiers(flags.string('agent-identifiers') ?? ''),
       dialTimeoutMs: positiveDuration(flags, 'dial-timeout'),
@@ -493,9 +505,10 @@ export function agentConfig(
         deny: flags.string('deny-destinations') ?? '',
       }),
       healthPort: flags.port('health-server-port'),
-      healthBindAddress: flags.string('health-bind-address') ?? '',
+      healthBindAddress: flags.string('health-bind-address') ?? flags.string('health-server-host') ?? '',
       adminPort: flags.port('admin-server-port'),
       adminBindAddress: flags.string('admin-bind-address') ?? '127.0.0.1',
+      enableProfiling: flags.bool('enable-profiling'),
       gracefulShutdownTimeoutMs: flags.duration('graceful-shutdown-timeout'),
       credit: creditSettings(flags),
       timing: defaultTunnelHostTiming,

@@ -1,8 +1,10 @@
 /**
- * A small flag parser with upstream's (Go `flag`) conventions: `--name value`,
+ * A small flag parser with upstream's (Go pflag) conventions: `--name value`,
  * `--name=value`, a single dash works too, booleans as `--flag` or
- * `--flag=false`. Every flag can also come from KNATS_<NAME> in the
- * environment; the command line wins. Errors name the flag.
+ * `--flag=false`, a one-letter flag's value may follow it directly (`-v4`),
+ * and a list flag may be repeated (its values add up). Every flag can also
+ * come from KNATS_<NAME> in the environment; the command line wins. Errors
+ * name the flag.
  */
 import { ErrorCode, KnatsError } from '../broker/errors.js';
 import { assertReadableFile } from '../broker/readable-file.js';
@@ -18,6 +20,13 @@ export interface FlagSpec {
   readonly default?: string | number | boolean;
   /** Value placeholder for help. */
   readonly placeholder?: string;
+  /**
+   * An upstream Konnectivity flag that has no meaning on a bus: accepted (and
+   * its value type-checked) without effect; a start-up warning names this.
+   */
+  readonly replacedBy?: string;
+  /** A comma-separated list that may also be given several times (pflag's StringSlice): the values add up. */
+  readonly repeatable?: boolean;
 }
 
 export type FlagValue = string | number | boolean;
@@ -67,6 +76,7 @@ export function parseFlags(
 ): ParsedFlags {
   const byName = new Map(specs.map((s) => [s.name, s]));
   const values = new Map<string, FlagValue>();
+  const fromArgv = new Set<string>();
   const positionals: string[] = [];
   for (const spec of specs) {
     const fromEnv = env[envName(spec.name)];
@@ -82,7 +92,11 @@ export function parseFlags(
       positionals.push(arg);
       continue;
     }
-    const body = arg.replace(/^--?/, '');
+    let body = arg.replace(/^--?/, '');
+    // pflag's shorthand with its value attached: -v4 is -v=4.
+    if (!arg.startsWith('--') && !byName.has(body.split('=')[0]!) && byName.get(body[0]!)?.kind === 'int') {
+      body = `${body[0]}=${body.slice(1)}`;
+    }
     const eq = body.indexOf('=');
     const name = eq >= 0 ? body.slice(0, eq) : body;
     const spec = byName.get(name);
@@ -96,6 +110,9 @@ export function parseFlags(
       raw = next;
       i++;
     }
+    const earlier = values.get(name);
+    if (spec.repeatable && fromArgv.has(name) && earlier !== '' && raw !== '') raw = `${earlier},${raw}`;
+    fromArgv.add(name);
     values.set(name, convert(spec, raw));
   }
   return { values, positionals };
@@ -165,7 +182,8 @@ export function helpText(command: string, synopsis: string, specs: readonly Flag
     const value = spec.kind === 'bool' ? '' : ` ${spec.placeholder ?? spec.kind.toUpperCase()}`;
     const def = spec.default !== undefined && spec.default !== '' ? ` (default ${String(spec.default)})` : '';
     lines.push(`  --${spec.name}${value}`);
-    lines.push(`        ${spec.help}${def} [${envName(spec.name)}]`);
+    const help = spec.replacedBy ? `upstream flag, no effect here: ${spec.replacedBy}` : spec.help;
+    lines.push(`        ${help}${def} [${envName(spec.name)}]`);
   }
   return lines.join('\n');
 }

@@ -60,6 +60,10 @@ export interface FrontendConfig {
   readonly healthBindAddress: string;
   readonly adminPort: number;
   readonly adminBindAddress: string;
+  /** --enable-profiling: CPU profiles and heap snapshots on the admin port. */
+  readonly enableProfiling?: boolean;
+  /** gRPC door: keepalive ping interval toward clients (--frontend-keepalive-time); default 30 s. */
+  readonly grpcKeepaliveMs?: number;
   readonly gracefulShutdownTimeoutMs: number;
   readonly maxPendingDials: number;
   readonly maxPendingDialsPerStream: number;
@@ -316,7 +320,7 @@ function grpcDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): Ser
     'grpc.max_send_message_length': GRPC_MAX_MESSAGE_BYTES,
     'grpc.max_concurrent_streams': GRPC_MAX_CONCURRENT_STREAMS,
     'grpc-node.max_session_memory': GRPC_MAX_SESSION_MEMORY_MB,
-    'grpc.keepalive_time_ms': 30_000,
+    'grpc.keepalive_time_ms': config.grpcKeepaliveMs ?? 30_000,
     'grpc.keepalive_timeout_ms': 10_000,
   });
   addProxyService(
