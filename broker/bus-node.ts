@@ -57,6 +57,7 @@ export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
   const startedAt = Date.now();
   let host: TunnelHost | undefined;
   let presenceOf: Presence | undefined;
+  let permissionsChecked = false;
   // A frontend's dial replies arrive under its own inbox prefix, which only its user may read.
   const nats = role === 'frontend' ? { ...options.nats, inboxPrefix: frontendInboxPrefix(id) } : options.nats;
   const nc = await connectBus(
@@ -79,6 +80,11 @@ export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
         if (err instanceof PermissionViolationError && err.operation === 'publish') {
           presenceOf?.onPublishRefused(err.subject);
         }
+        // A permission taken away while serving (a server reload): not ready until the check passes again.
+        if (kind === 'authorization' && permissionsChecked && link.permitted()) {
+          link.markRefused(`NATS permission denied while serving: ${(err as Error).message}`);
+          void awaitPermissions(nc, options.needs(nc), link, logger, signal).catch(() => {});
+        }
       },
     },
     true,
@@ -90,6 +96,7 @@ export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
     await nc.close();
     throw err;
   }
+  permissionsChecked = true;
   const tunnelHost = new TunnelHost({
     nc,
     subscribeSubject: role === 'agent' ? subjects.agentTunnels(id) : subjects.frontendTunnels(id),
@@ -280,6 +287,7 @@ export async function startBusNode(
     options.link.notReadyReason() ??
     // The server refused our heartbeat: our user was not granted this id or these identifiers.
     node?.presence.heartbeatRefused ??
+    node?.host.lostSubscription ??
     endpoints.roleNotReady();
   const started = await startEndpoints(config, {
     metrics: options.metrics,

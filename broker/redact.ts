@@ -3,10 +3,17 @@
  * (`nats://user:password@host`, `nats://token@host`) is replaced by `***`.
  */
 
-const USERINFO = /\b([a-z][a-z0-9+.-]*:\/\/)[^\s/@]+@/gi;
+/**
+ * A URL's userinfo runs to the last `@` of the URL (a password may hold `@`
+ * or `/` when it was not percent-encoded, and the text must not leak then
+ * either). URLs end at whitespace, a comma (server lists) or a quote.
+ */
+const USERINFO = /\b([a-z][a-z0-9+.-]*:\/\/)[^\s,"'<>]*@/gi;
+/** `user:password@host` without a scheme, as a mistyped --nats-url may hold. */
+const BARE_USERINFO = /(^|[\s,"'(=])[^\s,"'()/@:]+:[^\s,"'/]*@/g;
 
 export function redactUserinfo(text: string): string {
-  return text.replace(USERINFO, '$1***@');
+  return text.replace(USERINFO, '$1***@').replace(BARE_USERINFO, '$1***@');
 }
 
 /** Redacts every string in a log record, nested objects included (errors are logged as their message). */

@@ -69,6 +69,8 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
   private stopped = false;
   private closedBytesIn = 0;
   private closedBytesOut = 0;
+  /** Set when the server closed our frame subscription: no frame reaches this process any more. */
+  lostSubscription: string | undefined;
   framesIn = 0;
   framesOut = 0;
   unknownTunnelFrames = 0;
@@ -82,7 +84,12 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
     this.subscription = this.nc.subscribe(options.subscribeSubject, {
       callback: (err, msg) => {
         if (err) {
-          options.logger.error({ err }, 'tunnel subscription failed');
+          // nats.js closes a subscription the server refused (a permission revoked while serving).
+          this.lostSubscription = `tunnel subscription ${options.subscribeSubject} closed by the server (${err.message}); restart the process`;
+          options.logger.error(
+            { code: ErrorCode.BusPermission, subject: options.subscribeSubject, reason: err.message },
+            'tunnel subscription failed',
+          );
           return;
         }
         // Frames come from peers: whatever one does costs at most its tunnel, never the reader loop.

@@ -11,6 +11,9 @@ const UNIT_MS: Record<string, number> = {
   h: 3_600_000,
 };
 
+/** The longest timer Node can arm (2^31 - 1 ms, about 24.8 days). */
+export const MAX_DURATION_MS = 2 ** 31 - 1;
+
 /** Milliseconds, or undefined when `text` is not a Go duration. A bare 0 is allowed, as in Go. */
 export function parseDuration(text: string): number | undefined {
   if (text === '0') return 0;

@@ -8,7 +8,7 @@
  */
 import { ErrorCode, KnatsError } from '../broker/errors.js';
 import { assertReadableFile } from '../broker/readable-file.js';
-import { parseDuration } from './duration.js';
+import { MAX_DURATION_MS, parseDuration } from './duration.js';
 
 export type FlagKind = 'string' | 'int' | 'bool' | 'duration';
 
@@ -64,6 +64,8 @@ function convert(spec: FlagSpec, raw: string): FlagValue {
       if (ms === undefined) {
         throw flagError(spec.name, `expected a duration such as 500ms, 5s or 1m, got ${JSON.stringify(raw)}`);
       }
+      // Node's timers cannot wait longer; a longer timeout would fire at once.
+      if (ms > MAX_DURATION_MS) throw flagError(spec.name, `${raw} is longer than the maximum of 596h`);
       return ms;
     }
   }

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { redactUserinfo } from '../../broker/redact.js';
 import {
   dialResponseText,
   ErrorCode,
@@ -68,5 +69,19 @@ describe('errors from peers', () => {
     const text = dialResponseText(new KnatsError(ErrorCode.DialFailed, 'y'.repeat(50_000)));
     assert.ok(text.length < MAX_PEER_MESSAGE_BYTES + 100, `${text.length}`);
     assert.equal(dialResponseText(new KnatsError(ErrorCode.NoAgent, 'whatever')), 'No agent available');
+  });
+});
+
+describe('secrets in text', () => {
+  it('redacts a URL userinfo up to its last @, with or without a scheme, and nothing else', () => {
+    const cases: [string, string][] = [
+      ['nats://user:S3CR@tailpart@host:4222', 'nats://***@host:4222'],
+      ['nats://user:S3CR/tailpart@host', 'nats://***@host'],
+      ['servers nats://a:b@h1:4222,nats://c:d@h2:4222', 'servers nats://***@h1:4222,nats://***@h2:4222'],
+      ['--nats-url: "user:S3CRET@127.0.0.1:1" is not a NATS URL', '--nats-url: "***@127.0.0.1:1" is not a NATS URL'],
+      ['nats://127.0.0.1:4222 at 10:30', 'nats://127.0.0.1:4222 at 10:30'],
+      ['mail ops@example.com', 'mail ops@example.com'],
+    ];
+    for (const [text, redacted] of cases) assert.equal(redactUserinfo(text), redacted, text);
   });
 });
