@@ -84,6 +84,12 @@ export function createBusMetrics(): BusMetrics {
     'Shared receive credit lent to tunnels above their minimum',
     (h) => h.budget.inUse,
   );
+  // Beside the bytes lent, so an alert can tell how close tunnels are to the window's ceiling.
+  hostGauge(
+    'knats_receive_budget_capacity_bytes',
+    'Shared receive credit this process can lend (--receive-budget)',
+    (h) => h.budget.capacity,
+  );
   const counterFromHost = (name: string, help: string, read: (host: TunnelHost) => number) =>
     new Counter({
       name,

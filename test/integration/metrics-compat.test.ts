@@ -6,7 +6,10 @@
  * promtool lints both pages.
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import {
   UPSTREAM_AGENT_METRICS,
   UPSTREAM_SERVER_METRICS,
@@ -16,6 +19,14 @@ import { type Destination, httpServer, refusedPort } from '../helpers/destinatio
 import { eventually, Fleet, fetchText } from '../helpers/fleet.js';
 import { promtool, promtoolMissing } from '../helpers/promtool.js';
 import { ProxyStreamClient } from '../helpers/proxy-client.js';
+
+const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+/** What ships under deploy/ and queries the series. */
+const QUERYING_FILES = [
+  'deploy/prometheus/knats-alerts.yaml',
+  'deploy/prometheus/knats-alerts.test.yaml',
+  'deploy/grafana/knats-dashboard.json',
+];
 
 /**
  * Series whose names break promtool's naming lint but are not ours to rename:
@@ -130,6 +141,7 @@ describe('metrics named as upstream', () => {
     const page = families(pages.frontend);
     checkAgainstUpstream(page, UPSTREAM_SERVER_METRICS, 'konnectivity_network_proxy_server_');
     assert.ok(page.has('knats_bus_connected') && page.has('process_cpu_user_seconds_total'));
+    assert.match(pages.frontend, /^knats_receive_budget_capacity_bytes [1-9]\d*$/m);
     assert.ok(page.has('nodejs_eventloop_lag_seconds'));
   });
 
@@ -137,6 +149,19 @@ describe('metrics named as upstream', () => {
     const page = families(pages.agent);
     checkAgainstUpstream(page, UPSTREAM_AGENT_METRICS, 'konnectivity_network_proxy_agent_');
     assert.ok(page.has('knats_bus_connected') && page.has('process_resident_memory_bytes'));
+  });
+
+  it('the shipped alert rules and dashboard query only series a frontend or an agent exposes', () => {
+    const exposed = new Map([...families(pages.frontend), ...families(pages.agent)]);
+    for (const file of QUERYING_FILES) {
+      const text = readFileSync(join(ROOT, file), 'utf8');
+      const names = new Set(text.match(/\b(konnectivity_network_proxy|knats|process|nodejs)_[a-z0-9_]+/g));
+      assert.ok(names.size > 0, file);
+      for (const name of names) {
+        const histogram = exposed.get(name.replace(/_(bucket|sum|count)$/, ''));
+        assert.ok(exposed.has(name) || histogram?.type === 'histogram', `${file}: ${name} is exposed`);
+      }
+    }
   });
 
   it('promtool check metrics finds nothing but names fixed elsewhere', { skip: promtoolMissing }, () => {
