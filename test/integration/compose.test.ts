@@ -1202,7 +1202,27 @@ function checkKubernetes(repo: Repo): KubernetesReport {
     Object.keys(helmMerge).some((k) => k.endsWith('$include')) ||
     helmMerge.accounts !== undefined ||
     helmMerge.authorization !== undefined;
-  const clusterIp = text(obj(obj(obj(helmValues?.service).merge).spec).clusterIP);
+  // Where NATS is: the chart's Service for pods, its external name for the host network.
+  const serviceMerge = obj(obj(helmValues?.service).merge);
+  const externalName = text(
+    obj(obj(serviceMerge.metadata).annotations)['external-dns.alpha.kubernetes.io/hostname'],
+  );
+  const helmConfig = obj(helmValues?.config);
+  const tlsOn = (block: unknown) => obj(obj(block).tls).enabled === true;
+  const caSecret =
+    obj(helmValues?.tlsCA).enabled === true ? text(obj(helmValues?.tlsCA).secretName) : undefined;
+  if (helmValues) {
+    const at = `${KUBERNETES_DIR}/nats-values.yaml`;
+    if (!tlsOn(helmConfig.nats))
+      problems.add(at, 'config.nats.tls is off: clients would talk to NATS in plaintext');
+    if (!tlsOn(helmConfig.cluster)) problems.add(at, 'config.cluster.tls is off: routes in plaintext');
+    if (!caSecret) problems.add(at, 'tlsCA is off: no CA for the servers and their routes to verify with');
+    if (text(obj(serviceMerge.spec).clusterIP))
+      problems.add(
+        at,
+        'pins a clusterIP: reachable only where the control plane sits on the Service network',
+      );
+  }
 
   const sidecars: { pod: PodSpec; c: Container; config: FrontendSettings }[] = [];
   for (const pod of pods) {
@@ -1214,13 +1234,30 @@ function checkKubernetes(repo: Repo): KubernetesReport {
         if (!mountOf(c, flag === 'uds-name' ? posix.dirname(path) : path))
           problems.add(at, `--${flag} ${path} is not in a mounted volume`);
       const nats = natsOf(checked);
+      const hostNetwork = pod.raw.hostNetwork === true;
       for (const server of nats?.servers ?? []) {
         const url = natsUrl(server);
         if (url?.port !== 4222) problems.add(at, `NATS URL ${server}: expected the chart's client port 4222`);
-        else if (url.host !== clusterIp && !/^nats(\.[a-z0-9-]+(\.svc(\.cluster\.local)?)?)?$/.test(url.host))
+        else if (hostNetwork && url.host !== externalName)
           problems.add(
             at,
-            `NATS URL ${server} is neither the chart's Service nor its pinned clusterIP ${clusterIp}`,
+            `NATS URL ${server}: on the host network NATS is reached by the Service's external name ${externalName}`,
+          );
+        else if (!hostNetwork && !/^nats(\.[a-z0-9-]+(\.svc(\.cluster\.local)?)?)?$/.test(url.host))
+          problems.add(at, `NATS URL ${server} is not the chart's Service`);
+        if (!server.startsWith('tls://'))
+          problems.add(at, `NATS URL ${server} is not tls://: a plaintext connection would be accepted`);
+      }
+      if (nats && !nats.tlsCaFile)
+        problems.add(at, 'connects to NATS without --nats-tls-ca: nothing verifies the servers');
+      else if (nats?.tlsCaFile && !hostNetwork) {
+        // In the cluster, the CA comes from the Secret the chart's servers use.
+        const mount = mountOf(c, nats.tlsCaFile);
+        const secret = text(obj(mount && pod.volumes.get(mount.name)?.secret).secretName);
+        if (secret !== caSecret)
+          problems.add(
+            at,
+            `--nats-tls-ca ${nats.tlsCaFile} is not from the Secret ${caSecret} of the NATS servers' CA`,
           );
       }
       if (nats && helmAuth && !(nats.nkeyFile || nats.credsFile || nats.user || nats.token))
@@ -1617,8 +1654,8 @@ describe('deliberate mistakes are caught', () => {
     {
       what: 'a misspelled flag in a Kubernetes Deployment',
       file: `${KUBERNETES_DIR}/agents.yaml`,
-      from: '- --nats-url=nats://nats.knats-system',
-      to: '- --nats-urls=nats://nats.knats-system',
+      from: '- --nats-url=tls://nats.knats-system',
+      to: '- --nats-urls=tls://nats.knats-system',
       caught: /agents\.yaml.*Deployment\/knats-agent container agent.*--nats-urls: unknown flag/,
     },
     {
@@ -1641,6 +1678,50 @@ describe('deliberate mistakes are caught', () => {
       from: 'containerPort: 8093',
       to: 'containerPort: 8094',
       caught: /probe on port health, but the health port is 8093/,
+    },
+    {
+      what: 'a Kubernetes agent on plaintext NATS',
+      file: `${KUBERNETES_DIR}/agents.yaml`,
+      from: '- --nats-url=tls://nats.knats-system',
+      to: '- --nats-url=nats://nats.knats-system',
+      caught:
+        /container agent: NATS URL nats:\/\/nats\.knats-system\.svc\.cluster\.local:4222 is not tls:\/\//,
+    },
+    {
+      what: 'a Kubernetes agent verifying NATS with a CA from elsewhere',
+      file: `${KUBERNETES_DIR}/agents.yaml`,
+      from: '            secretName: nats-ca\n',
+      to: '            secretName: other-ca\n',
+      caught: /container agent: --nats-tls-ca \/etc\/knats-tls\/ca\.crt is not from the Secret nats-ca/,
+    },
+    {
+      what: 'a control-plane sidecar that does not verify NATS',
+      file: `${KUBERNETES_DIR}/control-plane/kube-apiserver.yaml`,
+      from: '        - --nats-tls-ca=/etc/kubernetes/pki/knats/nats-ca.crt\n',
+      to: '',
+      caught: /kube-apiserver\.yaml.*container knats-frontend: connects to NATS without --nats-tls-ca/,
+    },
+    {
+      what: 'a control-plane sidecar on the cluster DNS name',
+      file: `${KUBERNETES_DIR}/control-plane/kube-apiserver.yaml`,
+      from: '- --nats-url=tls://nats.knats.example.internal:4222',
+      to: '- --nats-url=tls://nats.knats-system.svc.cluster.local:4222',
+      caught:
+        /on the host network NATS is reached by the Service's external name nats\.knats\.example\.internal/,
+    },
+    {
+      what: 'NATS servers without client TLS in the Helm values',
+      file: `${KUBERNETES_DIR}/nats-values.yaml`,
+      from: '  nats:\n    tls:\n      enabled: true\n',
+      to: '  nats:\n    tls:\n      enabled: false\n',
+      caught: /config\.nats\.tls is off/,
+    },
+    {
+      what: 'a pinned clusterIP in the Helm values',
+      file: `${KUBERNETES_DIR}/nats-values.yaml`,
+      from: '      type: LoadBalancer\n',
+      to: '      type: LoadBalancer\n      clusterIP: 10.96.0.42\n',
+      caught: /pins a clusterIP/,
     },
     {
       what: 'an egress configuration pointing at another socket',
