@@ -81,6 +81,13 @@ describe('hostile input on the gRPC door and the bus', () => {
         1,
       'counted as a malformed packet',
     );
+    // and in upstream's series, with the gRPC code grpc-go gives an undecodable message
+    assert.ok(
+      (await metric(
+        /konnectivity_network_proxy_server_stream_errors_total\{segment="from_client",code="Internal",packet_type="Unknown"\} (\d+)/,
+      )) >= 1,
+      "counted in upstream's stream_errors_total",
+    );
   });
 
   it('unknown packet types are ignored and the stream stays usable', async () => {
