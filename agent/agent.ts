@@ -77,7 +77,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
   // Every pending dial listens on this one signal; their number is bounded elsewhere, not by a warning.
   setMaxListeners(0, dialAborts.signal);
 
-  const busMetrics = createBusMetrics('agent');
+  const busMetrics = createBusMetrics();
   const metrics = createAgentMetrics(busMetrics.registry);
   const link = new BusLink();
   let node: BusNode | undefined;
@@ -126,7 +126,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
   const { nc, host: tunnelHost, presence } = busNode;
 
   const reply = (msg: Msg, tunnelId: string, err?: KnatsError, initialWindow = 0) => {
-    metrics.streamPackets.labels('to_frontend', 'DIAL_RSP').inc();
+    metrics.streamPackets.labels('from_agent', 'DIAL_RSP').inc();
     msg.respond(
       dialResponseCodec.encode({
         protocolVersion: PROTOCOL_VERSION,
@@ -152,7 +152,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
   const dialingTunnelIds = new Set<string>();
 
   const onDial = async (msg: Msg) => {
-    metrics.streamPackets.labels('from_frontend', 'DIAL_REQ').inc();
+    metrics.streamPackets.labels('to_agent', 'DIAL_REQ').inc();
     // Anything on the dial subjects may be hostile: validate before logging or echoing a field.
     const refuse = (err: KnatsError, tunnelId = '') => {
       metrics.dialFailures.labels(reasonLabel(err.code)).inc();

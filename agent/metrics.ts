@@ -1,10 +1,15 @@
 /**
- * Agent metrics under upstream's names (konnectivity_network_proxy_agent_*).
+ * Agent metrics under upstream's proxy-agent names and label sets
+ * (konnectivity_network_proxy_agent_*). Segments are upstream's: a dial
+ * request reaches the agent "to_agent", its answer leaves "from_agent".
  */
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { createDialMetrics } from '../broker/metrics.js';
 
 const PREFIX = 'konnectivity_network_proxy_agent_';
+
+/** Upstream proxy-agent's dial latency buckets (5 ms to 30 s). */
+const UPSTREAM_DIAL_BUCKETS = [0.005, 0.025, 0.1, 0.5, 2.5, 10, 30];
 
 export function createAgentMetrics(registry: Registry) {
   const registers = [registry];
@@ -12,6 +17,7 @@ export function createAgentMetrics(registry: Registry) {
     ...createDialMetrics(
       registry,
       PREFIX,
+      UPSTREAM_DIAL_BUCKETS,
       'endpoint_dial_failure_total',
       'Number of failures dialing the remote endpoint, by reason',
     ),
@@ -22,7 +28,7 @@ export function createAgentMetrics(registry: Registry) {
     }),
     streamPackets: new Counter({
       name: `${PREFIX}stream_packets_total`,
-      help: 'Count of dial requests and responses handled, by segment and packet type',
+      help: 'Count of packets processed, by segment and packet type (example: to_agent, DIAL_REQ)',
       labelNames: ['segment', 'packet_type'],
       registers,
     }),

@@ -2,7 +2,9 @@
  * Metrics shared by both sides: a registry with process and Node.js default
  * metrics, and the knats_ bus metrics (frames, bytes, gaps, stalls, reconnects).
  * Upstream-named metrics live with each component (frontend/metrics.ts,
- * agent/metrics.ts) under upstream's names, so existing dashboards keep working.
+ * agent/metrics.ts) under upstream's names and label sets, so existing
+ * dashboards keep working. No default labels: a process has one role, and an
+ * extra label on upstream's series would break upstream's queries.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { BusErrorKind } from './connection.js';
@@ -22,9 +24,8 @@ export interface BusMetrics {
   watchHost(host: () => TunnelHost | undefined): void;
 }
 
-export function createBusMetrics(role: 'frontend' | 'agent'): BusMetrics {
+export function createBusMetrics(): BusMetrics {
   const registry = new Registry();
-  registry.setDefaultLabels({ role });
   collectDefaultMetrics({ register: registry });
   const reconnects = new Counter({
     name: 'knats_nats_reconnects_total',
@@ -83,6 +84,12 @@ export function createBusMetrics(role: 'frontend' | 'agent'): BusMetrics {
     'Shared receive credit lent to tunnels above their minimum',
     (h) => h.budget.inUse,
   );
+  // Beside the bytes lent, so an alert can tell how close tunnels are to the window's ceiling.
+  hostGauge(
+    'knats_receive_budget_capacity_bytes',
+    'Shared receive credit this process can lend (--receive-budget)',
+    (h) => h.budget.capacity,
+  );
   const counterFromHost = (name: string, help: string, read: (host: TunnelHost) => number) =>
     new Counter({
       name,
@@ -118,13 +125,19 @@ export function createBusMetrics(role: 'frontend' | 'agent'): BusMetrics {
   };
 }
 
+/** Our dial latency resolution: 0.5 ms to 25 s. */
+const DIAL_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25];
+
 /**
  * The dial latency histogram and failure counter both sides have, under the
- * component's upstream prefix and failure-counter name.
+ * component's upstream prefix and failure-counter name. The buckets are ours
+ * plus every bucket upstream's component has, so a query or alert on one of
+ * upstream's `le` values keeps finding its series.
  */
 export function createDialMetrics(
   registry: Registry,
   prefix: string,
+  upstreamBuckets: readonly number[],
   failureName: string,
   failureHelp: string,
 ) {
@@ -132,7 +145,7 @@ export function createDialMetrics(
     dialDuration: new Histogram({
       name: `${prefix}dial_duration_seconds`,
       help: 'Latency of dial to the remote endpoint in seconds',
-      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25],
+      buckets: [...new Set([...upstreamBuckets, ...DIAL_BUCKETS])].sort((a, b) => a - b),
       registers: [registry],
     }),
     dialFailures: new Counter({

@@ -2,7 +2,9 @@
 # Generates a small PKI for an mTLS frontend (--server-port), with openssl:
 #
 #   ca.crt                    the CA; give it to the frontend (--server-ca-cert) and to clients
-#   server.crt, server.key    the frontend's certificate (--server-cert, --server-key)
+#   server.crt, server.key    the frontend's certificate (--server-cert, --server-key),
+#                             or a NATS server's (it also serves as the client
+#                             certificate of NATS routes, which verify both ways)
 #   client.crt, client.key    a client certificate (kube-apiserver, curl, knats dial)
 #
 # usage: gen-certs.sh OUT_DIR [SERVER_NAME...]
@@ -49,7 +51,7 @@ issue() { # issue NAME CN EXTENSIONS
 }
 issue server "$1" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature
-extendedKeyUsage=serverAuth
+extendedKeyUsage=serverAuth,clientAuth
 subjectAltName=$san"
 issue client 'knats demo client' 'basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature

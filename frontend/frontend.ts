@@ -95,7 +95,7 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
   const subjects = new Subjects(config.subjectPrefix);
   let draining = false;
   let stopped = false;
-  const busMetrics = createBusMetrics('frontend');
+  const busMetrics = createBusMetrics();
   const metrics = createFrontendMetrics(busMetrics.registry);
   const link = new BusLink();
   let node: BusNode | undefined;

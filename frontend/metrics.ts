@@ -1,27 +1,56 @@
 /**
- * Frontend metrics under upstream's proxy-server names
- * (konnectivity_network_proxy_server_*), so dashboards and alerts carry over.
+ * Frontend metrics. Where a meaning is upstream's proxy-server's, so are the
+ * name (konnectivity_network_proxy_server_*) and the label set, so dashboards
+ * and alerts carry over; what only exists here is under knats_.
  */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { createDialMetrics } from '../broker/metrics.js';
 
 const PREFIX = 'konnectivity_network_proxy_server_';
 
+/** Upstream proxy-server's dial latency buckets (1 µs to 12.5 s). */
+const UPSTREAM_DIAL_BUCKETS = [0.000001, 0.00001, 0.0001, 0.005, 0.025, 0.1, 0.5, 2.5, 12.5];
+
+/**
+ * Our client-stream error reasons that are errors of the gRPC stream itself,
+ * with the gRPC code upstream's stream_errors_total would carry for them
+ * (grpc-go reports an undecodable message as Internal; the code of a failed
+ * stream is not known here). Other reasons (CONNECT refusals, TLS handshakes,
+ * packets for closed tunnels) are not gRPC stream errors upstream.
+ */
+const GRPC_STREAM_ERROR_CODES: Readonly<Record<string, string>> = {
+  stream_error: 'Unknown',
+  malformed_packet: 'Internal',
+};
+
 export function createFrontendMetrics(registry: Registry) {
   const registers = [registry];
   let readyBackends: () => Record<string, number> = () => ({});
   const streamPackets = new Counter({
     name: `${PREFIX}stream_packets_total`,
-    help: 'Count of packets processed, by segment and packet type',
+    help: 'Count of packets processed, by segment and packet type (example: from_client, DIAL_REQ)',
     labelNames: ['segment', 'packet_type'],
     registers,
   });
   // Resolving label values costs a hash per call; DATA packets are counted per message, so children are cached.
   const packetChildren = new Map<string, { inc(): void }>();
+  const upstreamStreamErrors = new Counter({
+    name: `${PREFIX}stream_errors_total`,
+    help: 'Count of gRPC stream errors, by segment, gRPC code and packet type',
+    labelNames: ['segment', 'code', 'packet_type'],
+    registers,
+  });
+  const clientErrors = new Counter({
+    name: 'knats_client_errors_total',
+    help: 'Client streams and connections failed or refused, by segment and reason (every door)',
+    labelNames: ['segment', 'reason'],
+    registers,
+  });
   return {
     ...createDialMetrics(
       registry,
       PREFIX,
+      UPSTREAM_DIAL_BUCKETS,
       'dial_failure_count',
       'Number of dial failures observed, by reason',
     ),
@@ -55,7 +84,16 @@ export function createFrontendMetrics(registry: Registry) {
         for (const [strategy, count] of Object.entries(readyBackends())) this.labels(strategy).set(count);
       },
     }),
-    /** Where ready_backends reads its counts at scrape time. */
+    // Deprecated upstream in favour of ready_backends, still on upstream's dashboards.
+    readyBackendConnections: new Gauge({
+      name: `${PREFIX}ready_backend_connections`,
+      help: 'Number of agents known on the bus that take new dials. DEPRECATED, please use ready_backends',
+      registers,
+      collect() {
+        this.set(readyBackends().default ?? 0);
+      },
+    }),
+    /** Where ready_backends reads its counts at scrape time ("default" counts every agent). */
     watchReadyBackends(read: () => Record<string, number>) {
       readyBackends = read;
     },
@@ -69,15 +107,21 @@ export function createFrontendMetrics(registry: Registry) {
       }
       child.inc();
     },
-    streamErrors: new Counter({
-      name: `${PREFIX}stream_errors_total`,
-      help: 'Count of gRPC stream errors, by segment and reason',
-      labelNames: ['segment', 'reason'],
-      registers,
-    }),
+    /** A client stream or connection failed or was refused: knats_client_errors_total, and upstream's series for gRPC stream errors. */
+    streamErrors: {
+      labels(segment: 'from_client' | 'to_client', reason: string) {
+        return {
+          inc() {
+            clientErrors.labels(segment, reason).inc();
+            const code = GRPC_STREAM_ERROR_CODES[reason];
+            if (code) upstreamStreamErrors.labels(segment, code, 'Unknown').inc();
+          },
+        };
+      },
+    },
     connectionDuration: new Histogram({
-      name: `${PREFIX}connection_duration_seconds`,
-      help: 'Duration of end-to-end connections in seconds',
+      name: 'knats_connection_duration_seconds',
+      help: 'Duration of established end-to-end connections in seconds',
       buckets: [0.005, 0.025, 0.1, 0.5, 2.5, 10, 30, 60, 300, 1800, 3600, 21600],
       registers,
     }),

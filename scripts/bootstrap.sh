@@ -1,7 +1,7 @@
 #!/bin/sh
 # Prepares a checkout for `npm start`, `npm test` and `npm run bench`:
-# node dependencies, nats-server (plus curl, socat, openssl for some tests),
-# and a fresh build in dist/. Idempotent and quiet when nothing is missing.
+# node dependencies, nats-server (plus curl, socat, openssl and promtool for
+# some tests), and a fresh build in dist/. Idempotent and quiet when nothing is missing.
 set -eu
 
 cd "$(dirname "$0")/.."
@@ -73,6 +73,17 @@ if [ -n "$missing_tools" ]; then
     apt_install $missing_tools
   else
     warn "missing${missing_tools}: some tests need them (sudo apt-get install${missing_tools})"
+  fi
+fi
+
+# promtool lints /metrics and tests the alert rules under deploy/prometheus;
+# Debian ships it in the "prometheus" package.
+if ! command -v promtool >/dev/null 2>&1; then
+  if is_root && have_apt; then
+    say 'installing promtool (apt-get: prometheus)'
+    apt_install prometheus
+  else
+    warn 'missing promtool: the metrics lint and alert-rule tests need it (sudo apt-get install prometheus)'
   fi
 fi
 

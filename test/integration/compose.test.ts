@@ -750,6 +750,8 @@ function checkCompose(repo: Repo): ComposeReport {
   let natsPort = 4222;
   let natsUsers = new Map<string, string>();
   const natsNames = new Set<string>();
+  /** Where the NATS servers' CA lives (a volume), which every client must verify them with. */
+  let natsCa: Location | undefined;
   for (const svc of natsServices) {
     const args = svc.argv[0] === 'nats-server' ? svc.argv.slice(1) : svc.argv;
     const optionValue = (...names: string[]) => {
@@ -777,6 +779,16 @@ function checkCompose(repo: Repo): ComposeReport {
     }
     natsPort = Number(/^\s*port:\s*(\d+)/m.exec(all)?.[1] ?? 4222);
     natsUsers = parseAuthUsers(all);
+    // TLS for clients (a top-level block) and for routes (one inside cluster), with files this service gets.
+    const clientTls = /^tls\s*\{[\s\S]*?^\}/m.exec(all)?.[0];
+    const clusterBlock = /^cluster\s*\{[\s\S]*?^\}/m.exec(all)?.[0] ?? '';
+    if (!clientTls) problems.add(loc.path, 'no tls block: clients would talk to NATS in plaintext');
+    if (!/^\s+tls\s*\{/m.test(clusterBlock))
+      problems.add(loc.path, 'no tls block in cluster: routes in plaintext');
+    for (const m of all.matchAll(/^\s*(cert_file|key_file|ca_file):\s*["']?([^"'\s]+)/gm))
+      requireProduced(svc, m[2]!, `NATS ${m[1]}`);
+    const caFile = /^\s*ca_file:\s*["']?([^"'\s]+)/m.exec(clientTls ?? '')?.[1];
+    if (caFile) natsCa = locate(svc, caFile);
     const clusterPort = /listen:\s*[^\s:]*:(\d+)/.exec(/cluster\s*\{[\s\S]*?\n\}/.exec(all)?.[0] ?? '')?.[1];
     for (const m of all.matchAll(/nats-route:\/\/(?:[^@\s]*@)?([^:\s]+):(\d+)/g)) {
       const peer = services.get(m[1]!);
@@ -788,6 +800,19 @@ function checkCompose(repo: Repo): ComposeReport {
         problems.add(loc.path, `route ${m[0]} does not use the cluster port ${clusterPort}`);
     }
   }
+
+  /** The service running gen-certs.sh into the NATS servers' certificate volume issues it for `host`. */
+  const requireNamedByCertificate = (at: string, host: string) => {
+    if (natsCa?.kind !== 'volume') return;
+    const volume = natsCa.volume;
+    for (const producer of services.values()) {
+      if (!producer.mounts.some((m) => m.source === volume && !m.readOnly)) continue;
+      const gen = producer.argv.findIndex((a) => /gen-certs\.sh$/.test(a));
+      const names = gen >= 0 ? producer.argv.slice(gen + 2) : [];
+      if (gen >= 0 && !names.includes(host))
+        problems.add(at, `${producer.name} issues the NATS certificate for ${names.join(', ')}, not ${host}`);
+    }
+  };
 
   // --- every service: references, then its knats command lines
   for (const svc of services.values()) {
@@ -885,7 +910,18 @@ function checkCompose(repo: Repo): ComposeReport {
             problems.add(at, `cannot reach ${url.host}: no shared network`);
           else if (url.port !== natsPort)
             problems.add(at, `NATS URL ${server}: the servers listen on ${natsPort}`);
+          if (!server.startsWith('tls://'))
+            problems.add(at, `NATS URL ${server} is not tls://: a plaintext connection would be accepted`);
+          else if (url && target) requireNamedByCertificate(at, url.host);
         }
+        const ca = nats.tlsCaFile ? locate(svc, nats.tlsCaFile) : undefined;
+        if (!nats.tlsCaFile)
+          problems.add(at, 'connects to NATS without --nats-tls-ca: nothing verifies the servers');
+        else if (
+          natsCa?.kind === 'volume' &&
+          (ca?.kind !== 'volume' || ca.volume !== natsCa.volume || ca.sub !== natsCa.sub)
+        )
+          problems.add(at, `--nats-tls-ca ${nats.tlsCaFile} is not the CA of the NATS servers' certificate`);
         if (natsUsers.size) {
           if (!nats.user) problems.add(at, 'connects to NATS without a user, but the servers require one');
           else if (!natsUsers.has(nats.user))
@@ -1166,7 +1202,27 @@ function checkKubernetes(repo: Repo): KubernetesReport {
     Object.keys(helmMerge).some((k) => k.endsWith('$include')) ||
     helmMerge.accounts !== undefined ||
     helmMerge.authorization !== undefined;
-  const clusterIp = text(obj(obj(obj(helmValues?.service).merge).spec).clusterIP);
+  // Where NATS is: the chart's Service for pods, its external name for the host network.
+  const serviceMerge = obj(obj(helmValues?.service).merge);
+  const externalName = text(
+    obj(obj(serviceMerge.metadata).annotations)['external-dns.alpha.kubernetes.io/hostname'],
+  );
+  const helmConfig = obj(helmValues?.config);
+  const tlsOn = (block: unknown) => obj(obj(block).tls).enabled === true;
+  const caSecret =
+    obj(helmValues?.tlsCA).enabled === true ? text(obj(helmValues?.tlsCA).secretName) : undefined;
+  if (helmValues) {
+    const at = `${KUBERNETES_DIR}/nats-values.yaml`;
+    if (!tlsOn(helmConfig.nats))
+      problems.add(at, 'config.nats.tls is off: clients would talk to NATS in plaintext');
+    if (!tlsOn(helmConfig.cluster)) problems.add(at, 'config.cluster.tls is off: routes in plaintext');
+    if (!caSecret) problems.add(at, 'tlsCA is off: no CA for the servers and their routes to verify with');
+    if (text(obj(serviceMerge.spec).clusterIP))
+      problems.add(
+        at,
+        'pins a clusterIP: reachable only where the control plane sits on the Service network',
+      );
+  }
 
   const sidecars: { pod: PodSpec; c: Container; config: FrontendSettings }[] = [];
   for (const pod of pods) {
@@ -1178,13 +1234,30 @@ function checkKubernetes(repo: Repo): KubernetesReport {
         if (!mountOf(c, flag === 'uds-name' ? posix.dirname(path) : path))
           problems.add(at, `--${flag} ${path} is not in a mounted volume`);
       const nats = natsOf(checked);
+      const hostNetwork = pod.raw.hostNetwork === true;
       for (const server of nats?.servers ?? []) {
         const url = natsUrl(server);
         if (url?.port !== 4222) problems.add(at, `NATS URL ${server}: expected the chart's client port 4222`);
-        else if (url.host !== clusterIp && !/^nats(\.[a-z0-9-]+(\.svc(\.cluster\.local)?)?)?$/.test(url.host))
+        else if (hostNetwork && url.host !== externalName)
           problems.add(
             at,
-            `NATS URL ${server} is neither the chart's Service nor its pinned clusterIP ${clusterIp}`,
+            `NATS URL ${server}: on the host network NATS is reached by the Service's external name ${externalName}`,
+          );
+        else if (!hostNetwork && !/^nats(\.[a-z0-9-]+(\.svc(\.cluster\.local)?)?)?$/.test(url.host))
+          problems.add(at, `NATS URL ${server} is not the chart's Service`);
+        if (!server.startsWith('tls://'))
+          problems.add(at, `NATS URL ${server} is not tls://: a plaintext connection would be accepted`);
+      }
+      if (nats && !nats.tlsCaFile)
+        problems.add(at, 'connects to NATS without --nats-tls-ca: nothing verifies the servers');
+      else if (nats?.tlsCaFile && !hostNetwork) {
+        // In the cluster, the CA comes from the Secret the chart's servers use.
+        const mount = mountOf(c, nats.tlsCaFile);
+        const secret = text(obj(mount && pod.volumes.get(mount.name)?.secret).secretName);
+        if (secret !== caSecret)
+          problems.add(
+            at,
+            `--nats-tls-ca ${nats.tlsCaFile} is not from the Secret ${caSecret} of the NATS servers' CA`,
           );
       }
       if (nats && helmAuth && !(nats.nkeyFile || nats.credsFile || nats.user || nats.token))
@@ -1445,16 +1518,59 @@ describe('deliberate mistakes are caught', () => {
     {
       what: 'a bad KNATS_* environment variable',
       file: COMPOSE_FILE,
-      from: 'x-nats-url: &nats-url nats://nats-1:4222',
+      from: 'x-nats-url: &nats-url tls://nats-1:4222',
       to: 'x-nats-url: &nats-url http://nats-1:4222',
       caught: /--nats-url: "http:\/\/nats-1:4222" is not a NATS URL/,
     },
     {
       what: 'a NATS URL naming no NATS service',
       file: COMPOSE_FILE,
-      from: 'nats://nats-3:4222\n',
-      to: 'nats://nats-4:4222\n',
-      caught: /NATS URL nats:\/\/nats-4:4222 does not name a NATS service/,
+      from: 'tls://nats-3:4222\n',
+      to: 'tls://nats-4:4222\n',
+      caught: /NATS URL tls:\/\/nats-4:4222 does not name a NATS service/,
+    },
+    {
+      what: 'a plaintext NATS URL',
+      file: COMPOSE_FILE,
+      from: 'x-nats-url: &nats-url tls://nats-1:4222',
+      to: 'x-nats-url: &nats-url nats://nats-1:4222',
+      caught: /NATS URL nats:\/\/nats-1:4222 is not tls:\/\//,
+    },
+    {
+      what: 'an agent that does not verify the NATS servers',
+      file: COMPOSE_FILE,
+      from: '      - --nats-tls-ca\n      - /nats-tls/ca.crt\n',
+      to: '',
+      caught: /services\.agent-b.*without --nats-tls-ca/,
+    },
+    {
+      what: 'an agent verifying NATS with the wrong CA',
+      file: COMPOSE_FILE,
+      from: '      - --nats-tls-ca\n      - /nats-tls/ca.crt\n',
+      to: '      - --nats-tls-ca\n      - /certs/ca.crt\n',
+      caught: /services\.agent-b.*(not the CA of the NATS servers|no service it depends on writes)/,
+    },
+    {
+      what: 'a NATS certificate missing a node',
+      file: COMPOSE_FILE,
+      from: '"nats-1", "nats-2", "nats-3"',
+      to: '"nats-1", "nats-2"',
+      caught:
+        /nats-certs issues the NATS certificate for nats-1, nats-2, localhost, 127\.0\.0\.1, not nats-3/,
+    },
+    {
+      what: 'NATS servers without client TLS',
+      file: 'deploy/nats/cluster.conf',
+      from: '\ntls {\n',
+      to: '\nno_tls {\n',
+      caught: /no tls block: clients would talk to NATS in plaintext/,
+    },
+    {
+      what: 'NATS routes without TLS',
+      file: 'deploy/nats/cluster.conf',
+      from: '  tls {\n    cert_file',
+      to: '  no_tls {\n    cert_file',
+      caught: /no tls block in cluster: routes in plaintext/,
     },
     {
       what: 'a NATS user the servers do not know',
@@ -1538,8 +1654,8 @@ describe('deliberate mistakes are caught', () => {
     {
       what: 'a misspelled flag in a Kubernetes Deployment',
       file: `${KUBERNETES_DIR}/agents.yaml`,
-      from: '- --nats-url=nats://nats.knats-system',
-      to: '- --nats-urls=nats://nats.knats-system',
+      from: '- --nats-url=tls://nats.knats-system',
+      to: '- --nats-urls=tls://nats.knats-system',
       caught: /agents\.yaml.*Deployment\/knats-agent container agent.*--nats-urls: unknown flag/,
     },
     {
@@ -1562,6 +1678,50 @@ describe('deliberate mistakes are caught', () => {
       from: 'containerPort: 8093',
       to: 'containerPort: 8094',
       caught: /probe on port health, but the health port is 8093/,
+    },
+    {
+      what: 'a Kubernetes agent on plaintext NATS',
+      file: `${KUBERNETES_DIR}/agents.yaml`,
+      from: '- --nats-url=tls://nats.knats-system',
+      to: '- --nats-url=nats://nats.knats-system',
+      caught:
+        /container agent: NATS URL nats:\/\/nats\.knats-system\.svc\.cluster\.local:4222 is not tls:\/\//,
+    },
+    {
+      what: 'a Kubernetes agent verifying NATS with a CA from elsewhere',
+      file: `${KUBERNETES_DIR}/agents.yaml`,
+      from: '            secretName: nats-ca\n',
+      to: '            secretName: other-ca\n',
+      caught: /container agent: --nats-tls-ca \/etc\/knats-tls\/ca\.crt is not from the Secret nats-ca/,
+    },
+    {
+      what: 'a control-plane sidecar that does not verify NATS',
+      file: `${KUBERNETES_DIR}/control-plane/kube-apiserver.yaml`,
+      from: '        - --nats-tls-ca=/etc/kubernetes/pki/knats/nats-ca.crt\n',
+      to: '',
+      caught: /kube-apiserver\.yaml.*container knats-frontend: connects to NATS without --nats-tls-ca/,
+    },
+    {
+      what: 'a control-plane sidecar on the cluster DNS name',
+      file: `${KUBERNETES_DIR}/control-plane/kube-apiserver.yaml`,
+      from: '- --nats-url=tls://nats.knats.example.internal:4222',
+      to: '- --nats-url=tls://nats.knats-system.svc.cluster.local:4222',
+      caught:
+        /on the host network NATS is reached by the Service's external name nats\.knats\.example\.internal/,
+    },
+    {
+      what: 'NATS servers without client TLS in the Helm values',
+      file: `${KUBERNETES_DIR}/nats-values.yaml`,
+      from: '  nats:\n    tls:\n      enabled: true\n',
+      to: '  nats:\n    tls:\n      enabled: false\n',
+      caught: /config\.nats\.tls is off/,
+    },
+    {
+      what: 'a pinned clusterIP in the Helm values',
+      file: `${KUBERNETES_DIR}/nats-values.yaml`,
+      from: '      type: LoadBalancer\n',
+      to: '      type: LoadBalancer\n      clusterIP: 10.96.0.42\n',
+      caught: /pins a clusterIP/,
     },
     {
       what: 'an egress configuration pointing at another socket',
@@ -1687,17 +1847,41 @@ function natsServerMissing(): string | false {
   }
 }
 
-describe('deploy/nats/auth.conf on a real nats-server', { skip: natsServerMissing() }, () => {
+describe('deploy/nats on a real nats-server, over TLS', {
+  skip: natsServerMissing() || commandMissing('openssl'),
+}, () => {
   const repo = new Repo();
   const subjects = new Subjects('knats');
   const dir = mkdtempSync(join(tmpdir(), 'knats-compose-'));
   let report: ComposeReport;
   let nats: LocalServer;
+  /** The local server's URL as the compose processes write it: tls://, no plaintext fallback. */
+  let tlsUrl: string;
   let web: Destination;
+  /** The nats-certs service's output folder, and where this test generated the same files. */
+  let tlsDir = '';
+  const localTls = join(dir, 'nats-tls');
+  const toLocalTls = (value: string) => (tlsDir ? value.replaceAll(`${tlsDir}/`, `${localTls}/`) : value);
+  const localEnv = (env: Record<string, string>) =>
+    Object.fromEntries(Object.entries(env).map(([k, v]) => [k, toLocalTls(v)]));
 
   before(async () => {
     report = checkCompose(repo);
-    nats = await startLocalServer({ extraConfig: repo.read('deploy/nats/auth.conf') ?? '' });
+    // The nats-certs service, run here: same script, same server names (localhost among them).
+    const certs = report.services.get('nats-certs');
+    const gen = certs?.argv.findIndex((a) => /gen-certs\.sh$/.test(a)) ?? -1;
+    assert.ok(certs && gen >= 0, 'the nats-certs service runs gen-certs.sh');
+    tlsDir = certs.argv[gen + 1] ?? '';
+    execFileSync('sh', [join(ROOT, 'deploy/gen-certs.sh'), localTls, ...certs.argv.slice(gen + 2)], {
+      stdio: 'ignore',
+    });
+    // The servers' client TLS block of cluster.conf, with its files where this test put them.
+    const clientTls = /^tls\s*\{[\s\S]*?^\}/m.exec(repo.read('deploy/nats/cluster.conf') ?? '')?.[0];
+    assert.ok(clientTls, 'cluster.conf has a tls block');
+    nats = await startLocalServer({
+      extraConfig: `${repo.read('deploy/nats/auth.conf') ?? ''}\n${toLocalTls(clientTls)}`,
+    });
+    tlsUrl = nats.url.replace(/^nats:/, 'tls:');
     web = await httpServer('web');
   });
   after(async () => {
@@ -1724,7 +1908,13 @@ describe('deploy/nats/auth.conf on a real nats-server', { skip: natsServerMissin
   async function refused(user: string, probes: readonly Probe[]): Promise<string[]> {
     const password = report.natsUsers.get(user);
     assert.ok(password, `user ${user} in auth.conf`);
-    const nc: NatsConnection = await connect({ servers: nats.url, user, pass: password, reconnect: false });
+    const nc: NatsConnection = await connect({
+      servers: tlsUrl,
+      user,
+      pass: password,
+      reconnect: false,
+      tls: { caFile: join(localTls, 'ca.crt') },
+    });
     const seen = new Set<string>();
     const watch = (async () => {
       for await (const status of nc.status()) {
@@ -1745,6 +1935,21 @@ describe('deploy/nats/auth.conf on a real nats-server', { skip: natsServerMissin
     await watch;
     return [...seen].sort();
   }
+
+  it('takes TLS clients that verify it with the CA of nats-certs, and no others', async () => {
+    const user = 'status';
+    const pass = report.natsUsers.get(user);
+    const nc = await connect({
+      servers: tlsUrl,
+      user,
+      pass,
+      reconnect: false,
+      tls: { caFile: join(localTls, 'ca.crt') },
+    });
+    await nc.close();
+    // Without the CA the server's certificate is not trusted; the connection fails.
+    await assert.rejects(connect({ servers: tlsUrl, user, pass, reconnect: false }));
+  });
 
   it('each user may do its job and nothing more', async () => {
     const frontend = commandOf('frontend-grpc', 'frontend');
@@ -1832,9 +2037,9 @@ describe('deploy/nats/auth.conf on a real nats-server', { skip: natsServerMissin
     const fe = commandOf('frontend-grpc', 'frontend');
     const uds = join(dir, 'fe.sock');
     const { config: feConfig } = frontendConfig(
-      local(fe.inv.argv, [
+      local(fe.inv.argv.map(toLocalTls), [
         '--nats-url',
-        nats.url,
+        tlsUrl,
         '--uds-name',
         uds,
         '--health-port',
@@ -1842,14 +2047,17 @@ describe('deploy/nats/auth.conf on a real nats-server', { skip: natsServerMissin
         '--admin-port',
         '0',
       ]),
-      fe.inv.env,
+      localEnv(fe.inv.env),
     );
     const frontend: RunningFrontend = await startFrontend({ ...feConfig, logger: silentLogger() });
     try {
       for (const service of ['agent-a', 'agent-b']) {
         const ag = commandOf(service, 'agent');
         // The test's web server listens on loopback: agentArgs adds the exact allow entry.
-        const { config } = agentConfig(local(ag.inv.argv, agentArgs(nats.url)), ag.inv.env);
+        const { config } = agentConfig(
+          local(ag.inv.argv.map(toLocalTls), agentArgs(tlsUrl)),
+          localEnv(ag.inv.env),
+        );
         const agent: RunningAgent = await startAgent({ ...config, logger: silentLogger() });
         try {
           await eventually(() => frontend.debugState().agents === 1, `${service} known to the frontend`);
@@ -1900,14 +2108,17 @@ describe('deploy/nats/auth.conf on a real nats-server', { skip: natsServerMissin
     const port = await freePort();
     const { config: feConfig } = frontendConfig(
       [
-        ...fe.inv.argv.slice(1).map(toLocal),
-        ...['--nats-url', nats.url, '--server-port', String(port), '--server-bind-address', '127.0.0.1'],
+        ...fe.inv.argv.slice(1).map(toLocal).map(toLocalTls),
+        ...['--nats-url', tlsUrl, '--server-port', String(port), '--server-bind-address', '127.0.0.1'],
         ...['--health-port', '0', '--admin-port', '0'],
       ],
-      fe.inv.env,
+      localEnv(fe.inv.env),
     );
     const ag = commandOf('agent-a', 'agent');
-    const { config: agConfig } = agentConfig([...ag.inv.argv.slice(1), ...agentArgs(nats.url)], ag.inv.env);
+    const { config: agConfig } = agentConfig(
+      [...ag.inv.argv.slice(1).map(toLocalTls), ...agentArgs(tlsUrl)],
+      localEnv(ag.inv.env),
+    );
     const frontend = await startFrontend({ ...feConfig, logger: silentLogger() });
     const agent = await startAgent({ ...agConfig, logger: silentLogger() });
     try {

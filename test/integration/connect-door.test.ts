@@ -450,7 +450,7 @@ describe('HTTP CONNECT over a Unix socket', () => {
     assert.ok(
       (await metric(
         fe.healthPort,
-        `${PREFIX}stream_errors_total{segment="from_client",reason="header_timeout"}`,
+        'knats_client_errors_total{segment="from_client",reason="header_timeout"}',
       )) >= 1,
     );
   });

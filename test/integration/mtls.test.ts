@@ -148,12 +148,12 @@ async function presentedSerial(port: number, pki: Pki, alpn: string): Promise<st
   });
 }
 
-/** TLS handshakes the CONNECT door refused (stream_errors_total{reason="tls_handshake"}). */
+/** TLS handshakes the CONNECT door refused (knats_client_errors_total{reason="tls_handshake"}). */
 async function handshakeRefusals(healthPort: number): Promise<number> {
   const { body } = await fetchText(healthPort, '/metrics');
   const line = body
     .split('\n')
-    .find((l) => l.includes('stream_errors_total{') && l.includes('reason="tls_handshake"'));
+    .find((l) => l.includes('knats_client_errors_total{') && l.includes('reason="tls_handshake"'));
   return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
 }
 

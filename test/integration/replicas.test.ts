@@ -36,7 +36,7 @@ describe('two frontends and two agents on one nats-server', () => {
     for (const agent of fleet.agents) {
       const res = await fetch(`http://127.0.0.1:${agent.healthPort}/metrics`);
       const text = await res.text();
-      const match = /knats_tunnels_closed_total\{reason="ok",role="agent"\} (\d+)/.exec(text);
+      const match = /knats_tunnels_closed_total\{reason="ok"\} (\d+)/.exec(text);
       usedBy.set(agent.id, Number(match?.[1] ?? 0));
     }
     for (const [id, count] of usedBy) assert.ok(count > 0, `agent ${id} carried ${count} tunnels`);
