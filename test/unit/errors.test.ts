@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { redactUserinfo } from '../../broker/redact.js';
 import {
   dialResponseText,
   ErrorCode,
@@ -11,6 +10,7 @@ import {
   parseErrorCode,
   reasonLabel,
 } from '../../broker/errors.js';
+import { redactUserinfo } from '../../broker/redact.js';
 
 describe('errors from peers', () => {
   for (const code of [
@@ -78,7 +78,10 @@ describe('secrets in text', () => {
       ['nats://user:S3CR@tailpart@host:4222', 'nats://***@host:4222'],
       ['nats://user:S3CR/tailpart@host', 'nats://***@host'],
       ['servers nats://a:b@h1:4222,nats://c:d@h2:4222', 'servers nats://***@h1:4222,nats://***@h2:4222'],
-      ['--nats-url: "user:S3CRET@127.0.0.1:1" is not a NATS URL', '--nats-url: "***@127.0.0.1:1" is not a NATS URL'],
+      [
+        '--nats-url: "user:S3CRET@127.0.0.1:1" is not a NATS URL',
+        '--nats-url: "***@127.0.0.1:1" is not a NATS URL',
+      ],
       ['nats://127.0.0.1:4222 at 10:30', 'nats://127.0.0.1:4222 at 10:30'],
       ['mail ops@example.com', 'mail ops@example.com'],
     ];
