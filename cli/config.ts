@@ -13,6 +13,7 @@ import { parseAgentIdentifiers } from '../broker/identifiers.js';
 import type { LogLevel } from '../broker/logging.js';
 import { defaultPresenceSettings } from '../broker/presence.js';
 import { assertToken } from '../broker/subjects.js';
+import { tracingSettings } from '../broker/tracing.js';
 import { defaultTunnelHostTiming } from '../broker/tunnel-host.js';
 import type { FrontendConfig } from '../frontend/frontend.js';
 import { type ProxyStrategy, parseStrategies } from '../frontend/router.js';
@@ -70,6 +71,12 @@ export const natsFlags: FlagSpec[] = [
   { name: 'nats-tls-ca', kind: 'string', help: 'CA bundle to verify the NATS servers', placeholder: 'FILE' },
   { name: 'nats-tls-cert', kind: 'string', help: 'client certificate for NATS (mTLS)', placeholder: 'FILE' },
   { name: 'nats-tls-key', kind: 'string', help: 'key of --nats-tls-cert', placeholder: 'FILE' },
+  {
+    name: 'otlp-endpoint',
+    kind: 'string',
+    help: 'export one trace per tunnel over OTLP/HTTP to this collector (URL/v1/traces); default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT; none: no tracing',
+    placeholder: 'URL',
+  },
   {
     name: 'log-level',
     kind: 'string',
@@ -450,6 +457,7 @@ export function frontendConfig(
       credit: creditSettings(flags),
       timing: defaultTunnelHostTiming,
       presence: presenceSettings(flags),
+      tracing: tracingSettings(flags.string('otlp-endpoint'), env),
     },
   };
 }
@@ -500,6 +508,7 @@ export function agentConfig(
       credit: creditSettings(flags),
       timing: defaultTunnelHostTiming,
       presence: presenceSettings(flags),
+      tracing: tracingSettings(flags.string('otlp-endpoint'), env),
     },
   };
 }
