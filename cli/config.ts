@@ -72,12 +72,6 @@ export const natsFlags: FlagSpec[] = [
   { name: 'nats-tls-cert', kind: 'string', help: 'client certificate for NATS (mTLS)', placeholder: 'FILE' },
   { name: 'nats-tls-key', kind: 'string', help: 'key of --nats-tls-cert', placeholder: 'FILE' },
   {
-    name: 'otlp-endpoint',
-    kind: 'string',
-    help: 'export one trace per tunnel over OTLP/HTTP to this collector (URL/v1/traces); default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT; none: no tracing',
-    placeholder: 'URL',
-  },
-  {
     name: 'log-level',
     kind: 'string',
     default: 'info',
@@ -110,7 +104,7 @@ const tunnelFlags: FlagSpec[] = [
   },
 ];
 
-/** Health, admin and shutdown flags; the port flags' names and defaults are upstream's, per component. */
+/** Health, admin, tracing and shutdown flags; the port flags' names and defaults are upstream's, per component. */
 function processFlags(
   healthPort: string,
   healthDefault: number,
@@ -145,6 +139,12 @@ function processFlags(
       default: '127.0.0.1',
       help: 'bind address of the admin port',
       placeholder: 'ADDR',
+    },
+    {
+      name: 'otlp-endpoint',
+      kind: 'string',
+      help: 'export one trace per tunnel over OTLP/HTTP to this collector (URL/v1/traces); default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT; none: no tracing',
+      placeholder: 'URL',
     },
     {
       name: 'graceful-shutdown-timeout',
