@@ -189,9 +189,25 @@ export async function startTracing(
       });
       span.end(err);
     },
-    shutdown: () => provider.shutdown().catch((err: unknown) => exportFailed('shutdown', describe(err))),
+    async shutdown() {
+      // A collector that is down would hold the stop for the exporter's retries (about 10 s).
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<'late'>((resolve) => {
+        timer = setTimeout(() => resolve('late'), SHUTDOWN_EXPORT_MS).unref();
+      });
+      const flushed = provider.shutdown().catch((err: unknown) => exportFailed('shutdown:', describe(err)));
+      if ((await Promise.race([flushed, late])) === 'late') {
+        exportFailed(
+          `spans still buffered not exported within ${SHUTDOWN_EXPORT_MS} ms of stopping; dropped`,
+        );
+      }
+      clearTimeout(timer);
+    },
   };
 }
+
+/** How long stopping waits for the last spans to reach the collector. */
+const SHUTDOWN_EXPORT_MS = 2000;
 
 function describe(value: unknown): string {
   return value instanceof Error ? value.message : String(value);

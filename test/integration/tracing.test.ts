@@ -14,7 +14,7 @@ import { promisify } from 'node:util';
 import { silentLogger } from '../../broker/logging.js';
 import { frontendConfig } from '../../cli/config.js';
 import { startFrontend } from '../../frontend/frontend.js';
-import { type Destination, echoServer, randomBytesSeeded } from '../helpers/destinations.js';
+import { type Destination, echoServer, randomBytesSeeded, refusedPort } from '../helpers/destinations.js';
 import { eventually, Fleet, fetchText, frontendArgs } from '../helpers/fleet.js';
 import { OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.js';
 import { ProxyStreamClient } from '../helpers/proxy-client.js';
@@ -136,6 +136,30 @@ describe('one trace per tunnel', () => {
       0,
       'a denied address is never dialed',
     );
+  });
+
+  it('costs only the spans when the collector is unreachable: one warning with its code, a prompt stop', async () => {
+    const agent = await fleet.spawnAgent(['--otlp-endpoint', `http://127.0.0.1:${await refusedPort()}`]);
+    const frontend = await fleet.frontend();
+    await eventually(async () => (await fetchText(frontend.healthPort, '/readyz')).status === 200, 'ready');
+    const client = new ProxyStreamClient(`unix:${frontend.uds}`);
+    const dial = await client.dial(echo.address);
+    assert.equal(dial.error, '', 'the tunnel works without its collector');
+    client.send(dial.connectID, Buffer.from('ping'));
+    await eventually(() => client.dataOf(dial.connectID).length === 4, 'echo');
+    client.closeRequest(dial.connectID);
+    await client.waitClosed(dial.connectID);
+    client.close();
+    const started = Date.now();
+    agent.child.kill('SIGTERM');
+    const [code] = await once(agent.child, 'exit');
+    const ms = Date.now() - started;
+    assert.equal(code, 0);
+    assert.ok(ms < 6000, `stopped in ${ms} ms (export given up after 2 s)`);
+    const warnings = agent.logs.filter((entry) => entry.code === 'KNATS_TRACE_EXPORT');
+    assert.ok(warnings.length >= 1, 'the failed export is logged with its code');
+    for (const entry of warnings) assert.equal(entry.stack, undefined);
+    console.log(`agent stop with an unreachable collector: ${ms} ms, ${warnings.length} warning(s)`);
   });
 
   it('loads no OpenTelemetry SDK or exporter when nothing is configured (and does when it is)', async () => {
