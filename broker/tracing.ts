@@ -213,10 +213,15 @@ function describe(value: unknown): string {
   return value instanceof Error ? value.message : String(value);
 }
 
-/** `work`, with `span` ended when it settles (failed when it rejects). */
-export function traced<T>(span: TraceSpan, work: Promise<T>): Promise<T> {
+/** `work`, with `span` ended when it settles (failed when it rejects; with `result`'s attributes when not). */
+export function traced<T>(
+  span: TraceSpan,
+  work: Promise<T>,
+  result?: (value: T) => SpanAttributes,
+): Promise<T> {
   return work.then(
     (value) => {
+      if (result) span.set(result(value));
       span.end();
       return value;
     },

@@ -16,7 +16,7 @@ import {
 import { ErrorCode, errorFromPeer, isKnatsError, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
 import { isToken, MAX_ID_LENGTH, type Subjects } from '../broker/subjects.js';
-import { noTracing, type TraceSpan, type Tracing } from '../broker/tracing.js';
+import { noTracing, type TraceSpan, type Tracing, traced } from '../broker/tracing.js';
 import type { Tunnel } from '../broker/tunnel.js';
 import type { TunnelHost } from '../broker/tunnel-host.js';
 import { type DialTarget, dialTargets, type ProxyStrategy } from './router.js';
@@ -88,7 +88,7 @@ export class BusDialer {
       'knats.frontend_id': this.options.frontendId,
     });
     try {
-      const outcome = await this.dialTraced(address, protocol, logger, span, signal);
+      const outcome = await this.dialThroughTargets(address, protocol, logger, span, signal);
       span.set({ 'knats.tunnel_id': outcome.tunnel.id, 'knats.agent_id': outcome.agentId });
       tracing.bindTunnel(outcome.tunnel, span);
       return outcome;
@@ -98,7 +98,7 @@ export class BusDialer {
     }
   }
 
-  private async dialTraced(
+  private async dialThroughTargets(
     address: string,
     protocol: string,
     logger: Logger,
@@ -166,23 +166,11 @@ export class BusDialer {
       },
       'client',
     );
-    try {
-      const outcome = await this.attempt(
-        tunnelId,
-        target,
-        address,
-        protocol,
-        logger,
-        span.traceparent,
-        signal,
-      );
-      span.set({ 'knats.outcome': typeof outcome === 'string' ? outcome : 'open' });
-      span.end();
-      return outcome;
-    } catch (err) {
-      span.end(err);
-      throw err;
-    }
+    return traced(
+      span,
+      this.attempt(tunnelId, target, address, protocol, logger, span.traceparent, signal),
+      (outcome) => ({ 'knats.outcome': typeof outcome === 'string' ? outcome : 'open' }),
+    );
   }
 
   private async attempt(
