@@ -133,9 +133,11 @@ export async function startTracing(
       { code: ErrorCode.TraceExport, reason: [message, ...args.map(describe)].join(' ') },
       'trace export failed',
     );
+  // OpenTelemetry reports export failures through its global diagnostic logger: one coded line each.
+  // Without suppressOverrideMessage a second component in the process (demo, tests) logs a stack trace.
   api.diag.setLogger(
     { error: exportFailed, warn: exportFailed, info: () => {}, debug: () => {}, verbose: () => {} },
-    api.DiagLogLevel.WARN,
+    { logLevel: api.DiagLogLevel.WARN, suppressOverrideMessage: true },
   );
   const provider = new sdk.BasicTracerProvider({
     resource: resources.resourceFromAttributes({
