@@ -28,6 +28,7 @@ import type { Logger } from '../broker/logging.js';
 import { createBusMetrics } from '../broker/metrics.js';
 import type { PresenceSettings } from '../broker/presence.js';
 import { AGENT_QUEUE, isToken, MAX_TUNNEL_ID_LENGTH, Subjects } from '../broker/subjects.js';
+import { startTracing, type TracingSettings, traced } from '../broker/tracing.js';
 import type { TunnelHostTiming } from '../broker/tunnel-host.js';
 import { VERSION } from '../broker/version.js';
 import { dialTcp, mapSocketError } from './dialer.js';
@@ -54,6 +55,8 @@ export interface AgentConfig {
   readonly timing: TunnelHostTiming;
   readonly presence: PresenceSettings;
   readonly logger: Logger;
+  /** OTLP trace export; undefined: no tracing, and OpenTelemetry is never loaded. */
+  readonly tracing?: TracingSettings;
 }
 
 export interface RunningAgent {
@@ -80,6 +83,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
   const busMetrics = createBusMetrics();
   const metrics = createAgentMetrics(busMetrics.registry);
   const link = new BusLink();
+  const tracing = await startTracing(config.tracing, { role: 'agent', id: config.id }, logger);
   let node: BusNode | undefined;
   let subscribed = false;
   const debugState = () => ({
@@ -114,6 +118,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       metrics: busMetrics,
       link,
       needs: () => agentNeeds(subjects, config.id, config.identifiers.text, config.identifiers.defaultRoute),
+      tracing,
     },
     config,
     {
@@ -194,7 +199,18 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       frontendId: request.frontendId,
       destination: request.address,
     });
+    // The agent's side of the tunnel's trace: its life, under the frontend's bus request.
+    const span = tracing.start(
+      'knats.agent.tunnel',
+      {
+        'knats.tunnel_id': request.tunnelId,
+        'knats.agent_id': config.id,
+        'knats.destination': request.address,
+      },
+      { parent: request.traceparent, kind: 'server' },
+    );
     const fail = (err: KnatsError) => {
+      span.end(err);
       metrics.dialFailures.labels(reasonLabel(err.code)).inc();
       if (err.code === ErrorCode.DestinationDenied) {
         dialLogger.warn({ code: err.code, reason: err.message }, 'dial denied by destination policy');
@@ -214,16 +230,25 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     const started = process.hrtime.bigint();
     pendingDials++;
     dialingTunnelIds.add(request.tunnelId);
+    // Destination policy, DNS and the TCP connects it allows.
+    const policySpan = span.child('knats.agent.policy');
     try {
       const address = parseDialAddress(request.address);
       const timeout = Math.min(config.dialTimeoutMs, request.dialTimeoutMs || config.dialTimeoutMs);
       ({ socket, ip } = await guardedDial(policy, address, timeout, {
         lookup: async (host) => (await lookup(host, { all: true, verbatim: true })).map((a) => a.address),
-        dial: (to, port, ms) => dialTcp({ host: to, port }, ms, dialAborts.signal),
+        dial: (to, port, ms) =>
+          traced(
+            policySpan.child('knats.tcp_connect', { 'network.peer.address': to, 'network.peer.port': port }),
+            dialTcp({ host: to, port }, ms, dialAborts.signal),
+          ),
         lookupError: (err, host) => mapSocketError(err as NodeJS.ErrnoException, `${host}:${address.port}`),
       }));
+      policySpan.end();
     } catch (err) {
-      fail(isKnatsError(err) ? err : new KnatsError(ErrorCode.DialFailed, String(err)));
+      const error = isKnatsError(err) ? err : new KnatsError(ErrorCode.DialFailed, String(err));
+      policySpan.end(error);
+      fail(error);
       return;
     } finally {
       pendingDials--;
@@ -242,6 +267,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       request.protocolVersion,
     );
     presence.touch(request.frontendId, 'frontend');
+    tracing.bindTunnel(tunnel, span);
     tunnelHost.bindPeer(tunnel, true);
     sockets.add(socket);
     metrics.openEndpointConnections.inc();
@@ -304,6 +330,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       dialAborts.abort();
       for (const socket of sockets) socket.destroy();
       await endpoints.close();
+      await tracing.shutdown();
       logger.info('agent stopped');
     },
   };

@@ -23,6 +23,8 @@ export interface BusDialRequest {
   frontendId: string;
   initialWindow: number;
   dialTimeoutMs: number;
+  /** W3C trace context of the dial (empty when the frontend does not trace; older frontends never send it). */
+  traceparent?: string;
 }
 
 export interface BusDialResponse {

@@ -15,6 +15,7 @@ import type { Logger } from './logging.js';
 import type { BusMetrics } from './metrics.js';
 import { Presence, type PresenceSettings } from './presence.js';
 import { frontendInboxPrefix, type Subjects } from './subjects.js';
+import type { Tracing } from './tracing.js';
 import { TunnelHost, type TunnelHostTiming } from './tunnel-host.js';
 import { VERSION } from './version.js';
 
@@ -38,6 +39,8 @@ export interface BusNodeOptions {
   readonly needs: (nc: NatsConnection) => BusNeeds;
   /** Stops the retries when the process stops before it joined. */
   readonly signal?: AbortSignal;
+  /** Ends each tunnel's life span with its bytes and close reason. */
+  readonly tracing?: Tracing;
 }
 
 export interface BusNode {
@@ -116,6 +119,7 @@ export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
         },
         'tunnel closed',
       );
+      options.tracing?.tunnelEnded(tunnel, err);
     },
   });
   host = tunnelHost;

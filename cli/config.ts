@@ -13,6 +13,7 @@ import { parseAgentIdentifiers } from '../broker/identifiers.js';
 import type { LogSettings } from '../broker/logging.js';
 import { defaultPresenceSettings } from '../broker/presence.js';
 import { assertToken } from '../broker/subjects.js';
+import { tracingSettings } from '../broker/tracing.js';
 import { defaultTunnelHostTiming } from '../broker/tunnel-host.js';
 import type { FrontendConfig } from '../frontend/frontend.js';
 import { type ProxyStrategy, parseStrategies } from '../frontend/router.js';
@@ -103,7 +104,7 @@ const tunnelFlags: FlagSpec[] = [
   },
 ];
 
-/** Health, admin and shutdown flags; the port flags' names and defaults are upstream's, per component. */
+/** Health, admin, tracing and shutdown flags; the port flags' names and defaults are upstream's, per component. */
 function processFlags(
   healthPort: string,
   healthDefault: number,
@@ -138,6 +139,12 @@ function processFlags(
       default: '127.0.0.1',
       help: 'bind address of the admin port',
       placeholder: 'ADDR',
+    },
+    {
+      name: 'otlp-endpoint',
+      kind: 'string',
+      help: 'export one trace per tunnel over OTLP/HTTP to this collector (URL/v1/traces); default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT; none: no tracing',
+      placeholder: 'URL',
     },
     {
       name: 'graceful-shutdown-timeout',
@@ -464,6 +471,7 @@ export function frontendConfig(
       credit: creditSettings(flags),
       timing: defaultTunnelHostTiming,
       presence: presenceSettings(flags),
+      tracing: tracingSettings(flags.string('otlp-endpoint'), env),
     },
   };
 }
@@ -513,6 +521,7 @@ export function agentConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Co
       credit: creditSettings(flags),
       timing: defaultTunnelHostTiming,
       presence: presenceSettings(flags),
+      tracing: tracingSettings(flags.string('otlp-endpoint'), env),
     },
   };
 }

@@ -16,6 +16,7 @@ import {
 import { ErrorCode, errorFromPeer, isKnatsError, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
 import { isToken, MAX_ID_LENGTH, type Subjects } from '../broker/subjects.js';
+import { noTracing, type TraceSpan, type Tracing, traced } from '../broker/tracing.js';
 import type { Tunnel } from '../broker/tunnel.js';
 import type { TunnelHost } from '../broker/tunnel-host.js';
 import { type DialTarget, dialTargets, type ProxyStrategy } from './router.js';
@@ -39,6 +40,8 @@ export interface BusDialerOptions {
   readonly logger: Logger;
   /** The peer id of an answered dial, so its heartbeats are tracked. */
   readonly onAgentUsed: (agentId: string) => void;
+  /** Spans of each dial; the tunnel's root span ends with the tunnel. Default: none. */
+  readonly tracing?: Tracing;
 }
 
 export interface DialOutcome {
@@ -79,6 +82,29 @@ export class BusDialer {
    * a late answer from the slow agent can never be confused with the new one.
    */
   async dial(address: string, protocol: string, logger: Logger, signal?: AbortSignal): Promise<DialOutcome> {
+    const tracing = this.options.tracing ?? noTracing;
+    const span = tracing.start('knats.tunnel', {
+      'knats.destination': address,
+      'knats.frontend_id': this.options.frontendId,
+    });
+    try {
+      const outcome = await this.dialThroughTargets(address, protocol, logger, span, signal);
+      span.set({ 'knats.tunnel_id': outcome.tunnel.id, 'knats.agent_id': outcome.agentId });
+      tracing.bindTunnel(outcome.tunnel, span);
+      return outcome;
+    } catch (err) {
+      span.end(err);
+      throw err;
+    }
+  }
+
+  private async dialThroughTargets(
+    address: string,
+    protocol: string,
+    logger: Logger,
+    span: TraceSpan,
+    signal: AbortSignal | undefined,
+  ): Promise<DialOutcome> {
     const busDown = this.options.busUnavailable?.();
     if (busDown) throw new KnatsError(ErrorCode.BusUnavailable, busDown);
     if (this.pending >= this.options.maxPendingDials) {
@@ -89,18 +115,21 @@ export class BusDialer {
     }
     // A bad address is answered here, without a bus round trip (the agent checks again: the bus is not trusted).
     const { host } = parseDialAddress(address);
+    const route = span.child('knats.route', { 'knats.strategies': this.options.strategies.join(',') });
     const targets = dialTargets(
       this.options.strategies,
       this.options.subjects,
       this.options.agentsForHost,
       host,
     );
+    route.set({ 'knats.targets': targets.map((t) => t.subject).join(',') });
+    route.end();
     this.pending++;
     try {
       for (const target of targets) {
         for (let attempt = 1; attempt <= MAX_ATTEMPTS_PER_TARGET; attempt++) {
           if (signal?.aborted) throw new KnatsError(ErrorCode.DialCancelled, 'client cancelled the dial');
-          const outcome = await this.attempt(target, address, protocol, logger, signal);
+          const outcome = await this.attemptTraced(target, attempt, address, protocol, logger, span, signal);
           if (outcome === 'no-responders') break;
           // A queue group has other members; a named agent does not.
           if (outcome === 'retry') {
@@ -116,15 +145,44 @@ export class BusDialer {
     }
   }
 
+  /** One attempt as a bus request span, whose context the agent's spans continue. */
+  private async attemptTraced(
+    target: DialTarget,
+    attempt: number,
+    address: string,
+    protocol: string,
+    logger: Logger,
+    parent: TraceSpan,
+    signal: AbortSignal | undefined,
+  ): Promise<DialOutcome | 'no-responders' | 'retry'> {
+    const tunnelId = newTunnelId();
+    const span = parent.child(
+      'knats.bus_request',
+      {
+        'messaging.destination.name': target.subject,
+        'knats.strategy': target.strategy,
+        'knats.attempt': attempt,
+        'knats.tunnel_id': tunnelId,
+      },
+      'client',
+    );
+    return traced(
+      span,
+      this.attempt(tunnelId, target, address, protocol, logger, span.traceparent, signal),
+      (outcome) => ({ 'knats.outcome': typeof outcome === 'string' ? outcome : 'open' }),
+    );
+  }
+
   private async attempt(
+    tunnelId: string,
     target: DialTarget,
     address: string,
     protocol: string,
     logger: Logger,
+    traceparent: string | undefined,
     signal: AbortSignal | undefined,
   ): Promise<DialOutcome | 'no-responders' | 'retry'> {
     const { host, subjects, frontendId } = this.options;
-    const tunnelId = newTunnelId();
     const tunnelLogger = logger.child({ tunnelId, frontendId, destination: address });
     const tunnel = host.create(tunnelId, subjects.frontendTunnel(frontendId, tunnelId), tunnelLogger);
     try {
@@ -136,6 +194,7 @@ export class BusDialer {
         frontendId,
         initialWindow: tunnel.initialWindow,
         dialTimeoutMs: this.options.dialTimeoutMs,
+        traceparent,
       });
       const accepted = new Promise<'accepted'>((resolve) => {
         tunnel.onAccepted = () => resolve('accepted');

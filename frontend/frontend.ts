@@ -18,6 +18,7 @@ import type { Logger } from '../broker/logging.js';
 import { createBusMetrics } from '../broker/metrics.js';
 import type { PresenceSettings } from '../broker/presence.js';
 import { Subjects } from '../broker/subjects.js';
+import { startTracing, type TracingSettings } from '../broker/tracing.js';
 import type { TunnelHostTiming } from '../broker/tunnel-host.js';
 import { VERSION } from '../broker/version.js';
 import { BusDialer } from './bus-dialer.js';
@@ -70,6 +71,8 @@ export interface FrontendConfig {
   readonly credit: CreditSettings;
   readonly timing: TunnelHostTiming;
   readonly presence: PresenceSettings;
+  /** OTLP trace export; undefined: no tracing, and OpenTelemetry is never loaded. */
+  readonly tracing?: TracingSettings;
   readonly logger: Logger;
 }
 
@@ -98,6 +101,7 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
   const busMetrics = createBusMetrics();
   const metrics = createFrontendMetrics(busMetrics.registry);
   const link = new BusLink();
+  const tracing = await startTracing(config.tracing, { role: 'frontend', id: config.id }, logger);
   let node: BusNode | undefined;
   let dialer: BusDialer | undefined;
   let door: ServingDoor | undefined;
@@ -150,6 +154,7 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
         metrics: busMetrics,
         link,
         needs: (nc) => frontendNeeds(nc, subjects, config.id),
+        tracing,
       },
       config,
       {
@@ -182,6 +187,7 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
     busUnavailable: () => link.unavailableReason(),
     logger,
     onAgentUsed: (agentId) => presence.touch(agentId, 'agent'),
+    tracing,
   });
 
   const doorDeps: DoorDeps = { dialer, metrics, logger, config, accepting: () => !draining };
@@ -254,6 +260,7 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
       serverTls?.stop();
       await endpoints.close();
       uds?.remove();
+      await tracing.shutdown();
       logger.info('frontend stopped');
     },
   };
