@@ -60,7 +60,7 @@ const HEADER_LINE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*$/;
 /** An HTTP-level refusal before any dial (bad request line, wrong method, ...). */
 interface Refusal {
   readonly status: number;
-  /** stream_errors_total{segment="from_client",reason} label. */
+  /** knats_client_errors_total{segment="from_client",reason} label. */
   readonly reason: string;
   readonly message: string;
   readonly headers?: Record<string, string>;
