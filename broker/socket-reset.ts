@@ -63,29 +63,41 @@ export function resetSocket(socket: Socket): void {
   socket.destroy();
 }
 
+/** Once our last byte and FIN left Node, how long the peer gets to close its side before we close ours. */
+const CLOSE_GRACE_MS = 5000;
+
 /**
  * Ends our side cleanly: the peer gets every byte still queued in Node, then
  * our FIN, however slowly it reads, as long as it keeps reading. A peer that
  * takes nothing for `stallMs` is reset (an abort, never a short stream with a
  * clean end). Once everything is handed to the kernel, whose FIN follows the
- * bytes, the peer has `stallMs` to close its side before the socket is closed.
+ * bytes, the peer has a few seconds to close its side before the socket is
+ * closed.
  */
 export function endAfterFlush(socket: Socket, stallMs: number): void {
   socket.end();
   // Keep reading (the caller discards it) so the peer's own FIN or reset is seen even if we had paused it.
   socket.resume();
+  let grace: NodeJS.Timeout | undefined;
   let queued = socket.writableLength;
-  const timer = setInterval(() => {
+  const stall = setInterval(() => {
     const now = socket.writableLength;
     if (now > 0 && now >= queued) {
-      clearInterval(timer);
+      clearInterval(stall);
       resetSocket(socket);
-    } else if (now === 0) {
-      clearInterval(timer);
-      socket.destroy();
     }
     queued = now;
   }, stallMs);
-  timer.unref();
-  socket.once('close', () => clearInterval(timer));
+  stall.unref();
+  const closeSoon = () => {
+    clearInterval(stall);
+    grace = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS);
+    grace.unref();
+  };
+  if (socket.writableFinished) closeSoon();
+  else socket.once('finish', closeSoon);
+  socket.once('close', () => {
+    clearInterval(stall);
+    clearTimeout(grace);
+  });
 }
