@@ -694,6 +694,13 @@ function composeMounts(value: unknown): Mount[] {
   });
 }
 
+/** Records `owner` for `key`; returns who had it already, if anyone. */
+function claim(owners: Map<string, string>, key: string, owner: string): string | undefined {
+  const previous = owners.get(key);
+  if (previous === undefined) owners.set(key, owner);
+  return previous;
+}
+
 function underDir(path: string, dir: string): string | undefined {
   const d = dir.replace(/\/$/, '');
   if (path === d) return '';
@@ -969,9 +976,18 @@ function checkCompose(repo: Repo): ComposeReport {
   );
   const ids = new Map<string, string>();
   for (const { svc, config } of [...frontends, ...agents]) {
-    const owner = ids.get(config.id);
+    const owner = claim(ids, config.id, svc.name);
     if (owner) problems.add(where(svc), `bus id ${config.id} is also used by ${owner}`);
-    ids.set(config.id, svc.name);
+  }
+  // Per-agent credentials: a NATS user bound to one agent id each.
+  const agentUsers = new Map<string, string>();
+  for (const { svc, config } of agents) {
+    const owner = config.nats.user && claim(agentUsers, config.nats.user, svc.name);
+    if (owner)
+      problems.add(
+        where(svc),
+        `shares NATS user ${config.nats.user} with ${owner}: each agent needs its own (knats broker config --agent ID)`,
+      );
   }
 
   for (const svc of services.values()) {
@@ -1173,6 +1189,8 @@ interface Container {
 
 interface PodSpec {
   readonly where: string;
+  /** The object the pod comes from: a Pod, or the Deployment (StatefulSet, ...) with its template. */
+  readonly workload: Obj;
   readonly raw: Obj;
   readonly containers: Container[];
   readonly volumes: Map<string, Obj>;
@@ -1264,7 +1282,7 @@ function checkKubernetes(repo: Repo): KubernetesReport {
         }
         containers.push(container);
       }
-      pods.push({ where, raw: spec, containers, volumes });
+      pods.push({ where, workload: doc, raw: spec, containers, volumes });
     }
   }
 
@@ -1312,6 +1330,8 @@ function checkKubernetes(repo: Repo): KubernetesReport {
   }
 
   const sidecars: { pod: PodSpec; c: Container; config: FrontendSettings }[] = [];
+  const agentSeeds = new Map<string, string>();
+  const agentIds = new Map<string, string>();
   for (const pod of pods) {
     for (const c of pod.containers) {
       const checked = c.checked;
@@ -1377,6 +1397,30 @@ function checkKubernetes(repo: Repo): KubernetesReport {
           problems.add(at, 'terminationGracePeriodSeconds does not exceed --graceful-shutdown-timeout');
       }
       if (checked.kind === 'frontend') sidecars.push({ pod, c, config: checked.config });
+      if (checked.kind === 'agent') {
+        // Per-agent credentials: its own seed, bound to its own id, run by one pod at a time.
+        const { config } = checked;
+        const mount = config.nats.nkeyFile ? mountOf(c, config.nats.nkeyFile) : undefined;
+        const secret = text(obj(mount && pod.volumes.get(mount.name)?.secret).secretName);
+        const seedOwner = secret && claim(agentSeeds, secret, at);
+        if (seedOwner)
+          problems.add(
+            at,
+            `shares its NATS seed (Secret ${secret}) with ${seedOwner}: each agent needs its own (knats broker config --agent ID)`,
+          );
+        const idOwner = claim(agentIds, config.id, at);
+        if (idOwner) problems.add(at, `agent id ${config.id} is also used by ${idOwner}`);
+        const spec = obj(pod.workload.spec);
+        if (
+          pod.workload.kind !== 'Pod' &&
+          (Number(spec.replicas ?? 1) !== 1 || obj(spec.strategy).type !== 'Recreate')
+        )
+          problems.add(
+            at,
+            'may run agent id ' +
+              `${config.id} in two pods at once: its NATS user is bound to the id, so one replica and strategy Recreate`,
+          );
+      }
     }
   }
 
@@ -1559,7 +1603,15 @@ describe('deploy/kubernetes against the real CLI', () => {
 });
 
 describe('deliberate mistakes are caught', () => {
-  const mistakes: { what: string; file: string; from: string; to: string; caught: RegExp }[] = [
+  const mistakes: {
+    what: string;
+    file: string;
+    from: string;
+    to: string;
+    caught: RegExp;
+    /** `from` is in several identical blocks (the agents' Deployments): the first one changes. */
+    first?: true;
+  }[] = [
     // caught by the Compose Specification's schema
     {
       what: 'a misspelled service key',
@@ -1607,6 +1659,36 @@ describe('deliberate mistakes are caught', () => {
       caught: /no Kubernetes schema for apiVersion policy\/v1 kind PodDisruptionBudgets/,
     },
     // what no schema knows: our CLI, the files' references to each other, TLS
+    {
+      what: 'two compose agents sharing one NATS user',
+      file: COMPOSE_FILE,
+      from: 'KNATS_NATS_USER: agent-b\n      KNATS_NATS_PASSWORD: demo-agent-b-secret',
+      to: 'KNATS_NATS_USER: agent-a\n      KNATS_NATS_PASSWORD: demo-agent-a-secret',
+      caught: /services\.agent-b: shares NATS user agent-a with agent-a/,
+    },
+    {
+      what: 'two Kubernetes agents sharing one seed',
+      file: `${KUBERNETES_DIR}/agents.yaml`,
+      from: 'secretName: knats-agent-2-nkey',
+      to: 'secretName: knats-agent-1-nkey',
+      caught:
+        /Deployment\/knats-agent-2 container agent: shares its NATS seed \(Secret knats-agent-1-nkey\) with/,
+    },
+    {
+      what: 'two Kubernetes agents with one id',
+      file: `${KUBERNETES_DIR}/agents.yaml`,
+      from: '- --agent-id=agent-2',
+      to: '- --agent-id=agent-1',
+      caught: /Deployment\/knats-agent-2 container agent: agent id agent-1 is also used by/,
+    },
+    {
+      what: 'a Kubernetes agent id run by two pods at once',
+      file: `${KUBERNETES_DIR}/agents.yaml`,
+      from: '  strategy:\n    type: Recreate',
+      to: '  strategy:\n    type: RollingUpdate',
+      first: true,
+      caught: /Deployment\/knats-agent-1 container agent: may run agent id agent-1 in two pods at once/,
+    },
     {
       what: 'a misspelled flag in an exec-form command',
       file: COMPOSE_FILE,
@@ -1789,13 +1871,15 @@ describe('deliberate mistakes are caught', () => {
       what: 'a misspelled flag in a Kubernetes Deployment',
       file: `${KUBERNETES_DIR}/agents.yaml`,
       from: '- --nats-url=tls://nats.knats-system',
+      first: true,
       to: '- --nats-urls=tls://nats.knats-system',
-      caught: /agents\.yaml.*Deployment\/knats-agent container agent.*--nats-urls: unknown flag/,
+      caught: /agents\.yaml.*Deployment\/knats-agent-1 container agent.*--nats-urls: unknown flag/,
     },
     {
       what: 'a Kubernetes agent without NATS credentials',
       file: `${KUBERNETES_DIR}/agents.yaml`,
       from: '            - --nats-nkey=/etc/knats/agent.nk\n',
+      first: true,
       to: '',
       caught: /container agent: connects to NATS without credentials/,
     },
@@ -1803,6 +1887,7 @@ describe('deliberate mistakes are caught', () => {
       what: 'a Kubernetes seed file outside the mounted Secret',
       file: `${KUBERNETES_DIR}/agents.yaml`,
       from: 'mountPath: /etc/knats\n',
+      first: true,
       to: 'mountPath: /etc/knats-nkey\n',
       caught: /--nats-nkey \/etc\/knats\/agent\.nk is not in a mounted volume/,
     },
@@ -1810,6 +1895,7 @@ describe('deliberate mistakes are caught', () => {
       what: 'a Kubernetes probe on the wrong port',
       file: `${KUBERNETES_DIR}/agents.yaml`,
       from: 'containerPort: 8093',
+      first: true,
       to: 'containerPort: 8094',
       caught: /probe on port health, but the health port is 8093/,
     },
@@ -1817,6 +1903,7 @@ describe('deliberate mistakes are caught', () => {
       what: 'a Kubernetes agent on plaintext NATS',
       file: `${KUBERNETES_DIR}/agents.yaml`,
       from: '- --nats-url=tls://nats.knats-system',
+      first: true,
       to: '- --nats-url=nats://nats.knats-system',
       caught:
         /container agent: NATS URL nats:\/\/nats\.knats-system\.svc\.cluster\.local:4222 is not tls:\/\//,
@@ -1825,6 +1912,7 @@ describe('deliberate mistakes are caught', () => {
       what: 'a Kubernetes agent verifying NATS with a CA from elsewhere',
       file: `${KUBERNETES_DIR}/agents.yaml`,
       from: '            secretName: nats-ca\n',
+      first: true,
       to: '            secretName: other-ca\n',
       caught: /container agent: --nats-tls-ca \/etc\/knats-tls\/ca\.crt is not from the Secret nats-ca/,
     },
@@ -1877,11 +1965,10 @@ describe('deliberate mistakes are caught', () => {
     it(`${mistake.what} (${mistake.file})`, () => {
       const original = new Repo().read(mistake.file);
       assert.ok(original !== undefined, `${mistake.file} exists`);
-      assert.equal(
-        original.split(mistake.from).length,
-        2,
-        `${JSON.stringify(mistake.from)} occurs once in ${mistake.file}`,
-      );
+      const occurrences = original.split(mistake.from).length - 1;
+      if (mistake.first)
+        assert.ok(occurrences > 1, `${JSON.stringify(mistake.from)} occurs in several blocks`);
+      else assert.equal(occurrences, 1, `${JSON.stringify(mistake.from)} occurs once in ${mistake.file}`);
       const repo = new Repo(new Map([[mistake.file, original.replace(mistake.from, mistake.to)]]));
       assert.throws(
         () => {
