@@ -2,15 +2,18 @@
  * docker-compose.yml, the Dockerfile and deploy/ checked against the real code.
  *
  * No Docker engine runs in CI, so `docker compose up` cannot prove the demo
- * works here. Instead every knats command line those files contain (exec-form
- * and string commands, the shell scripts they run, Kubernetes container args,
- * KNATS_* environment variables) goes through the CLI's own validation:
- * frontendConfig()/agentConfig() for `frontend`/`agent`, the flag specs of
- * `dial`, `status` and `broker` through parseFlags(). Around them the wiring is
- * checked: services, volumes and networks that exist, files that are in the
- * repository or produced by a service started before, NATS URLs that reach a
- * NATS service, users that the NATS configuration knows with the same
- * password, health checks on the health port, UDS paths and proxy addresses
+ * works here. First the published schemas: the compose file against the
+ * Compose Specification's, every Kubernetes manifest against the OpenAPI
+ * schema of its kind. Then what no schema can know: every knats command line
+ * those files contain (exec-form and string commands, the shell scripts they
+ * run, Kubernetes container args, KNATS_* environment variables) goes through
+ * the CLI's own validation: frontendConfig()/agentConfig() for
+ * `frontend`/`agent`, the flag specs of `dial`, `status` and `broker` through
+ * parseFlags(). Around them the wiring is checked: services, volumes and
+ * networks that exist, files that are in the repository or produced by a
+ * service started before, NATS URLs that reach a NATS service, users that the
+ * NATS configuration knows with the same password, one NATS user (seed, id)
+ * per agent, health checks on the health port, UDS paths and proxy addresses
  * that lead to the right frontend, EgressSelectorConfigurations that match
  * their sidecar. A table of deliberate mistakes proves each kind of check
  * fires. Last, the NATS permissions of deploy/nats/auth.conf are tried on a
