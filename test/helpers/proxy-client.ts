@@ -75,15 +75,22 @@ export class ProxyStreamClient extends EventEmitter {
     // biome-ignore lint/suspicious/noExplicitAny: method from a runtime-loaded service
     this.call = (this.client as any).Proxy();
     this.call.on('data', (packet: Packet) => this.onPacket(packet));
-    this.call.on('end', () => {
-      this.ended = true;
-      this.emit('end');
-    });
+    this.call.on('end', () => this.onStreamEnd());
     this.call.on('error', (err) => {
       this.streamError = err;
-      this.ended = true;
-      this.emit('end');
+      this.onStreamEnd();
     });
+  }
+
+  /** The stream is over: dials still waiting for their DIAL_RSP fail instead of waiting forever. */
+  private onStreamEnd(): void {
+    this.ended = true;
+    const error = `stream ended${this.streamError ? `: ${this.streamError.message}` : ''}`;
+    for (const [key, waiter] of this.waiters) {
+      waiter({ connectID: 0, error, ms: Date.now() - (this.sentAt.get(key) ?? Date.now()) });
+    }
+    this.waiters.clear();
+    this.emit('end');
   }
 
   private onPacket(packet: Packet): void {
