@@ -403,7 +403,7 @@ class ConnectConnection {
   private onClientEnd(): void {
     this.clientEnded = true;
     if (!this.writeEnded && this.phase !== 'header' && endedByReset(this.socket)) {
-      this.onClientError(Object.assign(new Error('reset by the client'), { code: 'ECONNRESET' }));
+      this.clientAborted('client reset the connection');
       return;
     }
     if (this.phase === 'open') {
@@ -418,12 +418,13 @@ class ConnectConnection {
 
   private onClientError(err: NodeJS.ErrnoException): void {
     this.logger.debug({ err: err.code ?? err.message, phase: this.phase }, 'client socket error');
+    this.clientAborted(`client connection error: ${err.code ?? err.message}`);
+  }
+
+  /** The client reset or broke its connection: a pending dial is cancelled, an open tunnel aborted. */
+  private clientAborted(reason: string): void {
     if (this.phase === 'dialing') this.dial?.abort();
-    else if (this.phase === 'open') {
-      this.tunnel?.fail(
-        new KnatsError(ErrorCode.ConnectionReset, `client connection error: ${err.code ?? err.message}`),
-      );
-    }
+    else if (this.phase === 'open') this.tunnel?.fail(new KnatsError(ErrorCode.ConnectionReset, reason));
   }
 
   private onClientClose(): void {
