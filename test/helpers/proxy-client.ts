@@ -68,6 +68,12 @@ export class ProxyStreamClient extends EventEmitter {
   ) {
     super();
     this.client = new ProxyService(target, credentials, {
+      // One HTTP/2 connection per client, as kube-apiserver's konnectivity-client opens one per tunnel.
+      // grpc-js otherwise shares a connection among clients of one target, and tears it down under
+      // the calls still running once clients to that target stop being created (a rolling-update
+      // run lost every in-flight call on a frontend taken out of rotation; the frontend logged them
+      // as cancelled by the client).
+      'grpc.use_local_subchannel_pool': 1,
       'grpc-node.flow_control_window': 8 * 1024 * 1024,
       'grpc.max_receive_message_length': 16 * 1024 * 1024,
       ...options,
