@@ -7,7 +7,7 @@
 #
 # Downloads only from the npm registry and Debian's package archive.
 
-ARG NODE_IMAGE=node:20-bookworm-slim
+ARG NODE_IMAGE=node:24-bookworm-slim
 
 # ---- build: compile TypeScript, then drop the dev dependencies -------------
 FROM ${NODE_IMAGE} AS build

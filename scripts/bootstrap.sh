@@ -11,13 +11,17 @@ warn() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 # --- Node ---------------------------------------------------------------------
 if ! command -v node >/dev/null 2>&1; then
-  warn 'node not found: install Node.js 20 or newer'
+  warn 'node not found: install Node.js 22 or 24'
   exit 1
 fi
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 if [ "$node_major" -lt 20 ]; then
-  warn "Node.js $(node --version) is too old: 20 or newer is required"
+  warn "Node.js $(node --version) is too old: 22 or 24 is required"
   exit 1
+fi
+# 20 still runs everything, but it is past end of life and no longer tested.
+if [ "$node_major" -lt 22 ]; then
+  warn "Node.js $(node --version) is past end of life and untested; use 22 or 24"
 fi
 
 # --- node_modules -------------------------------------------------------------

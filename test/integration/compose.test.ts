@@ -1536,12 +1536,12 @@ describe('the Dockerfile', () => {
 
   it('builds with npm ci and npm run build, and ships no dev dependencies', () => {
     const build = image.stages[0]!;
-    assert.match(build.from, /^(\$\{NODE_IMAGE\}|node:20-)/);
+    assert.match(build.from, /^(\$\{NODE_IMAGE\}|node:(22|24)-)/);
     const runs = build.lines.join('\n');
     assert.match(runs, /npm ci\b/);
     assert.match(runs, /npm run build\b/);
     assert.match(runs, /npm prune --omit=dev\b/);
-    assert.match(source, /^ARG NODE_IMAGE=node:20-bookworm-slim$/m);
+    assert.match(source, /^ARG NODE_IMAGE=node:(22|24)-bookworm-slim$/m);
     const final = image.stages[image.stages.length - 1]!.lines.join('\n');
     for (const path of ['dist', 'node_modules', 'proto', 'package.json'])
       assert.match(final, new RegExp(`COPY --from=build /app/${path}\\b`), `runtime stage copies ${path}`);
