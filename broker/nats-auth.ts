@@ -227,6 +227,25 @@ export function seedFileFor(stateDir: string, prefix: string, role: Role, id?: s
  * user nkey (mode 0600, folder 0700) unless one is there already; an
  * existing seed is reused, so restarts keep the same credentials.
  */
+/**
+ * `mkdir -p` with mode 0700 for what it creates. Not `mkdir({ recursive: true })`:
+ * Node's recursive mkdir never returns for some impossible paths (one under /proc, seen on Node 20).
+ */
+async function makeDirectories(dir: string): Promise<void> {
+  const missing: string[] = [];
+  for (let d = dir; !existsSync(d); d = path.dirname(d)) {
+    missing.push(d);
+    if (path.dirname(d) === d) break;
+  }
+  for (const d of missing.reverse()) {
+    try {
+      await mkdir(d, { mode: 0o700 });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  }
+}
+
 export async function ensureRoleCredential(
   stateDir: string,
   prefix: string,
@@ -234,20 +253,30 @@ export async function ensureRoleCredential(
   id?: string,
 ): Promise<RoleCredential> {
   const seedFile = seedFileFor(stateDir, prefix, role, id);
-  await mkdir(path.dirname(seedFile), { recursive: true, mode: 0o700 });
-  await chmod(path.dirname(seedFile), 0o700);
+  const seedDir = path.dirname(seedFile);
   let created = false;
-  if (!existsSync(seedFile)) {
-    const seed = new TextDecoder().decode(nkeys.createUser().getSeed());
-    try {
-      await writeFile(seedFile, `${seed}\n`, { mode: 0o600, flag: 'wx' });
-      created = true;
-    } catch (err) {
-      // Another process created it meanwhile: use theirs.
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  let text: string;
+  try {
+    await makeDirectories(seedDir);
+    await chmod(seedDir, 0o700);
+    if (!existsSync(seedFile)) {
+      const seed = new TextDecoder().decode(nkeys.createUser().getSeed());
+      try {
+        await writeFile(seedFile, `${seed}\n`, { mode: 0o600, flag: 'wx' });
+        created = true;
+      } catch (err) {
+        // Another process created it meanwhile: use theirs.
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      }
     }
+    text = (await readFile(seedFile, 'utf8')).trim();
+  } catch (err) {
+    throw new KnatsError(
+      ErrorCode.BadConfig,
+      `state directory ${stateDir} (--state-dir): ${(err as Error).message}`,
+      { cause: err },
+    );
   }
-  const text = (await readFile(seedFile, 'utf8')).trim();
   let publicKey: string;
   try {
     const pair = nkeys.fromSeed(new TextEncoder().encode(text));

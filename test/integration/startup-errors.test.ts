@@ -161,6 +161,17 @@ describe('start-up errors name the flag and the value', () => {
     assertOneLine(noSeed.stderr);
     assert.ok(noSeed.stderr.includes(`--nats-nkey ${missing}: cannot read it (ENOENT`), noSeed.stderr);
   });
+
+  it('a --state-dir that cannot be a directory: named, exit 2, and no hang (one under /proc spun forever)', async () => {
+    const file = join(fleet.dir, 'a-file');
+    writeFileSync(file, 'not a directory');
+    for (const stateDir of [join(file, 'state'), '/proc/knats-nonexistent/state']) {
+      const result = await runCli(['broker', 'config', '--agent', 'a1', '--state-dir', stateDir]);
+      assert.equal(result.code, 2, result.stderr);
+      assertOneLine(result.stderr);
+      assert.ok(result.stderr.includes(`state directory ${stateDir} (--state-dir): EN`), result.stderr);
+    }
+  });
 });
 
 describe('a live socket is never taken', () => {
