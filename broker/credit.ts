@@ -149,8 +149,10 @@ export class ReceiveCredit {
       const promised = Math.max(0, this.limitOffset - this.consumedBytes - this.settings.minWindow);
       const keep = Math.max(share, promised);
       if (keep < this.borrowedBytes) {
-        this.budget.giveBack(this.borrowedBytes - keep);
+        // Own state first: giveBack wakes waiters synchronously, and one of them may be this tunnel again.
+        const excess = this.borrowedBytes - keep;
         this.borrowedBytes = keep;
+        this.budget.giveBack(excess);
       }
     }
     const window = this.settings.minWindow + this.borrowedBytes;
@@ -171,9 +173,10 @@ export class ReceiveCredit {
 
   /** Returns everything borrowed; the tunnel is done. */
   release(): void {
-    this.budget.leave();
-    this.budget.giveBack(this.borrowedBytes);
+    const bytes = this.borrowedBytes;
     this.borrowedBytes = 0;
+    this.budget.leave();
+    this.budget.giveBack(bytes);
   }
 }
 

@@ -453,6 +453,9 @@ export class Tunnel {
   }
 
   private grantMore = (): void => {
+    // Called directly (bytes consumed) while still queued for budget: leave the queue, so a give-back
+    // cannot run this again in the middle of it.
+    if (this.waitingForBudget) this.budget.cancelWait(this.grantMore);
     this.waitingForBudget = false;
     if (this.state === 'closed') return;
     const limit = this.receive.nextGrant();

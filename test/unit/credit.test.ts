@@ -100,6 +100,24 @@ describe('credit flow control', () => {
     assert.equal(budget.inUse, 0);
   });
 
+  it('keeps the budget exact when giving back wakes the same tunnel again (re-entrant grant)', () => {
+    // A tunnel waits for budget, then more tunnels join so its share shrinks below what it holds; its next
+    // grant gives the excess back, which synchronously wakes the waiters, itself among them. The budget
+    // once went negative this way (-11,583 bytes after 200 concurrent tunnels).
+    const budget = new ReceiveBudget(settings.budget);
+    const hog = new ReceiveCredit(settings, budget);
+    const starved = Array.from({ length: 6 }, () => new ReceiveCredit(settings, budget));
+    const waiter = starved[4]!;
+    assert.ok(waiter.starved, 'the last tunnel got less than its share');
+    budget.waitForCredit(() => waiter.nextGrant());
+    const joined = Array.from({ length: 30 }, () => new ReceiveCredit(settings, budget));
+    waiter.onReceived(waiter.limit);
+    waiter.onConsumed(waiter.limit);
+    waiter.nextGrant();
+    for (const credit of [hog, ...starved, ...joined]) credit.release();
+    assert.equal(budget.inUse, 0, 'every byte borrowed came back exactly once');
+  });
+
   it('ignores stale or reordered grants on the sending side', () => {
     const send = new SendCredit(100);
     assert.equal(send.grant(50), false);
