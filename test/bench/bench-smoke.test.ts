@@ -97,7 +97,39 @@ it('npm run bench -- --quick --json completes and reports every figure', { timeo
     /active gRPC: slowest\/fastest/,
     /gRPC: \d+ tunnels RTT p99 beside a stuck tunnel/,
     /frontend RSS after \d+ dial\/close cycles/,
+    // Issue 13: the floors and the figures measured against them.
+    /round-trip floor p50 \(baseline\)/,
+    /round-trip floor p99 \(baseline\)/,
+    /HTTP CONNECT tunnel RTT overhead p50 vs floor/,
+    /HTTP CONNECT tunnel RTT overhead p99 vs floor/,
+    /dial floor p50 \(baseline\)/,
+    /dial floor p99 \(baseline\)/,
+    /gRPC dial on a ready connection .* p50 vs floor/,
+    /gRPC dial on a ready connection .* p99 vs floor/,
+    /CPU per MiB, gRPC tunnel download, frontend/,
+    /CPU per MiB, gRPC tunnel download, agent/,
+    /CPU per MiB, HTTP CONNECT tunnel download, frontend/,
+    /CPU per MiB, HTTP CONNECT tunnel download, agent/,
+    /active CONNECT x 1 MiB: aggregate vs one tunnel/,
   ]) {
     assert.match(figures, wanted);
+  }
+  for (const row of result.rows.filter((r) => /vs floor|CPU per MiB|vs one tunnel/.test(r.figure))) {
+    if (row.value === null) continue;
+    assert.ok(row.target === undefined || typeof row.met === 'boolean', `"${row.figure}" has no verdict`);
+  }
+  // The dial stage table: whatever stages the frontends export, or none.
+  const stages = result.dialStages;
+  assert.ok(stages, 'no dialStages in the JSON');
+  assert.equal(typeof stages.found, 'boolean');
+  if (!stages.found) assert.deepEqual(stages.stages, []);
+  for (const s of stages.stages) {
+    assert.ok(s.door !== '' && s.stage !== '', `stage without labels: ${JSON.stringify(s)}`);
+    assert.ok(Number.isInteger(s.count) && s.count >= 0, `${s.door} ${s.stage}: count ${s.count}`);
+    if (s.count > 0) {
+      for (const v of [s.meanMs, s.p50Ms, s.p99Ms]) {
+        assert.ok(typeof v === 'number' && Number.isFinite(v), `${s.door} ${s.stage}: ${JSON.stringify(s)}`);
+      }
+    }
   }
 });

@@ -27,8 +27,11 @@ export type DestinationName = keyof DestinationPorts;
  *   grpc-relay  one plain Node gRPC ProxyService hop that dials the destination itself (no bus)
  *   grpc        the frontend's gRPC door, over NATS, through the agent
  *   connect     the frontend's HTTP CONNECT door, over NATS, through the agent
+ *   nats        the design's floor, nats.js alone between two load workers: the dial is a
+ *               request the other worker answers after a loopback TCP connect to the
+ *               destination, the data a publish/subscribe ping-pong it echoes (no destination)
  */
-export type Kind = 'direct' | 'relay' | 'grpc-relay' | 'grpc' | 'connect';
+export type Kind = 'direct' | 'relay' | 'grpc-relay' | 'grpc' | 'connect' | 'nats';
 
 export interface Endpoints {
   dest: DestinationPorts;
@@ -36,6 +39,8 @@ export interface Endpoints {
   grpcRelayUds?: string;
   grpcUds?: string;
   connectUds?: string;
+  /** The bench's nats-server, for the floor (kind 'nats'). */
+  natsUrl?: string;
 }
 
 export type WorkerCommand =
@@ -56,6 +61,8 @@ export type WorkerCommand =
   | { cmd: 'idle-close' }
   | { cmd: 'noisy-start'; kind: Kind; chunk: number; stallMs: number }
   | { cmd: 'noisy-stop' }
+  /** Answers the floor's dials and ping-pongs (kind 'nats') of the other worker until the process exits. */
+  | { cmd: 'nats-floor-serve' }
   | {
       cmd: 'nats-pub';
       url: string;
@@ -157,7 +164,27 @@ export interface BenchResult {
   scenarios: Scenario[];
   rows: Row[];
   cpu: CpuRecord[];
+  /** The frontends' dial stage histogram over the dial scenario (absent when it did not run). */
+  dialStages?: DialStages;
   errors: string[];
+}
+
+export interface DialStages {
+  /** false: no frontend exports knats_dial_stage_seconds. */
+  found: boolean;
+  stages: DialStage[];
+}
+
+/** One (door, stage) series of knats_dial_stage_seconds, as observed during the dial scenario. */
+export interface DialStage {
+  door: string;
+  stage: string;
+  count: number;
+  /** Milliseconds; null when the stage saw no dial. */
+  meanMs: number | null;
+  /** Estimated from the buckets, as Prometheus' histogram_quantile does. */
+  p50Ms: number | null;
+  p99Ms: number | null;
 }
 
 export interface CpuRecord {
@@ -183,6 +210,17 @@ export function sortNumbers(values: readonly number[]): number[] {
       out.push(v);
       return out;
     }, []);
+}
+
+/** A plain-text table: columns padded to their widest cell, a dashed rule under the header. */
+export function textTable(header: string[], lines: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
+  const fmt = (cells: string[]) =>
+    cells
+      .map((c, i) => c.padEnd(widths[i]!))
+      .join(' | ')
+      .trimEnd();
+  return [fmt(header), widths.map((w) => '-'.repeat(w)).join('-|-'), ...lines.map(fmt)].join('\n');
 }
 
 export const MB = 1_000_000;

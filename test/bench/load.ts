@@ -21,6 +21,7 @@ import {
   type WorkerReply,
   type WorkerRequest,
 } from './common.js';
+import { floorClient, openNatsFloor, serveFloor } from './nats-floor.js';
 import { type Conn, openConnect, openGrpc, openTcp } from './wire.js';
 
 let endpoints: Endpoints | undefined;
@@ -44,6 +45,8 @@ async function open(kind: Kind, dest: DestinationName, ownConnection = true): Pr
       return openGrpc(need(ep.grpcUds, 'the gRPC frontend'), address, ownConnection);
     case 'connect':
       return openConnect(need(ep.connectUds, 'the HTTP CONNECT frontend'), address);
+    case 'nats':
+      return openNatsFloor(need(ep.natsUrl, 'the nats-server'), ep.dest[dest]);
   }
 }
 
@@ -414,7 +417,11 @@ async function run(command: WorkerCommand): Promise<unknown> {
   switch (command.cmd) {
     case 'init':
       endpoints = command.endpoints;
+      if (endpoints.natsUrl) await floorClient(endpoints.natsUrl);
       return { pid: process.pid };
+    case 'nats-floor-serve':
+      await serveFloor(need(endpoints?.natsUrl, 'the nats-server'));
+      return { serving: true };
     case 'throughput':
       return throughput(command.kind, command.dir, command.bytes, command.chunk, command.warmup);
     case 'roundtrip':
