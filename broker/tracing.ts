@@ -71,12 +71,31 @@ export function tracingSettings(
   const base = (from: string, url: string) => `${checkedUrl(from, url).replace(/\/+$/, '')}/v1/traces`;
   if (endpointFlag) return { tracesUrl: base('--otlp-endpoint', endpointFlag), serviceName };
   const tracesEndpoint = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT?.trim();
+  if (tracesEndpoint || env.OTEL_EXPORTER_OTLP_ENDPOINT?.trim()) assertHttpProtocol(env);
   if (tracesEndpoint) {
     return { tracesUrl: checkedUrl('OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', tracesEndpoint), serviceName };
   }
   const endpoint = env.OTEL_EXPORTER_OTLP_ENDPOINT?.trim();
   if (endpoint) return { tracesUrl: base('OTEL_EXPORTER_OTLP_ENDPOINT', endpoint), serviceName };
   return undefined;
+}
+
+/**
+ * The OTLP protocol the OTEL_* variables ask for is one this exporter speaks:
+ * spans go over HTTP (JSON), which a collector takes on its OTLP/HTTP port
+ * whether it was told http/protobuf or http/json; an endpoint meant for gRPC
+ * (usually port 4317) would refuse every export, so it is a bad setting now.
+ */
+function assertHttpProtocol(env: NodeJS.ProcessEnv): void {
+  for (const name of ['OTEL_EXPORTER_OTLP_TRACES_PROTOCOL', 'OTEL_EXPORTER_OTLP_PROTOCOL'] as const) {
+    const protocol = env[name]?.trim();
+    if (!protocol) continue;
+    if (protocol === 'http/protobuf' || protocol === 'http/json') return;
+    throw new KnatsError(
+      ErrorCode.BadConfig,
+      `${name}=${protocol}: knats exports traces over OTLP/HTTP only; point the endpoint at the collector's OTLP/HTTP port (usually 4318) and set http/protobuf or http/json`,
+    );
+  }
 }
 
 function checkedUrl(from: string, text: string): string {
