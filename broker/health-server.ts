@@ -1,6 +1,6 @@
 /**
  * The HTTP endpoints both components serve: /healthz (the process runs),
- * /readyz (it can do its job now), /metrics (Prometheus) and, on the admin
+ * /readyz and /ready (it can do its job now), /metrics (Prometheus) and, on the admin
  * port only, /debug/state (live counts of tunnels, timers and sockets, for
  * operators and leak tests) and, with --enable-profiling, /debug/pprof/profile
  * and /debug/pprof/heap (upstream's pprof paths; Node's profile formats).
@@ -83,7 +83,9 @@ export async function startHealthServer(options: HealthServerOptions): Promise<H
       case '/healthz':
         send(200, 'ok\n');
         return;
-      case '/readyz': {
+      case '/readyz':
+      case '/ready': {
+        // /ready: upstream's proxy-server and proxy-agent serve readiness under both names.
         const reason = options.notReadyReason();
         if (reason) send(503, `not ready: ${reason}\n`);
         else send(200, 'ok\n');

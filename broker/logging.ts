@@ -1,5 +1,6 @@
 import { fstatSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { type DestinationStream, type Logger, pino } from 'pino';
+import { ErrorCode, KnatsError } from './errors.js';
 import { redactRecord, redactUserinfo } from './redact.js';
 
 export type { Logger };
@@ -24,7 +25,12 @@ export interface LogSettings {
  * line would pass `maxBytes`, as klog does with one --log-file.
  */
 function fileSink(path: string, maxBytes: number): DestinationStream {
-  const fd = openSync(path, 'a', 0o640);
+  let fd: number;
+  try {
+    fd = openSync(path, 'a', 0o640);
+  } catch (err) {
+    throw new KnatsError(ErrorCode.BadConfig, `log file ${path} (--log-file, --log-dir): cannot write it (${(err as Error).message})`);
+  }
   let size = fstatSync(fd).size;
   return {
     write(line: string) {

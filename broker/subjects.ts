@@ -17,16 +17,44 @@ import { ErrorCode, KnatsError } from './errors.js';
 /** Queue group name shared by agents on the dial subjects. */
 export const AGENT_QUEUE = 'agents';
 
-const TOKEN = /^[A-Za-z0-9_-]+$/;
+const TOKEN = /^[A-Za-z0-9_~-]+$/;
 
 /** Longest agent / frontend id or subject prefix. */
 export const MAX_ID_LENGTH = 128;
 /** Longest tunnel id (ours are 22 characters). */
 export const MAX_TUNNEL_ID_LENGTH = 64;
 
+const ID_CHARACTER = /[A-Za-z0-9_-]/;
+
 /**
- * True if `value` can be used as one subject token: letters, digits, '_' or
- * '-', 1 to `maxLength` characters. Every id a peer sends is checked with
+ * A process id as one subject token. Upstream takes any string for an agent or
+ * server id (node names and addresses have dots), a subject token cannot have
+ * one: letters, digits, '_' and '-' stay, every other UTF-8 byte becomes ~XX.
+ * No two ids share a token ('a.b' is a~2eb, 'a_b' stays), and an id that was a
+ * token already is unchanged.
+ */
+export function idToken(id: string): string {
+  let token = '';
+  for (const character of id) {
+    if (ID_CHARACTER.test(character)) token += character;
+    else for (const byte of Buffer.from(character)) token += `~${byte.toString(16).padStart(2, '0')}`;
+  }
+  return token;
+}
+
+/** The id idToken wrote as `token`. */
+export function idOfToken(token: string): string {
+  return Buffer.from(
+    token.replace(/~([0-9a-f]{2})|[^~]+/g, (part, hex: string | undefined) =>
+      hex === undefined ? Buffer.from(part).toString('latin1') : String.fromCharCode(Number.parseInt(hex, 16)),
+    ),
+    'latin1',
+  ).toString();
+}
+
+/**
+ * True if `value` can be used as one subject token: letters, digits, '_', '-'
+ * or '~' (the escape of idToken), 1 to `maxLength` characters. Every id a peer sends is checked with
  * this before it is used in a subject, a map key or a log line.
  */
 export function isToken(value: string, maxLength = MAX_ID_LENGTH): boolean {
@@ -38,7 +66,7 @@ export function assertToken(value: string, what: string): string {
   if (!isToken(value)) {
     throw new KnatsError(
       ErrorCode.BadConfig,
-      `${what} ${JSON.stringify(value.length > MAX_ID_LENGTH ? `${value.slice(0, MAX_ID_LENGTH)}...` : value)} must be 1 to ${MAX_ID_LENGTH} letters, digits, '_' or '-' (it becomes a NATS subject token)`,
+      `${what} ${JSON.stringify(value.length > MAX_ID_LENGTH ? `${value.slice(0, MAX_ID_LENGTH)}...` : value)} must be 1 to ${MAX_ID_LENGTH} letters, digits, '_', '-' or ~XX escapes (it becomes a NATS subject token)`,
     );
   }
   return value;

@@ -19,7 +19,7 @@ import {
   type Role,
   type RoleCredential,
 } from '../broker/nats-auth.js';
-import { assertToken } from '../broker/subjects.js';
+import { assertToken, idOfToken, idToken } from '../broker/subjects.js';
 import { FlagReader, type FlagSpec, helpText, parseFlags } from './flags.js';
 import { stopOnSignals } from './run-component.js';
 
@@ -196,7 +196,7 @@ function idsOf(flags: FlagReader, name: string): ProcessUser[] {
     const grant = question >= 0 ? item.slice(question + 1) : undefined;
     const user = question >= 0 ? item.slice(0, question) : item;
     const eq = user.indexOf('=');
-    const id = eq >= 0 ? user.slice(0, eq) : user;
+    const id = idToken(eq >= 0 ? user.slice(0, eq) : user);
     try {
       assertToken(id, `--${name}`);
       if (grant !== undefined) {
@@ -214,6 +214,11 @@ function idsOf(flags: FlagReader, name: string): ProcessUser[] {
       ...(grant !== undefined ? { grant } : {}),
     };
   });
+}
+
+/** `word` as one shell word: quoted unless it is plain. */
+function shellWord(word: string): string {
+  return /^[A-Za-z0-9_.,:@%+=/-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
 }
 
 function relative(file: string): string {
@@ -235,7 +240,9 @@ function usageLines(
   return credentials.map((c) => {
     const extra: string[] = [];
     if (c.prefix !== 'knats') extra.push(`--subject-prefix ${c.prefix}`);
-    if (c.id !== undefined) extra.push(c.role === 'agent' ? `--agent-id ${c.id}` : `--server-id ${c.id}`);
+    // The id as given: the process writes it as the same token itself.
+    const id = c.id === undefined ? undefined : shellWord(idOfToken(c.id));
+    if (id !== undefined) extra.push(c.role === 'agent' ? `--agent-id ${id}` : `--server-id ${id}`);
     const grant = c.role === 'agent' && c.id !== undefined ? grants.get(c.id) : undefined;
     if (grant !== undefined) extra.push(`--agent-identifiers '${grant}'`);
     const label = [c.prefix === 'knats' ? '' : c.prefix, c.role, c.id ?? ''].filter(Boolean).join(' ');

@@ -12,7 +12,7 @@ import { ErrorCode, KnatsError } from '../broker/errors.js';
 import { parseAgentIdentifiers } from '../broker/identifiers.js';
 import type { LogSettings } from '../broker/logging.js';
 import { defaultPresenceSettings } from '../broker/presence.js';
-import { assertToken } from '../broker/subjects.js';
+import { assertToken, idToken } from '../broker/subjects.js';
 import { tracingSettings } from '../broker/tracing.js';
 import { defaultTunnelHostTiming } from '../broker/tunnel-host.js';
 import type { FrontendConfig } from '../frontend/frontend.js';
@@ -227,7 +227,7 @@ export const frontendFlags: FlagSpec[] = [
     name: 'backend-dial-timeout',
     kind: 'duration',
     default: '5s',
-    help: 'how long an agent may take to dial',
+    help: "how long an agent may take to dial; 0 (upstream's default, no timeout) leaves it to the kernel's connect timeout, at most 2m",
     placeholder: 'DUR',
   },
   {
@@ -378,10 +378,22 @@ function processId(flags: FlagReader, flag: string, upstreamEnv: string | undefi
       .replace(/[^A-Za-z0-9_-]/g, '-')
       .slice(0, 40)}-${nuid.next().slice(-8)}`;
   try {
-    return assertToken(id, `--${flag}`);
+    return assertToken(idToken(id), `--${flag}`);
   } catch (err) {
     throw bad((err as Error).message);
   }
+}
+
+/** Linux gives up a TCP connect after about 127 s (6 SYN retries); upstream's "no dial timeout" ends there. */
+const KERNEL_CONNECT_TIMEOUT_MS = 120_000;
+/** grpc-go's server keepalive when its time is 0, as upstream's --frontend-keepalive-time=0 gets. */
+const GRPC_DEFAULT_KEEPALIVE_MS = 2 * 60 * 60 * 1000;
+
+/** A duration where upstream takes 0 for "its default": 0 becomes `zeroMeans`. */
+function durationOrDefault(flags: FlagReader, name: string, zeroMeans: number): number {
+  const ms = flags.duration(name);
+  if (ms < 0) throw bad(`--${name}: must not be negative`);
+  return ms === 0 ? zeroMeans : ms;
 }
 
 function positiveDuration(flags: FlagReader, name: string): number {
@@ -457,14 +469,14 @@ export function frontendConfig(
       ),
       cipherSuites: flagValue('cipher-suites', () => parseCipherSuites(flags.string('cipher-suites') ?? '')),
       proxyStrategies,
-      backendDialTimeoutMs: positiveDuration(flags, 'backend-dial-timeout'),
+      backendDialTimeoutMs: durationOrDefault(flags, 'backend-dial-timeout', KERNEL_CONNECT_TIMEOUT_MS),
       dialAcceptTimeoutMs: positiveDuration(flags, 'dial-accept-timeout'),
       healthPort: flags.port('health-port'),
       healthBindAddress: flags.string('health-bind-address') ?? '',
       adminPort: flags.port('admin-port'),
       adminBindAddress: flags.string('admin-bind-address') ?? '127.0.0.1',
       enableProfiling: flags.bool('enable-profiling'),
-      grpcKeepaliveMs: positiveDuration(flags, 'frontend-keepalive-time'),
+      grpcKeepaliveMs: durationOrDefault(flags, 'frontend-keepalive-time', GRPC_DEFAULT_KEEPALIVE_MS),
       gracefulShutdownTimeoutMs: flags.duration('graceful-shutdown-timeout'),
       maxPendingDials,
       maxPendingDialsPerStream,

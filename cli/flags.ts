@@ -34,6 +34,8 @@ export type FlagValue = string | number | boolean;
 export interface ParsedFlags {
   readonly values: ReadonlyMap<string, FlagValue>;
   readonly positionals: readonly string[];
+  /** Flags given on the command line (the others in `values` came from KNATS_* variables). */
+  readonly fromCommandLine?: ReadonlySet<string>;
 }
 
 export function envName(flag: string): string {
@@ -117,7 +119,7 @@ export function parseFlags(
     fromArgv.add(name);
     values.set(name, convert(spec, raw));
   }
-  return { values, positionals };
+  return { values, positionals, fromCommandLine: fromArgv };
 }
 
 /** Typed access with defaults from the specs. */
@@ -132,6 +134,11 @@ export class FlagReader {
 
   has(name: string): boolean {
     return this.parsed.values.has(name);
+  }
+
+  /** Given on the command line, not only in the environment. */
+  onCommandLine(name: string): boolean {
+    return this.parsed.fromCommandLine?.has(name) ?? false;
   }
 
   private raw(name: string): FlagValue | undefined {

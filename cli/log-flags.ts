@@ -123,8 +123,11 @@ function verbosityLevel(v: number): LogLevel {
 }
 
 function logLevel(flags: FlagReader): LogLevel {
-  if (flags.has('v') && flags.has('log-level')) throw bad('--v and --log-level: give one of them');
-  if (flags.has('v')) return verbosityLevel(flags.int('v'));
+  // Both set: the command line wins over the environment; twice on one of them is a mistake.
+  const both = flags.has('v') && flags.has('log-level');
+  if (both && flags.onCommandLine('v') === flags.onCommandLine('log-level'))
+    throw bad('--v and --log-level: give one of them');
+  if (flags.has('v') && (!both || flags.onCommandLine('v'))) return verbosityLevel(flags.int('v'));
   const level = flags.string('log-level') ?? 'info';
   if (!LOG_LEVELS.includes(level as LogLevel))
     throw bad(`--log-level: unknown level ${JSON.stringify(level)}`);

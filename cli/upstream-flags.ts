@@ -51,7 +51,7 @@ export const upstreamServerFlags: FlagSpec[] = [
     name: 'frontend-keepalive-time',
     kind: 'duration',
     default: '30s',
-    help: 'gRPC keepalive ping interval toward kube-apiserver (upstream default 1h)',
+    help: "gRPC keepalive ping interval toward kube-apiserver (upstream default 1h; 0 is grpc-go's default, 2h)",
     placeholder: 'DUR',
   },
   {

@@ -95,7 +95,7 @@ describe('frontend and agent flags', () => {
     [[], /--uds-name or --server-port/],
     [['--server-port', '8090'], /--server-ca-cert/],
     [['--uds-name', '/tmp/x', '--proxy-strategies', 'nearest'], /unknown strategy "nearest"/],
-    [['--uds-name', '/tmp/x', '--server-id', 'a.b'], /--server-id/],
+    [['--uds-name', '/tmp/x', '--server-id', 'x'.repeat(129)], /--server-id/],
     [['--uds-name', '/tmp/x', '--health-port', '70000'], /--health-port: port 70000 out of range/],
   ] as const) {
     it(`frontend: ${args.join(' ') || '(no door)'} -> ${pattern}`, () => {
