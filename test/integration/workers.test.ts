@@ -127,6 +127,12 @@ describe('knats frontend --workers 2', () => {
     const metrics = (await fetchText(healthPort, '/metrics')).body;
     assert.equal(metric(metrics, 'knats_frontend_workers'), 2);
     assert.equal(metric(metrics, 'knats_frontend_workers_ready'), 2);
+    // Per-process views of the same bus and fleet are not added up.
+    assert.equal(metric(metrics, 'knats_bus_connected'), 1);
+    assert.equal(
+      metric(metrics, 'konnectivity_network_proxy_server_ready_backends{proxy_strategy="default"}'),
+      1,
+    );
     // Summed over the workers: every tunnel of either worker.
     assert.equal(metric(metrics, 'knats_open_tunnels'), tunnels.length);
     assert.equal(
