@@ -17,7 +17,7 @@ import { freePort } from '../bench/procs.js';
 import { createPki, type Pki } from '../helpers/certs.js';
 import { connectRequest, DoorClient, type DoorTarget } from '../helpers/connect-client.js';
 import { type Destination, echoServer } from '../helpers/destinations.js';
-import { eventually, Fleet, fetchText } from '../helpers/fleet.js';
+import { eventually, Fleet, fetchText, frontendArgs, runCli } from '../helpers/fleet.js';
 import { brokerConfigCli } from '../helpers/nats-permissions.js';
 import { ProxyStreamClient } from '../helpers/proxy-client.js';
 
@@ -252,23 +252,16 @@ describe('knats frontend --workers 2', () => {
 
   it('a worker that cannot start stops the process with its error, instead of restarting forever', async () => {
     const missing = join(fleet.dir, 'missing.pem');
-    const run = fleet.spawnFrontend(
-      fleet.socketPath(),
-      [
-        '--workers',
-        '2',
-        '--server-port',
-        String(await freePort()),
-        '--server-cert',
-        missing,
-        '--server-key',
-        missing,
-        '--server-ca-cert',
-        missing,
-      ],
-      READY,
-    );
-    await assert.rejects(run, /exited with 2/);
+    const tls = ['--server-cert', missing, '--server-key', missing, '--server-ca-cert', missing];
+    const args = ['--workers', '2', '--server-port', String(await freePort()), ...tls];
+    const run = await runCli(['frontend', ...frontendArgs(fleet.nats.url, fleet.socketPath(), args)], {
+      timeoutMs: 30_000,
+    });
+    assert.equal(run.code, 2, run.stderr);
+    // The worker's own one-line error, then the primary's, which names the worker.
+    assert.match(run.stderr, /knats frontend: --server-cert .*ENOENT/);
+    assert.match(run.stderr, /knats frontend: frontend worker [12] failed to start \(exited with code 2/);
+    assert.doesNotMatch(run.stderr, /restarting it/);
   });
 });
 
