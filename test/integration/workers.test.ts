@@ -207,11 +207,12 @@ describe('knats frontend --workers 2', () => {
     assert.equal(existsSync(uds), false, 'socket file removed');
   });
 
-  it('CONNECT door over mTLS TCP: both workers serve the one port', async () => {
+  it('CONNECT door over mTLS TCP: both workers serve the one port; the live socket is not taken over; workers do not outlive a killed primary', async () => {
     const pki: Pki = createPki(join(fleet.dir, 'pki'));
     const port = await freePort();
+    const uds = fleet.socketPath();
     const { child, logs } = await fleet.spawnFrontend(
-      fleet.socketPath(),
+      uds,
       [
         '--workers',
         '2',
@@ -231,6 +232,7 @@ describe('knats frontend --workers 2', () => {
     const adminPort = adminPortOf(logs);
     const target: DoorTarget = { port, ca: pki.ca.cert, cert: pki.client.cert, key: pki.client.key };
     const clients: DoorClient[] = [];
+    let workers: WorkerState[] = [];
     await eventually(
       async () => {
         const client = await DoorClient.open(target);
@@ -239,15 +241,23 @@ describe('knats frontend --workers 2', () => {
         assert.equal((await client.readHead()).status, 200);
         await client.write('ping');
         assert.equal((await client.readBytes(4)).toString(), 'ping');
-        const workers = await workersOf(adminPort);
+        workers = await workersOf(adminPort);
         return workers.every((w) => (w.state?.tunnels ?? 0) > 0);
       },
       'CONNECT tunnels on both workers',
       20_000,
     );
     for (const client of clients) client.close();
-    child.kill('SIGTERM');
-    assert.equal(await exited(child), 0);
+
+    // The primary answers on the socket: another frontend does not take it over.
+    const second = await runCli(['frontend', ...frontendArgs(fleet.nats.url, uds, ['--workers', '2'])]);
+    assert.equal(second.code, 2);
+    assert.match(second.stderr, /another process listens on it/);
+
+    // The primary killed with SIGKILL: its workers do not outlive it.
+    const pids = workers.map((w) => w.pid!);
+    child.kill('SIGKILL');
+    await eventually(() => pids.every((pid) => !alive(pid)), 'workers gone with their primary', 15_000);
   });
 
   it('a worker that cannot start stops the process with its error, instead of restarting forever', async () => {
