@@ -5,6 +5,7 @@
  * trace: exit 2 for a configuration error (the line names the flag and its
  * value), 1 for a runtime error.
  */
+import cluster from 'node:cluster';
 import { format } from 'node:util';
 import { setLogger as setGrpcLogger } from '@grpc/grpc-js';
 import { startAgent } from './agent/agent.js';
@@ -20,6 +21,7 @@ import { helpText } from './cli/flags.js';
 import { stopOnSignals } from './cli/run-component.js';
 import { runStatus, statusFlags } from './cli/status-command.js';
 import { startFrontend } from './frontend/frontend.js';
+import { runFrontendWorker, startFrontendWorkers, WORKER_INDEX_ENV } from './frontend/workers.js';
 
 const USAGE = `knats ${VERSION}: a Konnectivity-compatible egress proxy brokered over NATS
 
@@ -81,11 +83,16 @@ async function main(argv: string[]): Promise<void> {
   const env = process.env;
   switch (command) {
     case 'frontend': {
-      const { config, logging, warnings } = frontendConfig(rest, env);
+      const { config, logging, warnings, workers } = frontendConfig(rest, env);
       const logger = createLogger({ name: 'frontend', output: logging });
-      for (const warning of warnings) logger.warn(warning, 'upstream flag has no effect here');
       routeGrpcLogs(logger);
-      const frontend = await startFrontend({ ...config, logger });
+      // A worker of --workers N (forked by the primary below with the same command line).
+      if (cluster.isWorker) return runFrontendWorker({ ...config, logger }, Number(env[WORKER_INDEX_ENV]));
+      for (const warning of warnings) logger.warn(warning, 'upstream flag has no effect here');
+      const frontend =
+        workers > 1
+          ? await startFrontendWorkers({ ...config, logger }, workers)
+          : await startFrontend({ ...config, logger });
       stopOnSignals(frontend, logger);
       return;
     }

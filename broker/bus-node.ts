@@ -219,7 +219,7 @@ export interface EndpointConfig {
 }
 
 export interface EndpointOptions {
-  readonly metrics: BusMetrics;
+  readonly metrics: Pick<BusMetrics, 'registry'>;
   readonly logger: Logger;
   readonly notReadyReason: () => string | undefined;
   readonly debugState: () => Record<string, unknown>;
@@ -270,6 +270,8 @@ export async function startEndpoints(config: EndpointConfig, options: EndpointOp
 
 export interface NodeEndpoints {
   readonly portFlags: EndpointOptions['portFlags'];
+  /** false: no health or admin port (a cluster worker; its primary serves them). Default true. */
+  readonly serve?: boolean;
   readonly debugState: () => Record<string, unknown>;
   /** The role's own reason, asked once the process is not draining and the bus is up and permitted. */
   readonly roleNotReady: () => string | undefined;
@@ -284,7 +286,7 @@ export async function startBusNode(
   options: BusNodeOptions,
   config: EndpointConfig,
   endpoints: NodeEndpoints,
-): Promise<{ node: BusNode; endpoints: Endpoints }> {
+): Promise<{ node: BusNode; endpoints: Endpoints; notReadyReason: () => string | undefined }> {
   let node: BusNode | undefined;
   const notReadyReason = () =>
     (options.isDraining() ? 'draining' : undefined) ??
@@ -293,16 +295,19 @@ export async function startBusNode(
     node?.presence.heartbeatRefused ??
     node?.host.lostSubscription ??
     endpoints.roleNotReady();
-  const started = await startEndpoints(config, {
-    metrics: options.metrics,
-    logger: options.logger,
-    notReadyReason,
-    debugState: endpoints.debugState,
-    portFlags: endpoints.portFlags,
-  });
+  const started =
+    endpoints.serve === false
+      ? { healthPort: 0, adminPort: 0, close: async () => {} }
+      : await startEndpoints(config, {
+          metrics: options.metrics,
+          logger: options.logger,
+          notReadyReason,
+          debugState: endpoints.debugState,
+          portFlags: endpoints.portFlags,
+        });
   try {
     node = await joinBus(options);
-    return { node, endpoints: started };
+    return { node, endpoints: started, notReadyReason };
   } catch (err) {
     await started.close();
     throw err;

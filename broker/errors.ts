@@ -61,6 +61,8 @@ export const ErrorCode = {
   BadConfig: 'KNATS_BAD_CONFIG',
   /** nats-server could not be found or started. */
   NatsServer: 'KNATS_NATS_SERVER',
+  /** A frontend worker of `--workers N` exited (crashed or killed); its tunnels ended with it and it is restarted. */
+  WorkerExited: 'KNATS_WORKER_EXITED',
   /** Spans could not be exported to the OTLP collector (tracing only; tunnels are unaffected). */
   TraceExport: 'KNATS_TRACE_EXPORT',
 } as const;
@@ -117,6 +119,7 @@ const presentationTable: Record<ErrorCode, ErrorPresentation> = {
   KNATS_BAD_CONFIG: { httpStatus: 500, reason: 'bad_config' },
   KNATS_NATS_SERVER: { httpStatus: 500, reason: 'nats_server' },
   KNATS_TRACE_EXPORT: { httpStatus: 500, reason: 'trace_export' },
+  KNATS_WORKER_EXITED: { httpStatus: 503, reason: 'worker_exited' },
 };
 
 /** A Map, not the object: a code from a peer must never reach Object.prototype ('constructor', '__proto__'). */

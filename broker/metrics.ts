@@ -36,6 +36,8 @@ export function createBusMetrics(): BusMetrics {
     name: 'knats_bus_connected',
     help: '1 while this process is connected to NATS, else 0',
     registers: [registry],
+    // Aggregated over a frontend's workers: 1 only while every worker is connected.
+    aggregator: 'min',
   });
   const busErrors = new Counter({
     name: 'knats_bus_errors_total',

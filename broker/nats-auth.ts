@@ -33,6 +33,17 @@ export interface RolePermissions {
   readonly allowResponses: boolean;
 }
 
+/** Most workers of one frontend (`--workers`), and so most worker ids a frontend user may be granted. */
+export const MAX_FRONTEND_WORKERS = 64;
+
+/**
+ * The bus id of worker `index` (1-based) of a frontend run with `--workers N`:
+ * each worker is its own frontend on the bus (own frames, inbox, heartbeat).
+ */
+export function frontendWorkerId(frontendId: string, index: number): string {
+  return `${frontendId}-w${index}`;
+}
+
 /**
  * A frontend sends dials and frames to agents and announces itself; it reads
  * frontends' frames, presence and its request replies. With `frontendId` the
@@ -40,22 +51,36 @@ export interface RolePermissions {
  * inbox (so no frontend learns another's tunnel ids from dial replies) and
  * heartbeats only as itself. It may NOT read agents' frame subjects nor
  * publish frontends' (so it cannot pose as an agent).
+ *
+ * `workers`: the bound user may also be each worker of `--server-id ID
+ * --workers N` (ids ID-w1 .. ID-wN; subject wildcards match whole tokens
+ * only, so each worker id is listed).
  */
-export function frontendPermissions(prefix: string, frontendId?: string): RolePermissions {
+export function frontendPermissions(prefix: string, frontendId?: string, workers = 0): RolePermissions {
   const s = new Subjects(prefix);
-  if (frontendId !== undefined) assertToken(frontendId, 'frontend id');
+  if (frontendId === undefined) {
+    return {
+      publish: [`${prefix}.dial.>`, `${prefix}.ag.>`, s.presence('frontend', '*', '*'), s.presenceQuery()],
+      subscribe: [`${prefix}.fe.>`, s.presenceAll(), s.presenceQuery(), '_INBOX.>'],
+      allowResponses: false,
+    };
+  }
+  assertToken(frontendId, 'frontend id');
+  const ids = [frontendId];
+  for (let k = 1; k <= workers; k++)
+    ids.push(assertToken(frontendWorkerId(frontendId, k), 'frontend worker id'));
   return {
     publish: [
       `${prefix}.dial.>`,
       `${prefix}.ag.>`,
-      s.presence('frontend', frontendId ?? '*', '*'),
+      ...ids.map((id) => s.presence('frontend', id, '*')),
       s.presenceQuery(),
     ],
     subscribe: [
-      frontendId === undefined ? `${prefix}.fe.>` : s.frontendTunnels(frontendId),
+      ...ids.map((id) => s.frontendTunnels(id)),
       s.presenceAll(),
       s.presenceQuery(),
-      frontendId === undefined ? '_INBOX.>' : `${frontendInboxPrefix(frontendId)}.>`,
+      ...ids.map((id) => `${frontendInboxPrefix(id)}.>`),
     ],
     allowResponses: false,
   };
@@ -105,11 +130,20 @@ export function statusPermissions(prefix: string): RolePermissions {
   return { publish: [s.presenceQuery()], subscribe: [s.presenceAll()], allowResponses: false };
 }
 
-/** `id`: the agent or frontend id a per-process user is bound to; `grant`: an agent's granted identifiers. */
-export function permissionsFor(prefix: string, role: Role, id?: string, grant?: string): RolePermissions {
+/**
+ * `id`: the agent or frontend id a per-process user is bound to; `grant`: an
+ * agent's granted identifiers; `workers`: a bound frontend's worker ids.
+ */
+export function permissionsFor(
+  prefix: string,
+  role: Role,
+  id?: string,
+  grant?: string,
+  workers?: number,
+): RolePermissions {
   switch (role) {
     case 'frontend':
-      return frontendPermissions(prefix, id);
+      return frontendPermissions(prefix, id, workers);
     case 'agent':
       return agentPermissions(prefix, id, grant);
     case 'status':
@@ -126,6 +160,8 @@ export interface AuthUser {
   readonly id?: string;
   /** Per-agent users: the identifiers it may claim (absent: any). */
   readonly grant?: string;
+  /** Per-frontend users: it may also be the workers ID-w1 .. ID-wN of `--workers N`. */
+  readonly workers?: number;
   /** Public user nkey (U...). */
   readonly nkey: string;
   /** Shown as a comment next to the user (where its seed is). */
@@ -157,11 +193,14 @@ export function assertUserNkey(key: string, what: string): string {
 const list = (items: readonly string[]) => `[${items.map((i) => JSON.stringify(i)).join(', ')}]`;
 
 function userBlock(prefix: string, user: AuthUser, indent: string): string[] {
-  const p = permissionsFor(prefix, user.role, user.id, user.grant);
+  const p = permissionsFor(prefix, user.role, user.id, user.grant, user.workers);
   const label = [
     user.role,
     user.id,
     user.grant === undefined ? '' : `may claim ${JSON.stringify(user.grant)}`,
+    user.workers
+      ? `and its workers ${frontendWorkerId(user.id ?? '', 1)}..${frontendWorkerId(user.id ?? '', user.workers)}`
+      : '',
   ]
     .filter(Boolean)
     .join(' ');

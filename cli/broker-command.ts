@@ -14,6 +14,7 @@ import {
   type AuthUser,
   assertUserNkey,
   ensureRoleCredential,
+  MAX_FRONTEND_WORKERS,
   natsAuthConfig,
   type PrefixAuth,
   type Role,
@@ -85,6 +86,15 @@ export const brokerConfigFlags: FlagSpec[] = [
       'one user per frontend id (run it with --server-id ID), restricted to its own frame subjects ' +
       '(repeatable or comma-separated; ID=UPUBKEY uses an existing key). Replaces the shared frontend user',
     placeholder: 'ID[=NKEY]',
+  },
+  {
+    name: 'frontend-workers',
+    kind: 'int',
+    default: 0,
+    help:
+      'each --frontend ID user may also be the workers ID-w1 .. ID-wN of a frontend run with ' +
+      '--server-id ID --workers N (0: only ID)',
+    placeholder: 'N',
   },
   {
     name: 'frontend-nkey',
@@ -231,6 +241,7 @@ function usageLines(
   url: string,
   credentials: readonly RoleCredential[],
   grants: ReadonlyMap<string, string> = new Map(),
+  frontendWorkers = 0,
 ): string[] {
   const commands: Record<Role, string> = {
     frontend: 'frontend --uds-name /path/konnectivity-server.socket',
@@ -245,6 +256,8 @@ function usageLines(
     if (id !== undefined) extra.push(c.role === 'agent' ? `--agent-id ${id}` : `--server-id ${id}`);
     const grant = c.role === 'agent' && c.id !== undefined ? grants.get(c.id) : undefined;
     if (grant !== undefined) extra.push(`--agent-identifiers '${grant}'`);
+    if (c.role === 'frontend' && c.id !== undefined && frontendWorkers > 0)
+      extra.push(`--workers ${frontendWorkers}`);
     const label = [c.prefix === 'knats' ? '' : c.prefix, c.role, c.id ?? ''].filter(Boolean).join(' ');
     const command = `knats ${commands[c.role]} --nats-url ${url} --nats-nkey ${relative(c.seedFile)}`;
     return `#   ${`${label}:`.padEnd(20)} ${command}${extra.length ? ` ${extra.join(' ')}` : ''}`;
@@ -323,6 +336,13 @@ export async function brokerConfig(
   const stateDir = path.resolve(flags.string('state-dir') ?? DEFAULT_STATE_DIR);
   const agents = idsOf(flags, 'agent');
   const frontends = idsOf(flags, 'frontend');
+  const frontendWorkers = flags.int('frontend-workers');
+  if (frontendWorkers < 0 || frontendWorkers > MAX_FRONTEND_WORKERS) {
+    throw bad(`--frontend-workers: between 0 and ${MAX_FRONTEND_WORKERS}`);
+  }
+  if (frontendWorkers > 0 && frontends.length === 0) {
+    throw bad('--frontend-workers: applies to per-frontend users; give them with --frontend ID');
+  }
   const keys = (name: string) => listOf(flags, name).map((k) => assertUserNkey(k, `--${name}`));
   const sharedKeys: Record<Role, string[]> = {
     frontend: keys('frontend-nkey'),
@@ -340,7 +360,14 @@ export async function brokerConfig(
   for (const prefix of prefixes) {
     const users: AuthUser[] = [];
     const add = async (role: Role, { id, nkey, grant }: Partial<ProcessUser> = {}) => {
-      const bound = { role, ...(id !== undefined ? { id } : {}), ...(grant !== undefined ? { grant } : {}) };
+      const bound = {
+        role,
+        ...(id !== undefined ? { id } : {}),
+        ...(grant !== undefined ? { grant } : {}),
+        ...(role === 'frontend' && id !== undefined && frontendWorkers > 0
+          ? { workers: frontendWorkers }
+          : {}),
+      };
       if (nkey !== undefined) {
         users.push({ ...bound, nkey, comment: 'key given on the command line' });
         return;
@@ -369,6 +396,7 @@ export async function brokerConfig(
         'URL',
         credentials,
         new Map(agents.flatMap((a) => (a.grant === undefined ? [] : [[a.id, a.grant] as const]))),
+        frontendWorkers,
       ),
     );
   }

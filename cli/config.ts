@@ -11,6 +11,7 @@ import { type CreditSettings, defaultCreditSettings } from '../broker/credit.js'
 import { ErrorCode, KnatsError } from '../broker/errors.js';
 import { parseAgentIdentifiers } from '../broker/identifiers.js';
 import type { LogSettings } from '../broker/logging.js';
+import { frontendWorkerId, MAX_FRONTEND_WORKERS } from '../broker/nats-auth.js';
 import { defaultPresenceSettings } from '../broker/presence.js';
 import { assertToken, idToken } from '../broker/subjects.js';
 import { tracingSettings } from '../broker/tracing.js';
@@ -243,6 +244,13 @@ export const frontendFlags: FlagSpec[] = [
     help: 'frontend id on the bus (default: hostname + random)',
     placeholder: 'ID',
   },
+  {
+    name: 'workers',
+    kind: 'int',
+    default: 1,
+    help: `frontend processes sharing the listeners (Node cluster), each its own bus connection and id <server-id>-w<k>; 1: one process (at most ${MAX_FRONTEND_WORKERS})`,
+    placeholder: 'N',
+  },
   ...processFlags('health-port', 8092, 'admin-port', 8095),
   {
     name: 'max-pending-dials',
@@ -417,10 +425,12 @@ function componentNats(flags: FlagReader): NatsSettings {
   return { ...natsSettings(flags), pingIntervalMs: busPingIntervalMs(flags) };
 }
 
-export function frontendConfig(
-  argv: readonly string[],
-  env: NodeJS.ProcessEnv,
-): ComponentStart<FrontendConfig> {
+/** The frontend's start: with `workers` > 1, a cluster primary and that many workers (frontend/workers.ts). */
+export interface FrontendStart extends ComponentStart<FrontendConfig> {
+  readonly workers: number;
+}
+
+export function frontendConfig(argv: readonly string[], env: NodeJS.ProcessEnv): FrontendStart {
   const flags = new FlagReader(frontendFlags, parseFlags(frontendFlags, argv, env));
   if (flags.positionals.length) throw bad(`unexpected argument ${JSON.stringify(flags.positionals[0])}`);
   const mode = flags.string('mode');
@@ -448,11 +458,23 @@ export function frontendConfig(
   const maxPendingDialsPerStream = flags.int('max-pending-dials-per-stream');
   if (maxPendingDials < 1) throw bad('--max-pending-dials: at least 1');
   if (maxPendingDialsPerStream < 1) throw bad('--max-pending-dials-per-stream: at least 1');
+  const workers = flags.int('workers');
+  if (workers < 1 || workers > MAX_FRONTEND_WORKERS)
+    throw bad(`--workers: between 1 and ${MAX_FRONTEND_WORKERS}`);
+  const id = processId(flags, 'server-id', env.PROXY_SERVER_ID);
+  if (workers > 1) {
+    try {
+      assertToken(frontendWorkerId(id, workers), '--server-id with --workers: worker id');
+    } catch (err) {
+      throw bad((err as Error).message);
+    }
+  }
   return {
+    workers,
     logging: logSettings(flags, 'frontend'),
     warnings: upstreamFlagWarnings(frontendFlags, flags),
     config: {
-      id: processId(flags, 'server-id', env.PROXY_SERVER_ID),
+      id,
       nats: componentNats(flags),
       subjectPrefix: subjectPrefix(flags),
       mode,

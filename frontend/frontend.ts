@@ -9,6 +9,7 @@ import { dirname } from 'node:path';
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { NatsConnection } from '@nats-io/transport-node';
+import type { Registry } from 'prom-client';
 import { type BusNode, type Endpoints, leaveBus, startBusNode } from '../broker/bus-node.js';
 import { frontendNeeds } from '../broker/bus-permissions.js';
 import { BusLink, type NatsSettings } from '../broker/connection.js';
@@ -73,6 +74,12 @@ export interface FrontendConfig {
   readonly presence: PresenceSettings;
   /** OTLP trace export; undefined: no tracing, and OpenTelemetry is never loaded. */
   readonly tracing?: TracingSettings;
+  /**
+   * A worker of `--workers N` (workers.ts): its listeners are shared with its
+   * siblings through the cluster primary, which prepares, sets the mode of and
+   * removes the socket file and serves the health and admin ports.
+   */
+  readonly clusterWorker?: boolean;
   readonly logger: Logger;
 }
 
@@ -84,6 +91,10 @@ export interface RunningFrontend {
   readonly nc: NatsConnection;
   /** The TCP listener's certificates (reloaded from disk on change); undefined without TCP. */
   readonly tls: ServerTls | undefined;
+  /** This process's metrics (a cluster primary aggregates its workers'). */
+  readonly registry: Registry;
+  /** What /readyz says: undefined when ready. */
+  notReadyReason(): string | undefined;
   debugState(): Record<string, unknown>;
   /** Graceful: readiness off, listeners closed, tunnels drain up to the timeout. */
   stop(options?: { immediate?: boolean }): Promise<void>;
@@ -94,7 +105,7 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
   const wantTcp = config.serverPort > 0 || !config.udsName;
   // Configuration is checked before anything connects, so a bad file or a taken socket fails startup at once.
   const serverTls = wantTcp ? loadServerTls(config, logger) : undefined;
-  if (config.udsName) await prepareSocketPath(config.udsName, logger);
+  if (config.udsName && !config.clusterWorker) await prepareSocketPath(config.udsName, logger);
   const subjects = new Subjects(config.subjectPrefix);
   let draining = false;
   let stopped = false;
@@ -137,8 +148,9 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
   let uds: UdsListener | undefined;
   let tcpPort: number | undefined;
   let endpoints: Endpoints;
+  let notReadyReason: () => string | undefined;
   try {
-    ({ node, endpoints } = await startBusNode(
+    ({ node, endpoints, notReadyReason } = await startBusNode(
       {
         role: 'frontend',
         id: config.id,
@@ -159,6 +171,7 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
       config,
       {
         portFlags: { health: 'health-port', admin: 'admin-port' },
+        serve: !config.clusterWorker,
         debugState,
         roleNotReady: () => {
           if (!door) return 'starting';
@@ -239,6 +252,8 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
     adminPort: endpoints.adminPort,
     nc,
     tls: serverTls,
+    registry: busMetrics.registry,
+    notReadyReason,
     debugState,
     async stop({ immediate = false } = {}) {
       if (stopped) return;
@@ -466,7 +481,7 @@ function loadServerTls(config: FrontendConfig, logger: Logger): ServerTls {
 
 // ---- Unix socket hygiene ----------------------------------------------------
 
-interface UdsListener {
+export interface UdsListener {
   /** Removes the socket file, unless another process has replaced it meanwhile. */
   remove(): void;
 }
@@ -478,10 +493,20 @@ interface UdsListener {
  */
 async function listenUds(door: ServingDoor, config: FrontendConfig, logger: Logger): Promise<UdsListener> {
   const path = config.udsName!;
+  if (config.clusterWorker) {
+    await door.listenUds(path);
+    return { remove() {} };
+  }
   await withUmask(0o777 & ~config.udsMode, () => door.listenUds(path));
-  chmodSync(path, config.udsMode);
-  const inode = lstatSync(path).ino;
+  const listener = ownSocketFile(path, config.udsMode);
   logger.info({ uds: path, mode: config.udsMode.toString(8), door: config.mode }, 'listening on unix socket');
+  return listener;
+}
+
+/** Sets the bound socket file's mode; `remove` deletes that file only, not a successor at the same path. */
+export function ownSocketFile(path: string, mode: number): UdsListener {
+  chmodSync(path, mode);
+  const inode = lstatSync(path).ino;
   return {
     remove() {
       try {
@@ -504,7 +529,7 @@ const MAX_SOCKET_PATH_BYTES = process.platform === 'linux' ? 107 : 103;
  * answered. A dead socket (left by a crash) is always replaced, whatever
  * --delete-existing-uds-file says (accepted for upstream compatibility).
  */
-async function prepareSocketPath(path: string, logger: Logger): Promise<void> {
+export async function prepareSocketPath(path: string, logger: Logger): Promise<void> {
   const bytes = Buffer.byteLength(path);
   if (bytes > MAX_SOCKET_PATH_BYTES) {
     throw new KnatsError(

@@ -80,6 +80,8 @@ export function createFrontendMetrics(registry: Registry) {
       help: 'Number of agents known on the bus that take new dials, by proxy strategy',
       labelNames: ['proxy_strategy'],
       registers,
+      // Every worker of --workers N sees the same fleet: the aggregate is that count, not N times it.
+      aggregator: 'min',
       collect() {
         for (const [strategy, count] of Object.entries(readyBackends())) this.labels(strategy).set(count);
       },
@@ -89,6 +91,7 @@ export function createFrontendMetrics(registry: Registry) {
       name: `${PREFIX}ready_backend_connections`,
       help: 'Number of agents known on the bus that take new dials. DEPRECATED, please use ready_backends',
       registers,
+      aggregator: 'min',
       collect() {
         this.set(readyBackends().default ?? 0);
       },
