@@ -140,8 +140,13 @@ describe('knats frontend --workers 2', () => {
       tunnels.length,
     );
 
-    // Kill worker 1; worker 2's tunnels keep carrying bytes.
-    const before = await workersOf(adminPort);
+    // Kill worker 1; worker 2's tunnels keep carrying bytes. Workers report their state every 250 ms:
+    // wait until the reports count every tunnel before taking them as the split.
+    const before = await eventually(async () => {
+      const workers = await workersOf(adminPort);
+      const counted = workers.reduce((n, w) => n + (w.state?.tunnels ?? 0), 0);
+      return counted === tunnels.length && workers;
+    }, 'worker reports count every tunnel');
     const victim = before.find((w) => w.index === 1)!;
     const survivors = before.find((w) => w.index === 2)!.state!.tunnels;
     process.kill(victim.pid!, 'SIGKILL');
