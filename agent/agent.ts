@@ -21,7 +21,7 @@ import { agentNeeds } from '../broker/bus-permissions.js';
 import { encodeAccepted } from '../broker/codec.js';
 import { BusLink, type NatsSettings } from '../broker/connection.js';
 import type { CreditSettings } from '../broker/credit.js';
-import { ErrorCode, isKnatsError, KnatsError, reasonLabel } from '../broker/errors.js';
+import { ErrorCode, isKnatsError, KnatsError } from '../broker/errors.js';
 import { asPeerError } from '../broker/guard.js';
 import type { AgentIdentifiers } from '../broker/identifiers.js';
 import type { Logger } from '../broker/logging.js';
@@ -160,7 +160,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     metrics.streamPackets.labels('to_agent', 'DIAL_REQ').inc();
     // Anything on the dial subjects may be hostile: validate before logging or echoing a field.
     const refuse = (err: KnatsError, tunnelId = '') => {
-      metrics.dialFailures.labels(reasonLabel(err.code)).inc();
+      metrics.countDialFailure(err.code);
       logger.warn(
         { code: err.code, reason: err.message, replySubject: Boolean(msg.reply) },
         'dial request refused',
@@ -211,7 +211,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     );
     const fail = (err: KnatsError) => {
       span.end(err);
-      metrics.dialFailures.labels(reasonLabel(err.code)).inc();
+      metrics.countDialFailure(err.code);
       if (err.code === ErrorCode.DestinationDenied) {
         dialLogger.warn({ code: err.code, reason: err.message }, 'dial denied by destination policy');
       } else {

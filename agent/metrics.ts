@@ -4,6 +4,7 @@
  * request reaches the agent "to_agent", its answer leaves "from_agent".
  */
 import { Counter, Gauge, type Registry } from 'prom-client';
+import { upstreamAgentDialReason } from '../broker/errors.js';
 import { createDialMetrics } from '../broker/metrics.js';
 
 const PREFIX = 'konnectivity_network_proxy_agent_';
@@ -14,13 +15,11 @@ const UPSTREAM_DIAL_BUCKETS = [0.005, 0.025, 0.1, 0.5, 2.5, 10, 30];
 export function createAgentMetrics(registry: Registry) {
   const registers = [registry];
   return {
-    ...createDialMetrics(
-      registry,
-      PREFIX,
-      UPSTREAM_DIAL_BUCKETS,
-      'endpoint_dial_failure_total',
-      'Number of failures dialing the remote endpoint, by reason',
-    ),
+    ...createDialMetrics(registry, PREFIX, UPSTREAM_DIAL_BUCKETS, {
+      name: 'endpoint_dial_failure_total',
+      help: 'Number of failures dialing the remote endpoint, by reason',
+      upstreamReason: upstreamAgentDialReason,
+    }),
     openEndpointConnections: new Gauge({
       name: `${PREFIX}open_endpoint_connections`,
       help: 'Current number of open endpoint connections',

@@ -108,7 +108,8 @@ export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
     timing: options.timing,
     logger,
     onTunnelEnded: (tunnel, err) => {
-      metrics.tunnelEnded(tunnel.bytesIn, tunnel.bytesOut, err);
+      // A failed dial attempt's tunnel never opened: it is a dial failure, counted as one, not a closed tunnel.
+      if (tunnel.wasOpened) metrics.tunnelEnded(tunnel.bytesIn, tunnel.bytesOut, err);
       tunnel.logger.info(
         {
           bytesIn: tunnel.bytesIn,

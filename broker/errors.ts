@@ -134,8 +134,42 @@ export function httpStatusFor(code: ErrorCode): number {
   return presentationOf(code).httpStatus;
 }
 
+/** Our reason label for a code: `knats_dial_failures_total{reason}` and `knats_tunnels_closed_total`. */
 export function reasonLabel(code: ErrorCode): string {
   return presentationOf(code).reason;
+}
+
+/**
+ * Upstream proxy-server's `dial_failure_count{reason}` value for a code, so
+ * dashboards and alerts written for upstream keep matching: an agent that
+ * answered with an error is `error_response`, whatever the error.
+ */
+export function upstreamServerDialReason(code: ErrorCode): string {
+  switch (code) {
+    case ErrorCode.NoAgent:
+    case ErrorCode.BusUnavailable:
+    case ErrorCode.BusLost:
+    case ErrorCode.BusPermission:
+      return 'no_agent';
+    case ErrorCode.DialTimeout:
+    case ErrorCode.ConfirmTimeout:
+      return 'backend_dial_timeout';
+    case ErrorCode.DialCancelled:
+      return 'frontend_close';
+    case ErrorCode.PeerGone:
+      return 'backend_close';
+    case ErrorCode.BadPeerMessage:
+    case ErrorCode.IncompatiblePeer:
+    case ErrorCode.MalformedFrame:
+      return 'unrecognized_response';
+    default:
+      return 'error_response';
+  }
+}
+
+/** Upstream proxy-agent's `endpoint_dial_failure_total{reason}`: `timeout` or `unknown`. */
+export function upstreamAgentDialReason(code: ErrorCode): string {
+  return code === ErrorCode.DialTimeout ? 'timeout' : 'unknown';
 }
 
 /** Codes carried over the bus are validated: an unknown code from a newer peer becomes DialFailed. */

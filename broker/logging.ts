@@ -29,7 +29,10 @@ function fileSink(path: string, maxBytes: number): DestinationStream {
   try {
     fd = openSync(path, 'a', 0o640);
   } catch (err) {
-    throw new KnatsError(ErrorCode.BadConfig, `log file ${path} (--log-file, --log-dir): cannot write it (${(err as Error).message})`);
+    throw new KnatsError(
+      ErrorCode.BadConfig,
+      `log file ${path} (--log-file, --log-dir): cannot write it (${(err as Error).message})`,
+    );
   }
   let size = fstatSync(fd).size;
   return {

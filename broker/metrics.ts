@@ -8,7 +8,7 @@
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { BusErrorKind } from './connection.js';
-import type { KnatsError } from './errors.js';
+import { type ErrorCode, type KnatsError, reasonLabel } from './errors.js';
 import type { TunnelHost } from './tunnel-host.js';
 
 export interface BusMetrics {
@@ -140,9 +140,20 @@ export function createDialMetrics(
   registry: Registry,
   prefix: string,
   upstreamBuckets: readonly number[],
-  failureName: string,
-  failureHelp: string,
+  failure: { name: string; help: string; upstreamReason: (code: ErrorCode) => string },
 ) {
+  const upstreamFailures = new Counter({
+    name: `${prefix}${failure.name}`,
+    help: failure.help,
+    labelNames: ['reason'],
+    registers: [registry],
+  });
+  const failures = new Counter({
+    name: 'knats_dial_failures_total',
+    help: `Dial failures by our reason (refused, dns, denied, ...); ${prefix}${failure.name} has upstream's reasons`,
+    labelNames: ['reason'],
+    registers: [registry],
+  });
   return {
     dialDuration: new Histogram({
       name: `${prefix}dial_duration_seconds`,
@@ -150,11 +161,10 @@ export function createDialMetrics(
       buckets: [...new Set([...upstreamBuckets, ...DIAL_BUCKETS])].sort((a, b) => a - b),
       registers: [registry],
     }),
-    dialFailures: new Counter({
-      name: `${prefix}${failureName}`,
-      help: failureHelp,
-      labelNames: ['reason'],
-      registers: [registry],
-    }),
+    /** One failed dial, on upstream's series with upstream's reason and on ours with ours. */
+    countDialFailure(code: ErrorCode): void {
+      upstreamFailures.labels(failure.upstreamReason(code)).inc();
+      failures.labels(reasonLabel(code)).inc();
+    },
   };
 }

@@ -46,7 +46,9 @@ export function idToken(id: string): string {
 export function idOfToken(token: string): string {
   return Buffer.from(
     token.replace(/~([0-9a-f]{2})|[^~]+/g, (part, hex: string | undefined) =>
-      hex === undefined ? Buffer.from(part).toString('latin1') : String.fromCharCode(Number.parseInt(hex, 16)),
+      hex === undefined
+        ? Buffer.from(part).toString('latin1')
+        : String.fromCharCode(Number.parseInt(hex, 16)),
     ),
     'latin1',
   ).toString();

@@ -181,6 +181,10 @@ export class Tunnel {
   get isOpen(): boolean {
     return this.state === 'open';
   }
+  /** Whether it ever opened: a dial attempt that failed ends a tunnel that never carried anything. */
+  get wasOpened(): boolean {
+    return this.peerSubject !== '';
+  }
   /** The abort that ended the tunnel (undefined while open, or after a clean end). */
   get abortedWith(): KnatsError | undefined {
     return this.endError;

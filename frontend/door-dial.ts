@@ -4,7 +4,7 @@
  * established connections and connection duration, and the "dial failed" /
  * "tunnel open" log lines. The doors only translate their protocol.
  */
-import { ErrorCode, isKnatsError, KnatsError, reasonLabel } from '../broker/errors.js';
+import { ErrorCode, isKnatsError, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
 import type { Tunnel } from '../broker/tunnel.js';
 import type { BusDialer, DialOutcome } from './bus-dialer.js';
@@ -65,7 +65,7 @@ export async function dialForClient(
 
 /** A dial refused by the door itself (bad request, draining, limits): counted like an agent's answer. */
 export function countDialFailure(context: Pick<DoorDialContext, 'metrics'>, err: KnatsError): void {
-  context.metrics.dialFailures.labels(reasonLabel(err.code)).inc();
+  context.metrics.countDialFailure(err.code);
 }
 
 /** The client was told the dial succeeded: the tunnel is established. */

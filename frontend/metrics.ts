@@ -4,6 +4,7 @@
  * and alerts carry over; what only exists here is under knats_.
  */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { upstreamServerDialReason } from '../broker/errors.js';
 import { createDialMetrics } from '../broker/metrics.js';
 
 const PREFIX = 'konnectivity_network_proxy_server_';
@@ -47,13 +48,11 @@ export function createFrontendMetrics(registry: Registry) {
     registers,
   });
   return {
-    ...createDialMetrics(
-      registry,
-      PREFIX,
-      UPSTREAM_DIAL_BUCKETS,
-      'dial_failure_count',
-      'Number of dial failures observed, by reason',
-    ),
+    ...createDialMetrics(registry, PREFIX, UPSTREAM_DIAL_BUCKETS, {
+      name: 'dial_failure_count',
+      help: 'Number of dial failures observed, by reason',
+      upstreamReason: upstreamServerDialReason,
+    }),
     grpcConnections: new Gauge({
       name: `${PREFIX}grpc_connections`,
       help: 'Number of current gRPC streams, by service method',

@@ -256,10 +256,10 @@ describe('the bus lost while serving', () => {
     assert.match(body, /KNATS_BUS_UNAVAILABLE/);
     const metrics = (await fetchText(grpc.healthPort, '/metrics')).body;
     assert.equal(metric(metrics, 'knats_bus_connected'), 0);
+    assert.ok((metric(metrics, 'knats_dial_failures_total', { reason: 'bus_unavailable' }) ?? 0) >= 1);
     assert.ok(
-      (metric(metrics, 'konnectivity_network_proxy_server_dial_failure_count', {
-        reason: 'bus_unavailable',
-      }) ?? 0) >= 1,
+      (metric(metrics, 'konnectivity_network_proxy_server_dial_failure_count', { reason: 'no_agent' }) ??
+        0) >= 1,
     );
 
     // The server is back: readiness and dials return by themselves.

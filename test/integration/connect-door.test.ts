@@ -389,7 +389,7 @@ describe('HTTP CONNECT over a Unix socket', () => {
 
     it('counts every failure by reason', async () => {
       const value = (reason: string) =>
-        metric(fe.healthPort, `${PREFIX}dial_failure_count{reason="${reason}"}`);
+        metric(fe.healthPort, `knats_dial_failures_total{reason="${reason}"}`);
       assert.ok((await value('refused')) >= 1);
       assert.ok((await value('unreachable')) >= 1);
       assert.ok((await value('dns')) >= 1);

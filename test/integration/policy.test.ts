@@ -179,10 +179,9 @@ describe('destination policy through a real fleet', () => {
     client.close();
   });
 
-  it('counts denials as endpoint_dial_failure_total{reason="denied"} and logs them with the tunnel id', async () => {
+  it('counts denials as knats_dial_failures_total{reason="denied"} (upstream: unknown) and logs them with the tunnel id', async () => {
     const { body } = await fetchText(denyLoopback.agent.healthPort, '/metrics');
-    const match =
-      /konnectivity_network_proxy_agent_endpoint_dial_failure_total\{reason="denied"[^}]*\} (\d+)/.exec(body);
+    const match = /knats_dial_failures_total\{reason="denied"[^}]*\} (\d+)/.exec(body);
     assert.ok(match, 'denied counter present');
     assert.ok(Number(match[1]) >= 7, `denied count ${match[1]}`);
     const logged = denyLoopback.entries.filter((e) => e.msg === 'dial denied by destination policy');
@@ -360,9 +359,9 @@ describe('agent: hostile dial requests on the bus', () => {
       { tunnels: 1, sockets: 1, pendingDials: 0 },
     );
     const { body } = await fetchText(agent.healthPort, '/metrics');
-    assert.match(body, /endpoint_dial_failure_total\{reason="malformed_frame"[^}]*\} [1-9]/);
-    assert.match(body, /endpoint_dial_failure_total\{reason="bad_address"[^}]*\} [1-9]/);
-    assert.match(body, /endpoint_dial_failure_total\{reason="incompatible_peer"[^}]*\} 1/);
+    assert.match(body, /knats_dial_failures_total\{reason="malformed_frame"[^}]*\} [1-9]/);
+    assert.match(body, /knats_dial_failures_total\{reason="bad_address"[^}]*\} [1-9]/);
+    assert.match(body, /knats_dial_failures_total\{reason="incompatible_peer"[^}]*\} 1/);
     await echoThrough(client, healthy.connectID, 'still flowing');
     client.closeRequest(healthy.connectID);
     assert.equal(await client.waitClosed(healthy.connectID), '');

@@ -30,7 +30,18 @@ describe('values upstream accepts for kept flags', () => {
   });
 
   it('ids become subject tokens one to one: plain ids unchanged, others escaped and read back', () => {
-    const ids = ['plain-id_1', 'ip-10-0-1-23.ec2.internal', '10.0.0.5', 'a.b', 'a_b', 'a~2eb', 'ü x', '日本', '*', '>'];
+    const ids = [
+      'plain-id_1',
+      'ip-10-0-1-23.ec2.internal',
+      '10.0.0.5',
+      'a.b',
+      'a_b',
+      'a~2eb',
+      'ü x',
+      '日本',
+      '*',
+      '>',
+    ];
     const tokens = ids.map(idToken);
     assert.equal(new Set(tokens).size, ids.length, 'no two ids share a token');
     assert.equal(idToken('plain-id_1'), 'plain-id_1');
