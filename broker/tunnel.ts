@@ -48,6 +48,7 @@ import {
   encodeBlocked,
   encodeClose,
   encodeData,
+  encodeDataInPlace,
   encodeFin,
   encodePing,
   encodePong,
@@ -193,6 +194,10 @@ export class Tunnel {
   get bufferedOut(): number {
     return this.pendingOutBytes;
   }
+  /** The local source is paused for want of send credit. */
+  get isLocalPaused(): boolean {
+    return this.localPaused;
+  }
   /** Our sending ended while bytes wait for credit, and the peer granted none for the linger time. */
   get finishOverdue(): boolean {
     return this.pendingOutBytes > 0 && this.sendEnd !== 'none' && Date.now() > this.finishDeadline;
@@ -238,10 +243,13 @@ export class Tunnel {
 
   // ---- local -> peer ---------------------------------------------------
 
-  /** Bytes read from the local source. */
-  write(chunk: Buffer): void {
+  /**
+   * Bytes read from the local source. `headroom`: the chunk came from
+   * allocReadBuffer, so its first frame is built around it without a copy.
+   */
+  write(chunk: Buffer, headroom = false): void {
     if (this.state !== 'open' || this.sendEnd !== 'none' || chunk.length === 0) return;
-    if (this.pendingOutBytes === 0) chunk = this.transmit(chunk);
+    if (this.pendingOutBytes === 0) chunk = this.transmit(chunk, headroom);
     if (chunk.length > 0) {
       this.pendingOut.push(chunk);
       this.pendingOutBytes += chunk.length;
@@ -249,13 +257,21 @@ export class Tunnel {
     }
   }
 
-  /** Sends what credit allows; returns the part that did not fit. */
-  private transmit(chunk: Buffer): Buffer {
+  /**
+   * Sends what credit allows; returns the part that did not fit. Only the
+   * first frame can use the chunk's headroom: in front of any later part
+   * are bytes already handed to nats.js, which copies them only when it
+   * flushes.
+   */
+  private transmit(chunk: Buffer, headroom = false): Buffer {
     const maxFrame = this.publisher.maxDataPayload;
     while (chunk.length > 0) {
       const n = Math.min(chunk.length, this.send.available, maxFrame);
       if (n <= 0) break;
-      this.publish(encodeData(this.takeSendSeq(), chunk.subarray(0, n)));
+      const seq = this.takeSendSeq();
+      const payload = chunk.subarray(0, n);
+      this.publish(headroom ? encodeDataInPlace(seq, payload) : encodeData(seq, payload));
+      headroom = false;
       this.send.onSent(n);
       this.bytesOut += n;
       chunk = chunk.subarray(n);
