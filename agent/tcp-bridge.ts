@@ -7,6 +7,7 @@
  * resets the destination.
  */
 import { connect, type Socket, type TcpNetConnectOpts } from 'node:net';
+import { BurstWriter } from '../broker/burst-writer.js';
 import { allocReadBuffer } from '../broker/codec.js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
 import { endAfterFlush, endedByReset, resetSocket } from '../broker/socket-reset.js';
@@ -88,22 +89,26 @@ export function bridgeSocket(tunnel: Tunnel, socket: Socket, onClosed: () => voi
     }
     onClosed();
   });
+  let writer: BurstWriter | undefined;
   tunnel.attach({
     deliver(chunk, done) {
       if (socket.destroyed) {
-        done();
+        done(chunk.length);
         return;
       }
-      socket.write(chunk, () => done());
+      writer ??= new BurstWriter(socket, done);
+      writer.write(chunk);
     },
     pause: () => socket.pause(),
     resume: () => socket.resume(),
     shutdownWrite() {
       writeEnded = true;
+      writer?.flush();
       socket.end();
     },
     finish(err) {
       finished = true;
+      writer?.flush();
       if (err) {
         resetSocket(socket);
         return;

@@ -61,8 +61,12 @@ import { ErrorCode, errorFromPeer, KnatsError } from './errors.js';
 import type { Logger } from './logging.js';
 
 export interface TunnelLocalSide {
-  /** Hands bytes from the peer to the local socket/stream; `done` once they left our buffers. */
-  deliver(chunk: Buffer, done: () => void): void;
+  /**
+   * Hands bytes from the peer to the local socket/stream; `done(bytes)` once
+   * they left our buffers. One call may report several chunks' bytes (a
+   * burst written at once); `done` is the same function for every chunk.
+   */
+  deliver(chunk: Buffer, done: (bytes: number) => void): void;
   /** Backpressure on the local source. */
   pause(): void;
   resume(): void;
@@ -458,15 +462,14 @@ export class Tunnel {
   }
 
   private deliverLocally(chunk: Buffer): void {
-    const bytes = chunk.length;
-    this.local!.deliver(chunk, () => this.onConsumed(bytes));
+    this.local!.deliver(chunk, this.onConsumed);
   }
 
-  private onConsumed(bytes: number): void {
+  private readonly onConsumed = (bytes: number): void => {
     if (this.state === 'closed') return;
     this.receive.onConsumed(bytes);
     this.grantMore();
-  }
+  };
 
   private grantMore = (): void => {
     this.waitingForBudget = false;
