@@ -49,7 +49,11 @@ function cases(count: number, seed: number): { connectID: number; data: Buffer }
 }
 
 function referenceDecode(bytes: Buffer): { connectID: number; data: Buffer } {
-  const packet = packetType.toObject(packetType.decode(bytes), { longs: String, enums: String, bytes: Buffer }) as {
+  const packet = packetType.toObject(packetType.decode(bytes), {
+    longs: String,
+    enums: String,
+    bytes: Buffer,
+  }) as {
     type?: string | number;
     data?: { connectID?: string; data?: Buffer };
   };
