@@ -2,13 +2,19 @@
  * TCP dials to destinations, with a timeout and the socket errors mapped to
  * the stable error codes (and so to upstream's DIAL_RSP/HTTP statuses).
  */
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { DialAddress } from '../broker/address.js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
+import { connectDestination } from './tcp-bridge.js';
 
 export function dialTcp(address: DialAddress, timeoutMs: number, signal?: AbortSignal): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const socket = connect({ host: address.host, port: address.port, noDelay: true, allowHalfOpen: true });
+    const socket = connectDestination({
+      host: address.host,
+      port: address.port,
+      noDelay: true,
+      allowHalfOpen: true,
+    });
     const target = `${address.host}:${address.port}`;
     const done = (err?: KnatsError) => {
       clearTimeout(timer);

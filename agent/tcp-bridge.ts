@@ -6,17 +6,66 @@
  * ways); a reset or socket error aborts the tunnel, and an aborted tunnel
  * resets the destination.
  */
-import type { Socket } from 'node:net';
+import { connect, type Socket, type TcpNetConnectOpts } from 'node:net';
+import { BurstWriter } from '../broker/burst-writer.js';
+import { allocReadBuffer } from '../broker/codec.js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
 import { endAfterFlush, endedByReset, resetSocket } from '../broker/socket-reset.js';
 import type { Tunnel } from '../broker/tunnel.js';
 
-/** `socket` must allow half-open connections (each direction ends on its own). */
+/**
+ * A destination socket's reads, straight into DATA frames: each read lands
+ * in a buffer of one frame's size with room for the header (allocReadBuffer),
+ * so a read is one frame, built without a copy. Until the socket is bridged
+ * the first read is held and the socket paused (what the destination sends
+ * before the dial is answered waits in the kernel, as it would in Node's buffer).
+ */
+class FrameReads {
+  private tunnel: Tunnel | undefined;
+  private early: Buffer | undefined;
+  readonly onread = {
+    buffer: allocReadBuffer,
+    callback: (bytes: number, buffer: Buffer): boolean => {
+      const chunk = buffer.subarray(0, bytes);
+      if (!this.tunnel) {
+        this.early = chunk;
+        return false;
+      }
+      this.tunnel.write(chunk, true);
+      return true;
+    },
+  };
+
+  bind(tunnel: Tunnel, socket: Socket): void {
+    this.tunnel = tunnel;
+    const early = this.early;
+    this.early = undefined;
+    if (early) tunnel.write(early, true);
+    // The tunnel paused the socket itself if it has no credit for more.
+    if (!tunnel.isLocalPaused) socket.resume();
+  }
+}
+
+const frameReads = new WeakMap<Socket, FrameReads>();
+
+/** `net.connect` for a destination whose socket bridgeSocket will carry. */
+export function connectDestination(options: TcpNetConnectOpts): Socket {
+  const reads = new FrameReads();
+  const socket = connect({ ...options, onread: reads.onread });
+  frameReads.set(socket, reads);
+  return socket;
+}
+
+/**
+ * `socket` comes from connectDestination and must allow half-open
+ * connections (each direction ends on its own).
+ */
 export function bridgeSocket(tunnel: Tunnel, socket: Socket, onClosed: () => void): void {
   let finished = false;
   let readEnded = false;
   let writeEnded = false;
-  socket.on('data', (chunk: Buffer) => tunnel.write(chunk));
+  const reads = frameReads.get(socket);
+  if (!reads) throw new Error('bridgeSocket needs a socket from connectDestination');
   socket.on('end', () => {
     readEnded = true;
     if (!writeEnded && endedByReset(socket)) {
@@ -40,22 +89,26 @@ export function bridgeSocket(tunnel: Tunnel, socket: Socket, onClosed: () => voi
     }
     onClosed();
   });
+  let writer: BurstWriter | undefined;
   tunnel.attach({
     deliver(chunk, done) {
       if (socket.destroyed) {
-        done();
+        done(chunk.length);
         return;
       }
-      socket.write(chunk, () => done());
+      writer ??= new BurstWriter(socket, done);
+      writer.write(chunk);
     },
     pause: () => socket.pause(),
     resume: () => socket.resume(),
     shutdownWrite() {
       writeEnded = true;
+      writer?.flush();
       socket.end();
     },
     finish(err) {
       finished = true;
+      writer?.flush();
       if (err) {
         resetSocket(socket);
         return;
@@ -64,4 +117,5 @@ export function bridgeSocket(tunnel: Tunnel, socket: Socket, onClosed: () => voi
       endAfterFlush(socket, tunnel.lingerMs);
     },
   });
+  reads.bind(tunnel, socket);
 }

@@ -63,6 +63,34 @@ export function encodeData(seq: number, payload: Uint8Array): Buffer {
   return frame;
 }
 
+/**
+ * A buffer for one read of a local socket (`net.connect`'s `onread`): room
+ * for MAX_DATA_PAYLOAD bytes with a DATA header's room in front, so a read
+ * is one frame (never split into a full frame and a runt) and becomes that
+ * frame without a copy (encodeDataInPlace). A fresh buffer per read: nats.js
+ * keeps a reference to a published payload until it flushes (and across a
+ * reconnect), so a read buffer must not be reused.
+ */
+export function allocReadBuffer(): Buffer {
+  return Buffer.allocUnsafe(DATA_HEADER_BYTES + MAX_DATA_PAYLOAD).subarray(DATA_HEADER_BYTES);
+}
+
+/**
+ * A DATA frame around `payload` without copying it: the header is written
+ * into the DATA_HEADER_BYTES in front of it, which must be free (a view
+ * from allocReadBuffer whose front was not used yet).
+ */
+export function encodeDataInPlace(seq: number, payload: Buffer): Buffer {
+  const frame = Buffer.from(
+    payload.buffer,
+    payload.byteOffset - DATA_HEADER_BYTES,
+    payload.length + DATA_HEADER_BYTES,
+  );
+  frame[0] = FrameType.Data;
+  frame.writeUInt32BE(seq >>> 0, 1);
+  return frame;
+}
+
 /** `code` is empty for a clean close. */
 export function encodeClose(lastSeq: number, code: string, message: string): Buffer {
   const codeBytes = Buffer.from(code, 'latin1');

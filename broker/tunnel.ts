@@ -48,6 +48,7 @@ import {
   encodeBlocked,
   encodeClose,
   encodeData,
+  encodeDataInPlace,
   encodeFin,
   encodePing,
   encodePong,
@@ -60,8 +61,12 @@ import { ErrorCode, errorFromPeer, KnatsError } from './errors.js';
 import type { Logger } from './logging.js';
 
 export interface TunnelLocalSide {
-  /** Hands bytes from the peer to the local socket/stream; `done` once they left our buffers. */
-  deliver(chunk: Buffer, done: () => void): void;
+  /**
+   * Hands bytes from the peer to the local socket/stream; `done(bytes)` once
+   * they left our buffers. One call may report several chunks' bytes (a
+   * burst written at once); `done` is the same function for every chunk.
+   */
+  deliver(chunk: Buffer, done: (bytes: number) => void): void;
   /** Backpressure on the local source. */
   pause(): void;
   resume(): void;
@@ -197,6 +202,10 @@ export class Tunnel {
   get bufferedOut(): number {
     return this.pendingOutBytes;
   }
+  /** The local source is paused for want of send credit. */
+  get isLocalPaused(): boolean {
+    return this.localPaused;
+  }
   /** Our sending ended while bytes wait for credit, and the peer granted none for the linger time. */
   get finishOverdue(): boolean {
     return this.pendingOutBytes > 0 && this.sendEnd !== 'none' && Date.now() > this.finishDeadline;
@@ -242,10 +251,13 @@ export class Tunnel {
 
   // ---- local -> peer ---------------------------------------------------
 
-  /** Bytes read from the local source. */
-  write(chunk: Buffer): void {
+  /**
+   * Bytes read from the local source. `headroom`: the chunk came from
+   * allocReadBuffer, so its first frame is built around it without a copy.
+   */
+  write(chunk: Buffer, headroom = false): void {
     if (this.state !== 'open' || this.sendEnd !== 'none' || chunk.length === 0) return;
-    if (this.pendingOutBytes === 0) chunk = this.transmit(chunk);
+    if (this.pendingOutBytes === 0) chunk = this.transmit(chunk, headroom);
     if (chunk.length > 0) {
       this.pendingOut.push(chunk);
       this.pendingOutBytes += chunk.length;
@@ -253,13 +265,21 @@ export class Tunnel {
     }
   }
 
-  /** Sends what credit allows; returns the part that did not fit. */
-  private transmit(chunk: Buffer): Buffer {
+  /**
+   * Sends what credit allows; returns the part that did not fit. Only the
+   * first frame can use the chunk's headroom: in front of any later part
+   * are bytes already handed to nats.js, which copies them only when it
+   * flushes.
+   */
+  private transmit(chunk: Buffer, headroom = false): Buffer {
     const maxFrame = this.publisher.maxDataPayload;
     while (chunk.length > 0) {
       const n = Math.min(chunk.length, this.send.available, maxFrame);
       if (n <= 0) break;
-      this.publish(encodeData(this.takeSendSeq(), chunk.subarray(0, n)));
+      const seq = this.takeSendSeq();
+      const payload = chunk.subarray(0, n);
+      this.publish(headroom ? encodeDataInPlace(seq, payload) : encodeData(seq, payload));
+      headroom = false;
       this.send.onSent(n);
       this.bytesOut += n;
       chunk = chunk.subarray(n);
@@ -446,15 +466,14 @@ export class Tunnel {
   }
 
   private deliverLocally(chunk: Buffer): void {
-    const bytes = chunk.length;
-    this.local!.deliver(chunk, () => this.onConsumed(bytes));
+    this.local!.deliver(chunk, this.onConsumed);
   }
 
-  private onConsumed(bytes: number): void {
+  private readonly onConsumed = (bytes: number): void => {
     if (this.state === 'closed') return;
     this.receive.onConsumed(bytes);
     this.grantMore();
-  }
+  };
 
   private grantMore = (): void => {
     // Called directly (bytes consumed) while still queued for budget: leave the queue, so a give-back

@@ -1,11 +1,12 @@
 /**
  * The konnectivity client protocol (proto/client.proto) as typed packets.
  *
- * Control packets go through protobufjs. DATA, the hot path, is encoded by
- * hand: the layout is fixed (type=4, data{connectID, data}) and writing it
- * directly costs one copy of the payload instead of protobufjs' writer
- * bookkeeping. Decoding uses protobufjs, whose `bytes` fields are views into
- * the received buffer, not copies.
+ * Control packets go through protobufjs. DATA, the hot path, is encoded and
+ * decoded by hand: the layout is fixed (type=4, data{connectID, data}), and
+ * doing it directly costs one copy of the payload on encode and none on
+ * decode, without protobufjs objects or a Long per packet. The decoder takes
+ * only the canonical layout (fields in order, nothing else) and leaves any
+ * other packet to protobufjs, whose `bytes` fields are views, not copies.
  */
 import Long from 'long';
 import protobuf from 'protobufjs';
@@ -96,6 +97,60 @@ export function encodeDataPacket(connectID: number, payload: Uint8Array): Buffer
     buf.set(payload, offset);
   }
   return buf;
+}
+
+/** A DATA packet without error, as decodeDataPacket reads it. */
+export interface DataPacket {
+  readonly connectID: number;
+  /** A view into the received bytes. */
+  readonly data: Buffer;
+}
+
+/** Largest varint read here: 7 bytes (49 bits) always fit a double exactly. */
+const MAX_FAST_VARINT_BYTES = 7;
+
+/**
+ * Reads a varint at `offset`: [value, next offset], or undefined when it
+ * runs past `end` or is longer than MAX_FAST_VARINT_BYTES (a large or
+ * negative int64: protobufjs decodes those).
+ */
+function readVarint(buf: Buffer, offset: number, end: number): [number, number] | undefined {
+  let value = 0;
+  let scale = 1;
+  for (let i = 0; i < MAX_FAST_VARINT_BYTES && offset < end; i++) {
+    const byte = buf[offset++]!;
+    value += (byte & 0x7f) * scale;
+    if (byte < 0x80) return [value, offset];
+    scale *= 128;
+  }
+  return undefined;
+}
+
+/**
+ * Packet{type: DATA, data: {connectID, data}} in the layout encoders write
+ * (fields in number order, default values left out), or undefined for any
+ * other packet, which the caller decodes with protobufjs.
+ */
+export function decodeDataPacket(bytes: Buffer): DataPacket | undefined {
+  const end = bytes.length;
+  if (end < 4 || bytes[0] !== 0x08 || bytes[1] !== PacketType.DATA || bytes[2] !== 0x22) return undefined;
+  const inner = readVarint(bytes, 3, end);
+  if (!inner || inner[1] + inner[0] !== end) return undefined;
+  let offset = inner[1];
+  let connectID = 0;
+  if (offset < end && bytes[offset] === 0x08) {
+    const id = readVarint(bytes, offset + 1, end);
+    if (!id) return undefined;
+    [connectID, offset] = id;
+  }
+  let data = bytes.subarray(end, end);
+  if (offset < end && bytes[offset] === 0x1a) {
+    const length = readVarint(bytes, offset + 1, end);
+    if (!length || length[1] + length[0] !== end) return undefined;
+    data = bytes.subarray(length[1], end);
+    offset = end;
+  }
+  return offset === end ? { connectID, data } : undefined;
 }
 
 export function toNumber(value: Int64 | undefined | null): number {

@@ -14,6 +14,7 @@
  * size limit, and nothing but HTTP/1.x.
  */
 import type { Socket } from 'node:net';
+import { BurstWriter } from '../broker/burst-writer.js';
 import { ErrorCode, httpStatusFor, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
 import { endAfterFlush, endedByReset, resetSocket } from '../broker/socket-reset.js';
@@ -362,13 +363,15 @@ class ConnectConnection {
 
   private localSide(tunnel: Tunnel): TunnelLocalSide {
     const socket = this.socket;
+    let writer: BurstWriter | undefined;
     return {
       deliver: (chunk, done) => {
         if (socket.destroyed || !socket.writable) {
-          done();
+          done(chunk.length);
           return;
         }
-        socket.write(chunk, () => done());
+        writer ??= new BurstWriter(socket, done);
+        writer.write(chunk);
       },
       pause: () => {
         this.pausedByTunnel = true;
@@ -380,9 +383,11 @@ class ConnectConnection {
       },
       shutdownWrite: () => {
         this.writeEnded = true;
+        writer?.flush();
         if (!socket.destroyed) socket.end();
       },
       finish: (err) => {
+        writer?.flush();
         this.phase = 'done';
         this.tunnelFinished = true;
         tunnelFinished(this.door.options, tunnel);

@@ -18,6 +18,7 @@ import type { Tunnel, TunnelLocalSide } from '../broker/tunnel.js';
 import type { BusDialer } from './bus-dialer.js';
 import {
   type ClientPacket,
+  decodeDataPacket,
   decodePacket,
   encodeDataPacket,
   encodePacket,
@@ -83,12 +84,17 @@ export class ProxyStream {
   private nextConnectID = 1;
   private ended = false;
   private readonly onDone: () => void;
+  /** stream_packets_total children of the per-read path, looked up once per stream. */
+  private readonly dataFromClient: { inc(): void };
+  private readonly dataToClient: { inc(): void };
 
   constructor(call: ServerDuplexStream<Buffer, Buffer>, options: GrpcDoorOptions, onDone: () => void) {
     this.call = call;
     this.options = options;
     this.onDone = onDone;
     this.logger = options.logger.child({ door: 'grpc' });
+    this.dataFromClient = options.metrics.streamPackets.labels('from_client', 'DATA');
+    this.dataToClient = options.metrics.streamPackets.labels('to_client', 'DATA');
     options.metrics.grpcConnections.labels('Proxy').inc();
     call.on('data', (bytes: Buffer) => this.onPacketBytes(bytes));
     // The real client ends a tunnel by closing its whole connection: a
@@ -107,6 +113,12 @@ export class ProxyStream {
   }
 
   private onPacketBytes(bytes: Buffer): void {
+    const data = decodeDataPacket(bytes);
+    if (data) {
+      this.dataFromClient.inc();
+      this.onData(data.connectID, data.data);
+      return;
+    }
     let packet: ClientPacket;
     try {
       packet = decodePacket(bytes);
@@ -126,7 +138,8 @@ export class ProxyStream {
         this.onDialRequest(packet);
         return;
       case PacketType.DATA:
-        this.onData(packet);
+        // A DATA packet the fast path does not take (an error field, another field order): same handling.
+        this.onData(toNumber(packet.data?.connectID), packet.data?.data);
         return;
       case PacketType.CLOSE_REQ:
         this.onCloseRequest(toNumber(packet.closeRequest?.connectID));
@@ -210,8 +223,7 @@ export class ProxyStream {
     this.logger.info({ random: key }, 'dial cancelled by client (DIAL_CLS)');
   }
 
-  private onData(packet: ClientPacket): void {
-    const connectID = toNumber(packet.data?.connectID);
+  private onData(connectID: number, data: Uint8Array | undefined): void {
     const tunnel = this.tunnels.get(connectID);
     if (!tunnel) {
       // Data still in flight for a tunnel that just closed: its CLOSE_RSP went out already, drop quietly.
@@ -226,7 +238,6 @@ export class ProxyStream {
       });
       return;
     }
-    const data = packet.data!.data;
     if (data && data.length > 0) tunnel.write(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
   }
 
@@ -248,11 +259,11 @@ export class ProxyStream {
     return {
       deliver: (chunk, done) => {
         if (this.ended) {
-          done();
+          done(chunk.length);
           return;
         }
-        this.options.metrics.countPacket('to_client', 'DATA');
-        this.call.write(encodeDataPacket(connectID, chunk), () => done());
+        this.dataToClient.inc();
+        this.call.write(encodeDataPacket(connectID, chunk), () => done(chunk.length));
       },
       pause: () => {
         this.pausedBy.add(connectID);

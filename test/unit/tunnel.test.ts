@@ -55,7 +55,7 @@ function harness(sendLimit = 1 << 20, options: HarnessOptions = {}) {
   const local: TunnelLocalSide = {
     deliver: (chunk, done) => {
       delivered.push(chunk);
-      pendingDone.push(done);
+      pendingDone.push(() => done(chunk.length));
     },
     pause: () => events.push('pause'),
     resume: () => events.push('resume'),
