@@ -21,6 +21,7 @@ import { agentNeeds } from '../broker/bus-permissions.js';
 import { encodeAccepted } from '../broker/codec.js';
 import { BusLink, type NatsSettings } from '../broker/connection.js';
 import type { CreditSettings } from '../broker/credit.js';
+import { AgentDialClock } from '../broker/dial-stages.js';
 import { ErrorCode, isKnatsError, KnatsError, reasonLabel } from '../broker/errors.js';
 import { asPeerError } from '../broker/guard.js';
 import type { AgentIdentifiers } from '../broker/identifiers.js';
@@ -130,7 +131,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
   const busNode = node;
   const { nc, host: tunnelHost, presence } = busNode;
 
-  const reply = (msg: Msg, tunnelId: string, err?: KnatsError, initialWindow = 0) => {
+  const reply = (msg: Msg, tunnelId: string, err?: KnatsError, initialWindow = 0, stageMicros?: number[]) => {
     metrics.streamPackets.labels('from_agent', 'DIAL_RSP').inc();
     msg.respond(
       dialResponseCodec.encode({
@@ -140,6 +141,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
         errorCode: err?.code ?? '',
         errorMessage: err?.message ?? '',
         initialWindow,
+        stageMicros,
       }),
     );
   };
@@ -157,6 +159,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
   const dialingTunnelIds = new Set<string>();
 
   const onDial = async (msg: Msg) => {
+    const clock = new AgentDialClock();
     metrics.streamPackets.labels('to_agent', 'DIAL_REQ').inc();
     // Anything on the dial subjects may be hostile: validate before logging or echoing a field.
     const refuse = (err: KnatsError, tunnelId = '') => {
@@ -232,18 +235,22 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     dialingTunnelIds.add(request.tunnelId);
     // Destination policy, DNS and the TCP connects it allows.
     const policySpan = span.child('knats.agent.policy');
+    clock.lap(0);
     try {
       const address = parseDialAddress(request.address);
       const timeout = Math.min(config.dialTimeoutMs, request.dialTimeoutMs || config.dialTimeoutMs);
       ({ socket, ip } = await guardedDial(policy, address, timeout, {
         lookup: async (host) => (await lookup(host, { all: true, verbatim: true })).map((a) => a.address),
-        dial: (to, port, ms) =>
-          traced(
+        dial: (to, port, ms) => {
+          clock.lap(1);
+          return traced(
             policySpan.child('knats.tcp_connect', { 'network.peer.address': to, 'network.peer.port': port }),
             dialTcp({ host: to, port }, ms, dialAborts.signal),
-          ),
+          ).finally(() => clock.lap(2));
+        },
         lookupError: (err, host) => mapSocketError(err as NodeJS.ErrnoException, `${host}:${address.port}`),
       }));
+      clock.lap(1);
       policySpan.end();
     } catch (err) {
       const error = isKnatsError(err) ? err : new KnatsError(ErrorCode.DialFailed, String(err));
@@ -275,7 +282,8 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       sockets.delete(socket);
       metrics.openEndpointConnections.dec();
     });
-    reply(msg, request.tunnelId, undefined, tunnel.initialWindow);
+    clock.lap(3);
+    reply(msg, request.tunnelId, undefined, tunnel.initialWindow, clock.stageMicros);
     tunnel.logger.info({ localPort: socket.localPort, ip }, 'tunnel open');
   };
 

@@ -13,6 +13,7 @@ import {
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
 } from '../broker/bus-messages.js';
+import type { DialTimeline } from '../broker/dial-stages.js';
 import { ErrorCode, errorFromPeer, isKnatsError, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
 import { isToken, MAX_ID_LENGTH, type Subjects } from '../broker/subjects.js';
@@ -81,14 +82,20 @@ export class BusDialer {
    * waiting the whole dial timeout. Each attempt uses a fresh tunnel id, so
    * a late answer from the slow agent can never be confused with the new one.
    */
-  async dial(address: string, protocol: string, logger: Logger, signal?: AbortSignal): Promise<DialOutcome> {
+  async dial(
+    address: string,
+    protocol: string,
+    logger: Logger,
+    timeline: DialTimeline,
+    signal?: AbortSignal,
+  ): Promise<DialOutcome> {
     const tracing = this.options.tracing ?? noTracing;
     const span = tracing.start('knats.tunnel', {
       'knats.destination': address,
       'knats.frontend_id': this.options.frontendId,
     });
     try {
-      const outcome = await this.dialThroughTargets(address, protocol, logger, span, signal);
+      const outcome = await this.dialThroughTargets(address, protocol, logger, span, timeline, signal);
       span.set({ 'knats.tunnel_id': outcome.tunnel.id, 'knats.agent_id': outcome.agentId });
       tracing.bindTunnel(outcome.tunnel, span);
       return outcome;
@@ -103,6 +110,7 @@ export class BusDialer {
     protocol: string,
     logger: Logger,
     span: TraceSpan,
+    timeline: DialTimeline,
     signal: AbortSignal | undefined,
   ): Promise<DialOutcome> {
     const busDown = this.options.busUnavailable?.();
@@ -124,12 +132,22 @@ export class BusDialer {
     );
     route.set({ 'knats.targets': targets.map((t) => t.subject).join(',') });
     route.end();
+    timeline.mark('route');
     this.pending++;
     try {
       for (const target of targets) {
         for (let attempt = 1; attempt <= MAX_ATTEMPTS_PER_TARGET; attempt++) {
           if (signal?.aborted) throw new KnatsError(ErrorCode.DialCancelled, 'client cancelled the dial');
-          const outcome = await this.attemptTraced(target, attempt, address, protocol, logger, span, signal);
+          const outcome = await this.attemptTraced(
+            target,
+            attempt,
+            address,
+            protocol,
+            logger,
+            span,
+            timeline,
+            signal,
+          );
           if (outcome === 'no-responders') break;
           // A queue group has other members; a named agent does not.
           if (outcome === 'retry') {
@@ -153,6 +171,7 @@ export class BusDialer {
     protocol: string,
     logger: Logger,
     parent: TraceSpan,
+    timeline: DialTimeline,
     signal: AbortSignal | undefined,
   ): Promise<DialOutcome | 'no-responders' | 'retry'> {
     const tunnelId = newTunnelId();
@@ -168,7 +187,7 @@ export class BusDialer {
     );
     return traced(
       span,
-      this.attempt(tunnelId, target, address, protocol, logger, span.traceparent, signal),
+      this.attempt(tunnelId, target, address, protocol, logger, span.traceparent, timeline, signal),
       (outcome) => ({ 'knats.outcome': typeof outcome === 'string' ? outcome : 'open' }),
     );
   }
@@ -180,6 +199,7 @@ export class BusDialer {
     protocol: string,
     logger: Logger,
     traceparent: string | undefined,
+    timeline: DialTimeline,
     signal: AbortSignal | undefined,
   ): Promise<DialOutcome | 'no-responders' | 'retry'> {
     const { host, subjects, frontendId } = this.options;
@@ -200,6 +220,7 @@ export class BusDialer {
         tunnel.onAccepted = () => resolve('accepted');
       });
       const answer = this.request(target.subject, request, this.options.dialTimeoutMs + BUS_MARGIN_MS);
+      timeline.mark('bus_out');
       let acceptTimer: NodeJS.Timeout | undefined;
       const unresponsive = new Promise<'unresponsive'>((resolve) => {
         acceptTimer = setTimeout(() => resolve('unresponsive'), this.options.acceptTimeoutMs);
@@ -217,6 +238,7 @@ export class BusDialer {
       const reply = await answer;
       if (!reply) return 'no-responders';
       const response = decodeResponse(reply, tunnelId, target);
+      timeline.markAnswer(response.stageMicros ?? []);
       const agentId = response.agentId;
       // A draining agent may still get a dial that crossed its unsubscribe.
       if (response.errorCode === ErrorCode.ShuttingDown) return 'retry';
@@ -239,6 +261,7 @@ export class BusDialer {
       }
       // The first frame confirms the dial to the agent.
       tunnel.sendInitialGrant();
+      timeline.mark('bus_back');
       return { tunnel, agentId, strategy: target.strategy };
     } finally {
       tunnel.onAccepted = undefined;

@@ -12,6 +12,7 @@ import {
   status,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
+import { DialTimeline } from '../broker/dial-stages.js';
 import { dialResponseText, ErrorCode, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
 import type { Tunnel, TunnelLocalSide } from '../broker/tunnel.js';
@@ -141,6 +142,7 @@ export class ProxyStream {
   }
 
   private onDialRequest(packet: ClientPacket): void {
+    const timeline = new DialTimeline();
     const request = packet.dialRequest;
     const random = request?.random ?? 0;
     const key = int64Key(random);
@@ -172,7 +174,7 @@ export class ProxyStream {
     const pending: PendingDial = { controller: new AbortController(), random };
     this.pendingDials.set(key, pending);
     const dialLogger = this.logger.child({ random: key });
-    dialForClient(this.options, address, dialLogger, pending.controller.signal).then(
+    dialForClient(this.options, address, dialLogger, timeline, pending.controller.signal).then(
       (outcome) => {
         // A DIAL_CLS or the stream's end aborts the signal, so dialForClient has already failed those.
         this.pendingDials.delete(key);
@@ -183,7 +185,7 @@ export class ProxyStream {
         // DIAL_RSP first: attach hands over bytes the destination sent before the answer.
         this.write({ type: PacketType.DIAL_RSP, dialResponse: { error: '', connectID, random } });
         tunnel.attach(this.localSide(connectID, tunnel));
-        tunnelEstablished(this.options, outcome, { connectID });
+        tunnelEstablished(this.options, 'grpc', outcome, timeline, { connectID });
       },
       (err: KnatsError) => {
         const wasPending = this.pendingDials.get(key) === pending;
