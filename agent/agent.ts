@@ -226,8 +226,14 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       fail(new KnatsError(ErrorCode.ShuttingDown, 'agent is draining'));
       return;
     }
-    // Acknowledge at once: the frontend takes an agent that stays silent for dead (see BusDialer).
-    nc.publish(subjects.frontendTunnel(request.frontendId, request.tunnelId), encodeAccepted());
+    // The frontend takes an agent that stays silent for its accept timeout for dead (see BusDialer): a dial
+    // not answered within half of it is acknowledged first; a quick answer is its own acknowledgement, so
+    // only the request and the answer cross the bus. Frontends that do not say their timeout get it at once.
+    const acknowledge = () =>
+      nc.publish(subjects.frontendTunnel(request.frontendId, request.tunnelId), encodeAccepted());
+    let acknowledgeTimer: NodeJS.Timeout | undefined;
+    if (request.acceptTimeoutMs) acknowledgeTimer = setTimeout(acknowledge, request.acceptTimeoutMs / 2);
+    else acknowledge();
     let socket: Socket;
     let ip: string;
     const started = process.hrtime.bigint();
@@ -258,6 +264,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       fail(error);
       return;
     } finally {
+      clearTimeout(acknowledgeTimer);
       pendingDials--;
       dialingTunnelIds.delete(request.tunnelId);
     }

@@ -75,8 +75,9 @@ export class BusDialer {
    * gone), rejects with DialCancelled and closes whatever the agent opened.
    *
    * Targets are tried in order: "no responders" falls through to the next.
-   * An agent acknowledges a dial at once (ACCEPTED frame) and answers after
-   * its TCP dial; one that does not acknowledge within `acceptTimeoutMs` is
+   * An agent answers after its TCP dial, and acknowledges first (ACCEPTED
+   * frame) a dial it cannot answer within half of `acceptTimeoutMs` (which
+   * the request tells it); one that does neither within `acceptTimeoutMs` is
    * taken for dead (a crashed or partitioned agent the NATS server has not
    * noticed yet still receives requests), so the dial moves on instead of
    * waiting the whole dial timeout. Each attempt uses a fresh tunnel id, so
@@ -215,6 +216,7 @@ export class BusDialer {
         initialWindow: tunnel.initialWindow,
         dialTimeoutMs: this.options.dialTimeoutMs,
         traceparent,
+        acceptTimeoutMs: this.options.acceptTimeoutMs,
       });
       const accepted = new Promise<'accepted'>((resolve) => {
         tunnel.onAccepted = () => resolve('accepted');
