@@ -261,8 +261,8 @@ export class BusDialer {
         tunnel.close(new KnatsError(ErrorCode.DialCancelled, 'client cancelled the dial (DIAL_CLS)'));
         throw new KnatsError(ErrorCode.DialCancelled, 'client cancelled the dial');
       }
-      // The first frame confirms the dial to the agent.
-      tunnel.sendInitialGrant();
+      // The first frame confirms the dial to the agent: the client's, or the host's WINDOW a tick later.
+      host.confirmLater(tunnel);
       timeline.mark('bus_back');
       return { tunnel, agentId, strategy: target.strategy };
     } finally {
