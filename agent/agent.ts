@@ -131,8 +131,11 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
   const busNode = node;
   const { nc, host: tunnelHost, presence } = busNode;
 
+  // Counted on every dial: label children resolved once.
+  const dialRequests = metrics.streamPackets.labels('to_agent', 'DIAL_REQ');
+  const dialResponses = metrics.streamPackets.labels('from_agent', 'DIAL_RSP');
   const reply = (msg: Msg, tunnelId: string, err?: KnatsError, initialWindow = 0, stageMicros?: number[]) => {
-    metrics.streamPackets.labels('from_agent', 'DIAL_RSP').inc();
+    dialResponses.inc();
     msg.respond(
       dialResponseCodec.encode({
         protocolVersion: PROTOCOL_VERSION,
@@ -160,7 +163,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
 
   const onDial = async (msg: Msg) => {
     const clock = new AgentDialClock();
-    metrics.streamPackets.labels('to_agent', 'DIAL_REQ').inc();
+    dialRequests.inc();
     // Anything on the dial subjects may be hostile: validate before logging or echoing a field.
     const refuse = (err: KnatsError, tunnelId = '') => {
       metrics.dialFailures.labels(reasonLabel(err.code)).inc();
@@ -272,7 +275,8 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     const tunnel = tunnelHost.create(
       request.tunnelId,
       subjects.agentTunnel(config.id, request.tunnelId),
-      dialLogger.child({ agentId: config.id }),
+      // `logger` names this agent already.
+      dialLogger,
     );
     tunnel.open(
       request.frontendId,

@@ -327,8 +327,8 @@ class ConnectConnection {
     const { options } = this.door;
     this.phase = 'dialing';
     this.dial = new AbortController();
-    const dialLogger = this.logger.child({ destination: address });
-    dialForClient(options, address, dialLogger, timeline, this.dial.signal).then(
+    const log = { logger: this.logger, fields: { destination: address } };
+    dialForClient(options, address, log, timeline, this.dial.signal).then(
       (outcome) => {
         const { tunnel } = outcome;
         if (this.phase !== 'dialing') {

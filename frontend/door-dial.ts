@@ -7,9 +7,8 @@
 
 import type { DialTimeline } from '../broker/dial-stages.js';
 import { ErrorCode, isKnatsError, KnatsError, reasonLabel } from '../broker/errors.js';
-import type { Logger } from '../broker/logging.js';
 import type { Tunnel } from '../broker/tunnel.js';
-import type { BusDialer, DialOutcome } from './bus-dialer.js';
+import type { BusDialer, DialLog, DialOutcome } from './bus-dialer.js';
 import type { Door, FrontendMetrics } from './metrics.js';
 
 export interface DoorDialContext {
@@ -35,7 +34,7 @@ export function asKnatsError(err: unknown): KnatsError {
 export async function dialForClient(
   context: DoorDialContext,
   address: string,
-  logger: Logger,
+  log: DialLog,
   timeline: DialTimeline,
   signal?: AbortSignal,
 ): Promise<DialOutcome> {
@@ -45,7 +44,7 @@ export async function dialForClient(
   const started = process.hrtime.bigint();
   try {
     if (!context.accepting()) throw new KnatsError(ErrorCode.ShuttingDown, 'frontend is draining');
-    const outcome = await dialer.dial(address, 'tcp', logger, timeline, signal);
+    const outcome = await dialer.dial(address, 'tcp', log, timeline, signal);
     // The destination aborted before the client was answered (a reset right after accepting): a failed dial.
     const aborted = outcome.tunnel.abortedWith;
     if (aborted) throw aborted;
@@ -60,7 +59,7 @@ export async function dialForClient(
   } catch (err) {
     const error = asKnatsError(err);
     countDialFailure(context, error);
-    logger.info({ address, code: error.code, reason: error.message }, 'dial failed');
+    log.logger.info({ ...log.fields, address, code: error.code, reason: error.message }, 'dial failed');
     throw error;
   } finally {
     metrics.pendingDials.dec();

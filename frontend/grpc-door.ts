@@ -173,14 +173,14 @@ export class ProxyStream {
     }
     const pending: PendingDial = { controller: new AbortController(), random };
     this.pendingDials.set(key, pending);
-    const dialLogger = this.logger.child({ random: key });
-    dialForClient(this.options, address, dialLogger, timeline, pending.controller.signal).then(
+    const log = { logger: this.logger, fields: { random: key } };
+    dialForClient(this.options, address, log, timeline, pending.controller.signal).then(
       (outcome) => {
         // A DIAL_CLS or the stream's end aborts the signal, so dialForClient has already failed those.
         this.pendingDials.delete(key);
         const { tunnel } = outcome;
         const connectID = this.nextConnectID++;
-        tunnel.logger = tunnel.logger.child({ connectID });
+        tunnel.logger = this.logger.child({ ...outcome.logFields, connectID });
         this.tunnels.set(connectID, tunnel);
         // DIAL_RSP first: attach hands over bytes the destination sent before the answer.
         this.write({ type: PacketType.DIAL_RSP, dialResponse: { error: '', connectID, random } });
