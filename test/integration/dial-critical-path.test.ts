@@ -40,7 +40,7 @@ describe('dial critical path', () => {
     raw = await connect({ servers: fleet.nats.url });
     frames = watchFrames(raw);
     await raw.flush();
-    await fleet.agent(['--agent-id', 'lively']);
+    await fleet.agent(['--agent-id', 'lively', '--agent-identifiers', 'default-route=true']);
     echo = await echoServer();
   });
 
@@ -130,14 +130,15 @@ describe('dial critical path', () => {
     const spawned = await fleet.spawnAgent(['--agent-id', 'frozen', '--agent-identifiers', 'ipv4=127.0.0.1']);
     frozen = spawned.child;
     const frontend = await fleet.frontend([
+      // Not `default`: its queue group holds the frozen agent too, which may take every retry.
       '--proxy-strategies',
-      'destHost,default',
+      'destHost,defaultRoute',
       '--dial-accept-timeout',
       '300ms',
     ]);
     await eventually(async () => {
       const page = (await fetchText(frontend.healthPort, '/metrics')).body;
-      return /ready_backends\{proxy_strategy="destHost"\} 1$/m.test(page);
+      return /ready_backends\{proxy_strategy="default"\} 2$/m.test(page);
     }, 'the frontend routes 127.0.0.1 to the frozen agent');
     // Its NATS connection stays up, so the server still hands it dials: only the silence tells.
     frozen.kill('SIGSTOP');
