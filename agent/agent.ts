@@ -21,6 +21,7 @@ import { agentNeeds } from '../broker/bus-permissions.js';
 import { encodeAccepted } from '../broker/codec.js';
 import { BusLink, type NatsSettings } from '../broker/connection.js';
 import type { CreditSettings } from '../broker/credit.js';
+import { AgentDialClock } from '../broker/dial-stages.js';
 import { ErrorCode, isKnatsError, KnatsError } from '../broker/errors.js';
 import { asPeerError } from '../broker/guard.js';
 import type { AgentIdentifiers } from '../broker/identifiers.js';
@@ -130,8 +131,11 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
   const busNode = node;
   const { nc, host: tunnelHost, presence } = busNode;
 
-  const reply = (msg: Msg, tunnelId: string, err?: KnatsError, initialWindow = 0) => {
-    metrics.streamPackets.labels('from_agent', 'DIAL_RSP').inc();
+  // Counted on every dial: label children resolved once.
+  const dialRequests = metrics.streamPackets.labels('to_agent', 'DIAL_REQ');
+  const dialResponses = metrics.streamPackets.labels('from_agent', 'DIAL_RSP');
+  const reply = (msg: Msg, tunnelId: string, err?: KnatsError, initialWindow = 0, stageMicros?: number[]) => {
+    dialResponses.inc();
     msg.respond(
       dialResponseCodec.encode({
         protocolVersion: PROTOCOL_VERSION,
@@ -140,6 +144,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
         errorCode: err?.code ?? '',
         errorMessage: err?.message ?? '',
         initialWindow,
+        stageMicros,
       }),
     );
   };
@@ -157,7 +162,8 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
   const dialingTunnelIds = new Set<string>();
 
   const onDial = async (msg: Msg) => {
-    metrics.streamPackets.labels('to_agent', 'DIAL_REQ').inc();
+    const clock = new AgentDialClock();
+    dialRequests.inc();
     // Anything on the dial subjects may be hostile: validate before logging or echoing a field.
     const refuse = (err: KnatsError, tunnelId = '') => {
       metrics.countDialFailure(err.code);
@@ -223,8 +229,14 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       fail(new KnatsError(ErrorCode.ShuttingDown, 'agent is draining'));
       return;
     }
-    // Acknowledge at once: the frontend takes an agent that stays silent for dead (see BusDialer).
-    nc.publish(subjects.frontendTunnel(request.frontendId, request.tunnelId), encodeAccepted());
+    // The frontend takes an agent that stays silent for its accept timeout for dead (see BusDialer): a dial
+    // not answered within half of it is acknowledged first; a quick answer is its own acknowledgement, so
+    // only the request and the answer cross the bus. Frontends that do not say their timeout get it at once.
+    const acknowledge = () =>
+      nc.publish(subjects.frontendTunnel(request.frontendId, request.tunnelId), encodeAccepted());
+    let acknowledgeTimer: NodeJS.Timeout | undefined;
+    if (request.acceptTimeoutMs) acknowledgeTimer = setTimeout(acknowledge, request.acceptTimeoutMs / 2);
+    else acknowledge();
     let socket: Socket;
     let ip: string;
     const started = process.hrtime.bigint();
@@ -232,18 +244,22 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     dialingTunnelIds.add(request.tunnelId);
     // Destination policy, DNS and the TCP connects it allows.
     const policySpan = span.child('knats.agent.policy');
+    clock.lap(0);
     try {
       const address = parseDialAddress(request.address);
       const timeout = Math.min(config.dialTimeoutMs, request.dialTimeoutMs || config.dialTimeoutMs);
       ({ socket, ip } = await guardedDial(policy, address, timeout, {
         lookup: async (host) => (await lookup(host, { all: true, verbatim: true })).map((a) => a.address),
-        dial: (to, port, ms) =>
-          traced(
+        dial: (to, port, ms) => {
+          clock.lap(1);
+          return traced(
             policySpan.child('knats.tcp_connect', { 'network.peer.address': to, 'network.peer.port': port }),
             dialTcp({ host: to, port }, ms, dialAborts.signal),
-          ),
+          ).finally(() => clock.lap(2));
+        },
         lookupError: (err, host) => mapSocketError(err as NodeJS.ErrnoException, `${host}:${address.port}`),
       }));
+      clock.lap(1);
       policySpan.end();
     } catch (err) {
       const error = isKnatsError(err) ? err : new KnatsError(ErrorCode.DialFailed, String(err));
@@ -251,6 +267,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       fail(error);
       return;
     } finally {
+      clearTimeout(acknowledgeTimer);
       pendingDials--;
       dialingTunnelIds.delete(request.tunnelId);
     }
@@ -258,7 +275,8 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     const tunnel = tunnelHost.create(
       request.tunnelId,
       subjects.agentTunnel(config.id, request.tunnelId),
-      dialLogger.child({ agentId: config.id }),
+      // `logger` names this agent already.
+      dialLogger,
     );
     tunnel.open(
       request.frontendId,
@@ -275,7 +293,8 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       sockets.delete(socket);
       metrics.openEndpointConnections.dec();
     });
-    reply(msg, request.tunnelId, undefined, tunnel.initialWindow);
+    clock.lap(3);
+    reply(msg, request.tunnelId, undefined, tunnel.initialWindow, clock.stageMicros);
     tunnel.logger.info({ localPort: socket.localPort, ip }, 'tunnel open');
   };
 

@@ -343,20 +343,26 @@ const NAT64_PREFIX = 0x64ff9bn << 96n;
  * the IPv4 address it carries. `shown` is that address as an allow entry
  * would name it; `note` explains a rewrite in messages.
  */
-function destinationIp(text: string): { ip: IpAddress; shown: string; note: string } | undefined {
-  const parsed = parseIp(text);
+interface DestinationIp {
+  readonly text: string;
+  readonly ip: IpAddress;
+  readonly shown: string;
+  readonly note: string;
+}
+
+function destinationIp(text: string, parsed = parseIp(text)): DestinationIp | undefined {
   if (!parsed) return undefined;
   if (parsed.bits === 0n) {
     const shown = parsed.family === 4 ? '127.0.0.1' : '::1';
     const ip: IpAddress = parsed.family === 4 ? { family: 4, bits: 0x7f000001n } : { family: 6, bits: 1n };
-    return { ip, shown, note: ` (the unspecified address connects to ${shown})` };
+    return { text, ip, shown, note: ` (the unspecified address connects to ${shown})` };
   }
   if (parsed.family === 6 && parsed.bits >> 32n === NAT64_PREFIX >> 32n) {
     const bits = parsed.bits & 0xffffffffn;
     const shown = formatIpv4(bits);
-    return { ip: { family: 4, bits }, shown, note: ` (the NAT64 form of ${shown})` };
+    return { text, ip: { family: 4, bits }, shown, note: ` (the NAT64 form of ${shown})` };
   }
-  return { ip: parsed, shown: text, note: '' };
+  return { text, ip: parsed, shown: text, note: '' };
 }
 
 function denied(reason: string): Verdict {
@@ -373,7 +379,18 @@ function destinationText(host: string, port: number): string {
  * resolve", not yet "dial".
  */
 export function checkName(policy: DestinationPolicy, host: string, port: number): Verdict {
-  if (parseIp(host)) return checkResolved(policy, host, port, [host]);
+  const literal = parseIp(host);
+  if (literal) return checkLiteral(policy, host, port, literal);
+  return checkHostName(policy, host, port);
+}
+
+/** An IP literal destination, parsed once by the caller: decided in full. */
+function checkLiteral(policy: DestinationPolicy, host: string, port: number, literal: IpAddress): Verdict {
+  return checkAddresses(policy, host, port, undefined, [destinationIp(host, literal)!]);
+}
+
+/** A host name (not an IP literal) against the name entries. */
+function checkHostName(policy: DestinationPolicy, host: string, port: number): Verdict {
   const dest = destinationText(host, port);
   // A name the resolver would read differently (a NUL ends it, 127.1 is an address) is never dialed.
   if (!isHostName(host)) return denied(`${JSON.stringify(dest)} is not a valid host name or IP address`);
@@ -399,20 +416,32 @@ export function checkResolved(
   port: number,
   addresses: readonly string[],
 ): Verdict {
-  const literal = parseIp(host) !== undefined;
-  const name = literal ? undefined : normalizeName(host);
+  const name = parseIp(host) ? undefined : normalizeName(host);
   const dest = destinationText(host, port);
   if (name !== undefined) {
-    const byName = checkName(policy, host, port);
+    const byName = checkHostName(policy, host, port);
     if (!byName.allowed) return byName;
   }
   if (addresses.length === 0) return denied(`${dest} resolved to no address`);
-  const ips: { text: string; ip: IpAddress; shown: string; note: string }[] = [];
+  const ips: DestinationIp[] = [];
   for (const text of addresses) {
     const ip = destinationIp(text);
     if (!ip) return denied(`${dest} resolved to ${JSON.stringify(text)}, which is not an IP address`);
-    ips.push({ text, ...ip });
+    ips.push(ip);
   }
+  return checkAddresses(policy, host, port, name, ips);
+}
+
+/** The address rules for `ips`, every address `host` (a name, or undefined for a literal) goes to. */
+function checkAddresses(
+  policy: DestinationPolicy,
+  host: string,
+  port: number,
+  name: string | undefined,
+  ips: readonly DestinationIp[],
+): Verdict {
+  const literal = name === undefined;
+  const dest = destinationText(host, port);
   const via = ({ text, note }: { text: string; note: string }) =>
     literal ? `${text}${note}` : `${host} resolves to ${text}${note}, which`;
   for (const ip of ips) {
@@ -491,9 +520,11 @@ export async function guardedDial<S>(
   const deny = (verdict: Verdict) => {
     if (!verdict.allowed) throw new KnatsError(ErrorCode.DestinationDenied, verdict.reason);
   };
-  deny(checkName(policy, host, port));
+  // An IP literal is parsed once and decided in full here; a name is checked, resolved, then its addresses.
+  const literal = parseIp(host);
+  deny(literal ? checkLiteral(policy, host, port, literal) : checkHostName(policy, host, port));
   let addresses: readonly string[];
-  if (parseIp(host)) {
+  if (literal) {
     addresses = [host];
   } else {
     let timer: ReturnType<typeof setTimeout> | undefined;

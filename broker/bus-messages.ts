@@ -25,6 +25,8 @@ export interface BusDialRequest {
   dialTimeoutMs: number;
   /** W3C trace context of the dial (empty when the frontend does not trace; older frontends never send it). */
   traceparent?: string;
+  /** The frontend's --dial-accept-timeout; 0 from older frontends (which need ACCEPTED at once). */
+  acceptTimeoutMs?: number;
 }
 
 export interface BusDialResponse {
@@ -34,6 +36,8 @@ export interface BusDialResponse {
   errorCode: string;
   errorMessage: string;
   initialWindow: number;
+  /** The agent's own time per stage of the dial, in microseconds (broker/dial-stages.ts AGENT_STAGES); empty from older agents. */
+  stageMicros?: number[];
 }
 
 export interface PresenceInfo {
@@ -56,15 +60,30 @@ export const protoDir = fileURLToPath(new URL('../../proto/', import.meta.url));
 
 const root = protobuf.loadSync(`${protoDir}bus.proto`);
 
+/**
+ * Encodes our typed values as they are (their field types are the proto's:
+ * no fromObject conversion), and decodes into a plain object with every
+ * field, unset ones at their defaults, uint64 as numbers (byte counts and
+ * durations, far below 2^53): what toObject did, without its per-call option
+ * handling, on every dial.
+ */
 function codecFor<T extends object>(name: string) {
   const type = root.lookupType(name);
+  const fields = type.fieldsArray.map((field) => ({ name: field.name, long: field.long }));
   return {
     encode(value: T): Uint8Array {
-      return type.encode(type.fromObject(value)).finish();
+      return type.encode(value).finish();
     },
     decode(bytes: Uint8Array): T {
-      // longs as numbers: our uint64 fields are byte counts and durations, far below 2^53.
-      return type.toObject(type.decode(bytes), { longs: Number, defaults: true }) as T;
+      // Unset fields read the prototype's defaults; repeated fields are arrays of their own.
+      const message = type.decode(bytes) as unknown as Record<string, unknown>;
+      const plain: Record<string, unknown> = {};
+      for (const { name, long } of fields) {
+        const value = message[name];
+        plain[name] =
+          long && typeof value !== 'number' ? (value as { toNumber(): number }).toNumber() : value;
+      }
+      return plain as T;
     },
   };
 }

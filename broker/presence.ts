@@ -161,6 +161,8 @@ export class Presence {
   private tableFullWarned = false;
   /** Heartbeats dropped as malformed, forged, oversized or beyond the peer cap. */
   rejectedHeartbeats = 0;
+  /** Bumped on every change to the peer table, so views built from it (routing) know when to rebuild. */
+  version = 0;
   /** Set when the server refused our own heartbeat (our identity or claims are not what our user was granted). */
   heartbeatRefused: string | undefined;
 
@@ -217,6 +219,7 @@ export class Presence {
    */
   touch(id: string, role: PresenceInfo['role']): void {
     if (this.peers.has(id) || this.peers.size >= presenceLimits.maxPeers) return;
+    this.version++;
     this.peers.set(id, {
       info: {
         protocolVersion: PROTOCOL_VERSION,
@@ -317,6 +320,7 @@ export class Presence {
       return;
     }
     const peer: Peer = { info, lastSeen: Date.now(), provisional: false };
+    this.version++;
     this.peers.set(info.id, peer);
     if (!known || known.provisional) this.options.onPeerSeen?.(peer);
   }
@@ -346,6 +350,7 @@ export class Presence {
   }
 
   private drop(peer: Peer, why: string): void {
+    this.version++;
     this.peers.delete(peer.info.id);
     this.options.logger.info({ peerId: peer.info.id, role: peer.info.role, why }, 'peer gone');
     this.options.onPeerGone?.(peer, why);
@@ -362,6 +367,7 @@ export class Presence {
     clearTimeout(this.queryAnswer);
     this.beat(false);
     for (const sub of this.subscriptions) sub.unsubscribe();
+    this.version++;
     this.peers.clear();
   }
 }

@@ -59,6 +59,8 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
   private readonly byPeer = new Map<string, Set<Tunnel>>();
   private readonly blocked = new Set<Tunnel>();
   private readonly unconfirmed = new Set<Tunnel>();
+  /** Frontend: answered dials whose confirmation is left to their first frame or the next tick. */
+  private readonly toConfirm = new Set<Tunnel>();
   private readonly nc: NatsConnection;
   private readonly options: TunnelHostOptions;
   private readonly subscription: Subscription;
@@ -165,6 +167,15 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
     if (expectConfirm && !tunnel.confirmed) this.unconfirmed.add(tunnel);
   }
 
+  /**
+   * Frontend: the agent needs a frame to keep the tunnel; the client's first
+   * bytes usually are one. Tunnels that sent nothing for a tick get a WINDOW
+   * (the agent waits confirmTimeoutMs, far longer).
+   */
+  confirmLater(tunnel: Tunnel): void {
+    this.toConfirm.add(tunnel);
+  }
+
   get(id: string): Tunnel | undefined {
     return this.tunnels.get(id);
   }
@@ -212,6 +223,7 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
     this.closedBytesOut += tunnel.bytesOut;
     this.blocked.delete(tunnel);
     this.unconfirmed.delete(tunnel);
+    this.toConfirm.delete(tunnel);
     const set = this.byPeer.get(tunnel.peerId);
     if (set) {
       set.delete(tunnel);
@@ -289,6 +301,11 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
           }
         });
       }
+    }
+    for (const tunnel of this.toConfirm) {
+      if (now - tunnel.openedAt < TICK_MS) continue;
+      this.toConfirm.delete(tunnel);
+      this.work(tunnel, () => tunnel.confirm());
     }
     for (const tunnel of [...this.unconfirmed]) {
       if (now - tunnel.openedAt > timing.confirmTimeoutMs) {

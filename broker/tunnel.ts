@@ -162,6 +162,8 @@ export class Tunnel {
   onAccepted: (() => void) | undefined;
   /** False on the agent until the frontend's first frame arrives. */
   confirmed = false;
+  /** A frame went to the peer (on the frontend: the tunnel is confirmed). */
+  private sentFrame = false;
   bytesIn = 0;
   bytesOut = 0;
 
@@ -244,9 +246,14 @@ export class Tunnel {
     else if (this.finReceived) this.onPeerFinDelivered();
   }
 
-  /** The frontend's first frame: tells the agent the tunnel is wanted (confirm-on-first-frame). */
-  sendInitialGrant(): void {
-    this.publish(encodeWindow(this.receive.limit));
+  /**
+   * Tells the agent the tunnel is wanted (it closes one it never hears from):
+   * any frame does, so a WINDOW goes only if nothing was sent yet. The
+   * frontend's host calls this shortly after the dial, off its critical path;
+   * a client that speaks at once has confirmed it by then with its first bytes.
+   */
+  confirm(): void {
+    if (!this.sentFrame && this.state === 'open') this.publish(encodeWindow(this.receive.limit));
   }
 
   // ---- local -> peer ---------------------------------------------------
@@ -542,6 +549,7 @@ export class Tunnel {
 
   private publish(frame: Uint8Array, reply?: string): void {
     if (!this.peerSubject) return;
+    this.sentFrame = true;
     this.publisher.publish(this.peerSubject, frame, reply);
   }
 }

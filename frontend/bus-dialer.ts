@@ -13,6 +13,7 @@ import {
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
 } from '../broker/bus-messages.js';
+import type { DialTimeline } from '../broker/dial-stages.js';
 import { ErrorCode, errorFromPeer, isKnatsError, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
 import { isToken, MAX_ID_LENGTH, type Subjects } from '../broker/subjects.js';
@@ -44,8 +45,21 @@ export interface BusDialerOptions {
   readonly tracing?: Tracing;
 }
 
+/**
+ * Where a dial logs: the door's logger and the fields that name the dial
+ * there (the gRPC random, ...). Each tunnel end gets one child of it with
+ * every field, never a child of a child: pino's nested children cost tens of
+ * microseconds per dial once a line is written through them.
+ */
+export interface DialLog {
+  readonly logger: Logger;
+  readonly fields: Readonly<Record<string, unknown>>;
+}
+
 export interface DialOutcome {
   readonly tunnel: Tunnel;
+  /** Every field of the tunnel's log lines (door fields, tunnelId, frontendId, destination, agentId). */
+  readonly logFields: Readonly<Record<string, unknown>>;
   readonly agentId: string;
   readonly strategy: ProxyStrategy;
 }
@@ -74,21 +88,28 @@ export class BusDialer {
    * gone), rejects with DialCancelled and closes whatever the agent opened.
    *
    * Targets are tried in order: "no responders" falls through to the next.
-   * An agent acknowledges a dial at once (ACCEPTED frame) and answers after
-   * its TCP dial; one that does not acknowledge within `acceptTimeoutMs` is
+   * An agent answers after its TCP dial, and acknowledges first (ACCEPTED
+   * frame) a dial it cannot answer within half of `acceptTimeoutMs` (which
+   * the request tells it); one that does neither within `acceptTimeoutMs` is
    * taken for dead (a crashed or partitioned agent the NATS server has not
    * noticed yet still receives requests), so the dial moves on instead of
    * waiting the whole dial timeout. Each attempt uses a fresh tunnel id, so
    * a late answer from the slow agent can never be confused with the new one.
    */
-  async dial(address: string, protocol: string, logger: Logger, signal?: AbortSignal): Promise<DialOutcome> {
+  async dial(
+    address: string,
+    protocol: string,
+    log: DialLog,
+    timeline: DialTimeline,
+    signal?: AbortSignal,
+  ): Promise<DialOutcome> {
     const tracing = this.options.tracing ?? noTracing;
     const span = tracing.start('knats.tunnel', {
       'knats.destination': address,
       'knats.frontend_id': this.options.frontendId,
     });
     try {
-      const outcome = await this.dialThroughTargets(address, protocol, logger, span, signal);
+      const outcome = await this.dialThroughTargets(address, protocol, log, span, timeline, signal);
       span.set({ 'knats.tunnel_id': outcome.tunnel.id, 'knats.agent_id': outcome.agentId });
       tracing.bindTunnel(outcome.tunnel, span);
       return outcome;
@@ -101,8 +122,9 @@ export class BusDialer {
   private async dialThroughTargets(
     address: string,
     protocol: string,
-    logger: Logger,
+    log: DialLog,
     span: TraceSpan,
+    timeline: DialTimeline,
     signal: AbortSignal | undefined,
   ): Promise<DialOutcome> {
     const busDown = this.options.busUnavailable?.();
@@ -124,12 +146,22 @@ export class BusDialer {
     );
     route.set({ 'knats.targets': targets.map((t) => t.subject).join(',') });
     route.end();
+    timeline.mark('route');
     this.pending++;
     try {
       for (const target of targets) {
         for (let attempt = 1; attempt <= MAX_ATTEMPTS_PER_TARGET; attempt++) {
           if (signal?.aborted) throw new KnatsError(ErrorCode.DialCancelled, 'client cancelled the dial');
-          const outcome = await this.attemptTraced(target, attempt, address, protocol, logger, span, signal);
+          const outcome = await this.attemptTraced(
+            target,
+            attempt,
+            address,
+            protocol,
+            log,
+            span,
+            timeline,
+            signal,
+          );
           if (outcome === 'no-responders') break;
           // A queue group has other members; a named agent does not.
           if (outcome === 'retry') {
@@ -151,8 +183,9 @@ export class BusDialer {
     attempt: number,
     address: string,
     protocol: string,
-    logger: Logger,
+    log: DialLog,
     parent: TraceSpan,
+    timeline: DialTimeline,
     signal: AbortSignal | undefined,
   ): Promise<DialOutcome | 'no-responders' | 'retry'> {
     const tunnelId = newTunnelId();
@@ -168,7 +201,7 @@ export class BusDialer {
     );
     return traced(
       span,
-      this.attempt(tunnelId, target, address, protocol, logger, span.traceparent, signal),
+      this.attempt(tunnelId, target, address, protocol, log, span.traceparent, timeline, signal),
       (outcome) => ({ 'knats.outcome': typeof outcome === 'string' ? outcome : 'open' }),
     );
   }
@@ -178,12 +211,14 @@ export class BusDialer {
     target: DialTarget,
     address: string,
     protocol: string,
-    logger: Logger,
+    log: DialLog,
     traceparent: string | undefined,
+    timeline: DialTimeline,
     signal: AbortSignal | undefined,
   ): Promise<DialOutcome | 'no-responders' | 'retry'> {
     const { host, subjects, frontendId } = this.options;
-    const tunnelLogger = logger.child({ tunnelId, frontendId, destination: address });
+    const fields = { ...log.fields, tunnelId, frontendId, destination: address };
+    const tunnelLogger = log.logger.child(fields);
     const tunnel = host.create(tunnelId, subjects.frontendTunnel(frontendId, tunnelId), tunnelLogger);
     try {
       const request = dialRequestCodec.encode({
@@ -195,11 +230,13 @@ export class BusDialer {
         initialWindow: tunnel.initialWindow,
         dialTimeoutMs: this.options.dialTimeoutMs,
         traceparent,
+        acceptTimeoutMs: this.options.acceptTimeoutMs,
       });
       const accepted = new Promise<'accepted'>((resolve) => {
         tunnel.onAccepted = () => resolve('accepted');
       });
       const answer = this.request(target.subject, request, this.options.dialTimeoutMs + BUS_MARGIN_MS);
+      timeline.mark('bus_out');
       let acceptTimer: NodeJS.Timeout | undefined;
       const unresponsive = new Promise<'unresponsive'>((resolve) => {
         acceptTimer = setTimeout(() => resolve('unresponsive'), this.options.acceptTimeoutMs);
@@ -217,6 +254,7 @@ export class BusDialer {
       const reply = await answer;
       if (!reply) return 'no-responders';
       const response = decodeResponse(reply, tunnelId, target);
+      timeline.markAnswer(response.stageMicros ?? []);
       const agentId = response.agentId;
       // A draining agent may still get a dial that crossed its unsubscribe.
       if (response.errorCode === ErrorCode.ShuttingDown) return 'retry';
@@ -228,7 +266,7 @@ export class BusDialer {
         subjects.agentTunnel(agentId, tunnelId),
         response.initialWindow,
         response.protocolVersion,
-        tunnelLogger.child({ agentId }),
+        log.logger.child({ ...fields, agentId }),
       );
       this.options.onAgentUsed(agentId);
       host.bindPeer(tunnel, false);
@@ -237,9 +275,10 @@ export class BusDialer {
         tunnel.close(new KnatsError(ErrorCode.DialCancelled, 'client cancelled the dial (DIAL_CLS)'));
         throw new KnatsError(ErrorCode.DialCancelled, 'client cancelled the dial');
       }
-      // The first frame confirms the dial to the agent.
-      tunnel.sendInitialGrant();
-      return { tunnel, agentId, strategy: target.strategy };
+      // The first frame confirms the dial to the agent: the client's, or the host's WINDOW a tick later.
+      host.confirmLater(tunnel);
+      timeline.mark('bus_back');
+      return { tunnel, logFields: { ...fields, agentId }, agentId, strategy: target.strategy };
     } finally {
       tunnel.onAccepted = undefined;
       if (!tunnel.isOpen && !tunnel.isClosed) tunnel.end(undefined);

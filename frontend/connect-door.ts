@@ -15,6 +15,7 @@
  */
 import type { Socket } from 'node:net';
 import { BurstWriter } from '../broker/burst-writer.js';
+import { DialTimeline } from '../broker/dial-stages.js';
 import { ErrorCode, httpStatusFor, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
 import { endAfterFlush, endedByReset, resetSocket } from '../broker/socket-reset.js';
@@ -253,6 +254,7 @@ class ConnectConnection {
       this.refuseHeaderTooLarge();
       return;
     }
+    const timeline = new DialTimeline();
     clearTimeout(this.headerTimer);
     this.headerTimer = undefined;
     const header = this.head.subarray(0, end);
@@ -267,7 +269,7 @@ class ConnectConnection {
       this.refuse(request.refusal);
       return;
     }
-    this.startDial(request.address, rest);
+    this.startDial(request.address, rest, timeline);
   };
 
   /** Appends without re-copying everything per chunk (a slowloris client sends one byte at a time). */
@@ -322,12 +324,12 @@ class ConnectConnection {
 
   // ---- dial --------------------------------------------------------------
 
-  private startDial(address: string, rest: Buffer): void {
+  private startDial(address: string, rest: Buffer, timeline: DialTimeline): void {
     const { options } = this.door;
     this.phase = 'dialing';
     this.dial = new AbortController();
-    const dialLogger = this.logger.child({ destination: address });
-    dialForClient(options, address, dialLogger, this.dial.signal).then(
+    const log = { logger: this.logger, fields: { destination: address } };
+    dialForClient(options, address, log, timeline, this.dial.signal).then(
       (outcome) => {
         const { tunnel } = outcome;
         if (this.phase !== 'dialing') {
@@ -342,7 +344,7 @@ class ConnectConnection {
         // 200 first, then the agent's early bytes (attach), then the client's bytes and its FIN.
         this.socket.write(ESTABLISHED);
         tunnel.attach(this.localSide(tunnel));
-        tunnelEstablished(options, outcome, { door: 'http-connect' });
+        tunnelEstablished(options, 'connect', outcome, timeline, { door: 'http-connect' });
         this.socket.on('data', (chunk: Buffer) => tunnel.write(chunk));
         if (rest.length > 0) tunnel.write(rest);
         if (this.clientEnded) tunnel.finishSending();

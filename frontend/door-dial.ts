@@ -4,11 +4,11 @@
  * established connections and connection duration, and the "dial failed" /
  * "tunnel open" log lines. The doors only translate their protocol.
  */
+import type { DialTimeline } from '../broker/dial-stages.js';
 import { ErrorCode, isKnatsError, KnatsError } from '../broker/errors.js';
-import type { Logger } from '../broker/logging.js';
 import type { Tunnel } from '../broker/tunnel.js';
-import type { BusDialer, DialOutcome } from './bus-dialer.js';
-import type { FrontendMetrics } from './metrics.js';
+import type { BusDialer, DialLog, DialOutcome } from './bus-dialer.js';
+import type { Door, FrontendMetrics } from './metrics.js';
 
 export interface DoorDialContext {
   readonly dialer: BusDialer;
@@ -28,20 +28,22 @@ export function asKnatsError(err: unknown): KnatsError {
  * rejects with a KnatsError that is already counted in
  * dial_failure_count{reason} and logged. If `signal` aborted meanwhile, a
  * tunnel the agent did open is closed and the dial fails with DialCancelled
- * (reason frontend_close).
+ * (reason frontend_close). `timeline` started when the door got the request.
  */
 export async function dialForClient(
   context: DoorDialContext,
   address: string,
-  logger: Logger,
+  log: DialLog,
+  timeline: DialTimeline,
   signal?: AbortSignal,
 ): Promise<DialOutcome> {
+  timeline.mark('door_parse');
   const { dialer, metrics } = context;
   metrics.pendingDials.inc();
   const started = process.hrtime.bigint();
   try {
     if (!context.accepting()) throw new KnatsError(ErrorCode.ShuttingDown, 'frontend is draining');
-    const outcome = await dialer.dial(address, 'tcp', logger, signal);
+    const outcome = await dialer.dial(address, 'tcp', log, timeline, signal);
     // The destination aborted before the client was answered (a reset right after accepting): a failed dial.
     const aborted = outcome.tunnel.abortedWith;
     if (aborted) throw aborted;
@@ -56,7 +58,7 @@ export async function dialForClient(
   } catch (err) {
     const error = asKnatsError(err);
     countDialFailure(context, error);
-    logger.info({ address, code: error.code, reason: error.message }, 'dial failed');
+    log.logger.info({ ...log.fields, address, code: error.code, reason: error.message }, 'dial failed');
     throw error;
   } finally {
     metrics.pendingDials.dec();
@@ -68,12 +70,16 @@ export function countDialFailure(context: Pick<DoorDialContext, 'metrics'>, err:
   context.metrics.countDialFailure(err.code);
 }
 
-/** The client was told the dial succeeded: the tunnel is established. */
+/** The client was told the dial succeeded: the tunnel is established, the dial's stages are counted. */
 export function tunnelEstablished(
   context: Pick<DoorDialContext, 'metrics'>,
+  door: Door,
   outcome: DialOutcome,
+  timeline: DialTimeline,
   fields: Record<string, unknown> = {},
 ): void {
+  timeline.mark('answer_write');
+  context.metrics.observeDialStages(door, timeline);
   context.metrics.established.inc();
   outcome.tunnel.logger.info(
     { agentId: outcome.agentId, strategy: outcome.strategy, ...fields },

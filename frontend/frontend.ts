@@ -26,7 +26,7 @@ import { BusDialer } from './bus-dialer.js';
 import { ConnectDoor } from './connect-door.js';
 import { addProxyService, HTTP2_RECEIVE_WINDOW, type ProxyStream, widenHttp2Windows } from './grpc-door.js';
 import { createFrontendMetrics, type FrontendMetrics } from './metrics.js';
-import { agentsForHost, candidatesFrom, type ProxyStrategy } from './router.js';
+import { FleetRoutes, type ProxyStrategy } from './router.js';
 import { ServerTls, type TlsMinVersion } from './tls.js';
 
 export interface FrontendConfig {
@@ -187,13 +187,14 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
   const { nc, host: tunnelHost, presence } = node;
   const busNode = node;
 
+  const routes = new FleetRoutes(presence);
   dialer = new BusDialer({
     nc,
     host: tunnelHost,
     subjects,
     frontendId: config.id,
     strategies: config.proxyStrategies,
-    agentsForHost: (host) => agentsForHost(candidatesFrom(presence.snapshot()), host),
+    agentsForHost: (host) => routes.agentsForHost(host),
     dialTimeoutMs: config.backendDialTimeoutMs,
     acceptTimeoutMs: config.dialAcceptTimeoutMs,
     maxPendingDials: config.maxPendingDials,

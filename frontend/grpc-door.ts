@@ -12,6 +12,7 @@ import {
   status,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
+import { DialTimeline } from '../broker/dial-stages.js';
 import { dialResponseText, ErrorCode, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
 import type { Tunnel, TunnelLocalSide } from '../broker/tunnel.js';
@@ -154,6 +155,7 @@ export class ProxyStream {
   }
 
   private onDialRequest(packet: ClientPacket): void {
+    const timeline = new DialTimeline();
     const request = packet.dialRequest;
     const random = request?.random ?? 0;
     const key = int64Key(random);
@@ -184,19 +186,19 @@ export class ProxyStream {
     }
     const pending: PendingDial = { controller: new AbortController(), random };
     this.pendingDials.set(key, pending);
-    const dialLogger = this.logger.child({ random: key });
-    dialForClient(this.options, address, dialLogger, pending.controller.signal).then(
+    const log = { logger: this.logger, fields: { random: key } };
+    dialForClient(this.options, address, log, timeline, pending.controller.signal).then(
       (outcome) => {
         // A DIAL_CLS or the stream's end aborts the signal, so dialForClient has already failed those.
         this.pendingDials.delete(key);
         const { tunnel } = outcome;
         const connectID = this.nextConnectID++;
-        tunnel.logger = tunnel.logger.child({ connectID });
+        tunnel.logger = this.logger.child({ ...outcome.logFields, connectID });
         this.tunnels.set(connectID, tunnel);
         // DIAL_RSP first: attach hands over bytes the destination sent before the answer.
         this.write({ type: PacketType.DIAL_RSP, dialResponse: { error: '', connectID, random } });
         tunnel.attach(this.localSide(connectID, tunnel));
-        tunnelEstablished(this.options, outcome, { connectID });
+        tunnelEstablished(this.options, 'grpc', outcome, timeline, { connectID });
       },
       (err: KnatsError) => {
         const wasPending = this.pendingDials.get(key) === pending;

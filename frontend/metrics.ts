@@ -4,6 +4,7 @@
  * and alerts carry over; what only exists here is under knats_.
  */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import type { DialStage, DialTimeline } from '../broker/dial-stages.js';
 import { upstreamServerDialReason } from '../broker/errors.js';
 import { createDialMetrics } from '../broker/metrics.js';
 
@@ -23,6 +24,13 @@ const GRPC_STREAM_ERROR_CODES: Readonly<Record<string, string>> = {
   stream_error: 'Unknown',
   malformed_packet: 'Internal',
 };
+
+/** Stage buckets fine enough for sub-millisecond stages: 25 µs to 1 s. */
+const DIAL_STAGE_BUCKETS = [
+  0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+];
+
+export type Door = 'grpc' | 'connect';
 
 export function createFrontendMetrics(registry: Registry) {
   const registers = [registry];
@@ -47,6 +55,18 @@ export function createFrontendMetrics(registry: Registry) {
     labelNames: ['segment', 'reason'],
     registers,
   });
+  const dialStages = new Histogram({
+    name: 'knats_dial_stage_seconds',
+    help: 'Time a successful dial spent in each stage (door, route, bus, agent, answer), by door and stage',
+    labelNames: ['door', 'stage'],
+    buckets: DIAL_STAGE_BUCKETS,
+    registers,
+  });
+  // Ten stages per dial: each child is resolved once (on first use, so a door that never dials shows no series).
+  const stageChildren: Record<Door, Map<DialStage, { observe(seconds: number): void }>> = {
+    grpc: new Map(),
+    connect: new Map(),
+  };
   return {
     ...createDialMetrics(registry, PREFIX, UPSTREAM_DIAL_BUCKETS, {
       name: 'dial_failure_count',
@@ -120,6 +140,18 @@ export function createFrontendMetrics(registry: Registry) {
           },
         };
       },
+    },
+    /** A dial answered to its client: every stage it went through. */
+    observeDialStages(door: Door, timeline: DialTimeline) {
+      const children = stageChildren[door];
+      for (const [stage, seconds] of timeline.durations) {
+        let child = children.get(stage);
+        if (!child) {
+          child = dialStages.labels(door, stage);
+          children.set(stage, child);
+        }
+        child.observe(seconds);
+      }
     },
     connectionDuration: new Histogram({
       name: 'knats_connection_duration_seconds',

@@ -161,12 +161,22 @@ export function agentsForHost(
   host: string,
   random: () => number = Math.random,
 ): string[] {
-  const scored: { agent: AgentCandidate; score: number }[] = [];
+  const scored: ScoredAgent[] = [];
   const destination = new DialDestination(host);
   for (const agent of agents) {
     const score = matchSpecificity(agent.routes, destination);
     if (score > 0) scored.push({ agent, score });
   }
+  return bestAgents(scored, random);
+}
+
+interface ScoredAgent {
+  agent: AgentCandidate;
+  score: number;
+}
+
+/** The agents that claim a destination, best first (see agentsForHost). */
+function bestAgents(scored: ScoredAgent[], random: () => number): string[] {
   if (scored.length === 0) return [];
   // Shuffle, then a stable sort by specificity keeps ties in random order.
   for (let i = scored.length - 1; i > 0; i--) {
@@ -241,4 +251,75 @@ export function candidatesFrom(
     if (routes) candidates.push({ id: info.id, routes, load: info.openTunnels });
   }
   return candidates;
+}
+
+/** The part of Presence the routing table reads. */
+export interface FleetView {
+  /** Bumped whenever a peer comes, goes or beats (its load, draining or identifiers may have changed). */
+  readonly version: number;
+  snapshot(): readonly {
+    info: { id: string; role: string; identifiers: string; draining: boolean; openTunnels: number };
+  }[];
+}
+
+/**
+ * destHost routing over the live fleet, indexed when presence changes rather
+ * than scanned per dial: agents by host name, and by each distinct address
+ * or network entry (shared by every agent that claims it), so a dial looks
+ * up its host and checks the few distinct entries, not every agent; and each
+ * destination is scored once per table. Rebuilt lazily, on the first dial
+ * after a change.
+ */
+export class FleetRoutes {
+  private builtAt = -1;
+  private byHost = new Map<string, AgentCandidate[]>();
+  private byEntry = new Map<AddressEntry, AgentCandidate[]>();
+  /** Destinations already scored against this table (dials go to the same few hosts again and again). */
+  private byDestination = new Map<string, ScoredAgent[]>();
+
+  constructor(
+    private readonly fleet: FleetView,
+    private readonly random: () => number = Math.random,
+  ) {}
+
+  agentsForHost(host: string): string[] {
+    if (this.builtAt !== this.fleet.version) this.build();
+    let scored = this.byDestination.get(host);
+    if (!scored) {
+      scored = this.score(host);
+      if (this.byDestination.size >= MAX_COMPILED) this.byDestination.clear();
+      this.byDestination.set(host, scored);
+    }
+    // bestAgents shuffles in place: the remembered list stays as it is.
+    return bestAgents([...scored], this.random);
+  }
+
+  private score(host: string): ScoredAgent[] {
+    const destination = new DialDestination(host);
+    const best = new Map<AgentCandidate, number>();
+    for (const agent of this.byHost.get(destination.lower) ?? []) best.set(agent, EXACT);
+    if (destination.type !== undefined) {
+      for (const [entry, agents] of this.byEntry) {
+        if (!destination.within(entry)) continue;
+        for (const agent of agents) if ((best.get(agent) ?? 0) < entry.score) best.set(agent, entry.score);
+      }
+    }
+    return [...best].map(([agent, score]) => ({ agent, score }));
+  }
+
+  private build(): void {
+    this.builtAt = this.fleet.version;
+    this.byHost = new Map();
+    this.byEntry = new Map();
+    this.byDestination = new Map();
+    const add = <K>(map: Map<K, AgentCandidate[]>, key: K, agent: AgentCandidate) => {
+      const list = map.get(key);
+      if (list) list.push(agent);
+      else map.set(key, [agent]);
+    };
+    for (const agent of candidatesFrom(this.fleet.snapshot())) {
+      for (const host of agent.routes.hosts) add(this.byHost, host, agent);
+      for (const entry of agent.routes.addresses) add(this.byEntry, entry, agent);
+    }
+  }
 }
