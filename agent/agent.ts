@@ -235,7 +235,9 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     const acknowledge = () =>
       nc.publish(subjects.frontendTunnel(request.frontendId, request.tunnelId), encodeAccepted());
     let acknowledgeTimer: NodeJS.Timeout | undefined;
-    if (request.acceptTimeoutMs) acknowledgeTimer = setTimeout(acknowledge, request.acceptTimeoutMs / 2);
+    // Node's timers take at most 2^31-1 ms; the field is a peer's uint32.
+    if (request.acceptTimeoutMs)
+      acknowledgeTimer = setTimeout(acknowledge, Math.min(request.acceptTimeoutMs / 2, 2 ** 31 - 1));
     else acknowledge();
     let socket: Socket;
     let ip: string;
