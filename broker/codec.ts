@@ -72,7 +72,9 @@ export function encodeData(seq: number, payload: Uint8Array): Buffer {
  * reconnect), so a read buffer must not be reused.
  */
 export function allocReadBuffer(): Buffer {
-  return Buffer.allocUnsafe(DATA_HEADER_BYTES + MAX_DATA_PAYLOAD).subarray(DATA_HEADER_BYTES);
+  // Its own ArrayBuffer: Node 24 serves allocUnsafe of this size from a shared pool, where one frame held
+  // by nats.js until it flushes would keep its neighbours' memory alive too.
+  return Buffer.allocUnsafeSlow(DATA_HEADER_BYTES + MAX_DATA_PAYLOAD).subarray(DATA_HEADER_BYTES);
 }
 
 /**
