@@ -17,11 +17,13 @@
  * that lead to the right frontend, EgressSelectorConfigurations that match
  * their sidecar. A table of deliberate mistakes proves each kind of check
  * fires. Last, the NATS permissions of deploy/nats/auth.conf are tried on a
- * real nats-server with the compose file's own users, ids and flags.
+ * real nats-server with the compose file's own users, ids and flags, and the
+ * control-plane NATS of deploy/kubernetes: `nats-server -t` on its
+ * configuration, then its TLS and accounts with the manifests' command lines.
  */
 import assert from 'node:assert/strict';
-import { execFile, execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -710,6 +712,49 @@ function underDir(path: string, dir: string): string | undefined {
   return path.startsWith(`${d}/`) ? path.slice(d.length + 1) : undefined;
 }
 
+// ---------------------------------------------------------------------------
+// nats-server configuration files (deploy/nats/, deploy/kubernetes/control-plane/)
+
+/** The files a nats-server configuration includes, relative to it. */
+function natsIncludes(conf: string): string[] {
+  return [...conf.matchAll(/^\s*include\s+["']?([^"'\s]+)["']?/gm)].map((m) => m[1]!);
+}
+
+interface NatsConf {
+  /** The client port (`port:` or the top-level `listen:`). */
+  readonly port: number;
+  /** The top-level tls block: TLS for clients. */
+  readonly clientTls: string | undefined;
+  /** Its ca_file: the CA clients verify the servers with. */
+  readonly clientCa: string | undefined;
+  readonly cluster: string;
+  readonly clusterPort: string | undefined;
+  /** Every cert_file, key_file and ca_file. */
+  readonly files: { key: string; path: string }[];
+}
+
+/** What the checks look at in a nats-server configuration (top-level keys start a line). */
+function readNatsConf(conf: string): NatsConf {
+  const clientTls = /^tls\s*\{[\s\S]*?^\}/m.exec(conf)?.[0];
+  const cluster = /^cluster\s*\{[\s\S]*?^\}/m.exec(conf)?.[0] ?? '';
+  return {
+    port: Number(/^(?:port:\s*|listen:\s*[^\s:]*:)(\d+)/m.exec(conf)?.[1] ?? 4222),
+    clientTls,
+    clientCa: /^\s*ca_file:\s*["']?([^"'\s]+)/m.exec(clientTls ?? '')?.[1],
+    cluster,
+    clusterPort: /listen:\s*[^\s:]*:(\d+)/.exec(cluster)?.[1],
+    files: [...conf.matchAll(/^\s*(cert_file|key_file|ca_file):\s*["']?([^"'\s]+)/gm)].map((m) => ({
+      key: m[1]!,
+      path: m[2]!,
+    })),
+  };
+}
+
+function checkNatsTls(at: string, conf: NatsConf, problems: Problems): void {
+  if (!conf.clientTls) problems.add(at, 'no tls block: clients would talk to NATS in plaintext');
+  if (!/^\s+tls\s*\{/m.test(conf.cluster)) problems.add(at, 'no tls block in cluster: routes in plaintext');
+}
+
 function parseAuthUsers(conf: string): Map<string, string> {
   const users = new Map<string, string>();
   for (const m of conf.matchAll(/user:\s*"?([\w.-]+)"?\s*[\n,]\s*password:\s*"?([^\s",}]+)"?/g))
@@ -867,25 +912,20 @@ function checkCompose(repo: Repo): ComposeReport {
     if (loc?.kind !== 'repo') continue;
     const conf = repo.read(loc.path) ?? '';
     let all = conf;
-    for (const m of conf.matchAll(/^\s*include\s+["']?([^"'\s]+)["']?/gm)) {
-      const included = posix.join(posix.dirname(loc.path), m[1]!);
+    for (const include of natsIncludes(conf)) {
+      const included = posix.join(posix.dirname(loc.path), include);
       const body = repo.read(included);
-      if (body === undefined) problems.add(loc.path, `includes ${m[1]}, which does not exist`);
+      if (body === undefined) problems.add(loc.path, `includes ${include}, which does not exist`);
       else all += `\n${body}`;
     }
-    natsPort = Number(/^\s*port:\s*(\d+)/m.exec(all)?.[1] ?? 4222);
+    const nats = readNatsConf(all);
+    natsPort = nats.port;
     natsUsers = parseAuthUsers(all);
-    // TLS for clients (a top-level block) and for routes (one inside cluster), with files this service gets.
-    const clientTls = /^tls\s*\{[\s\S]*?^\}/m.exec(all)?.[0];
-    const clusterBlock = /^cluster\s*\{[\s\S]*?^\}/m.exec(all)?.[0] ?? '';
-    if (!clientTls) problems.add(loc.path, 'no tls block: clients would talk to NATS in plaintext');
-    if (!/^\s+tls\s*\{/m.test(clusterBlock))
-      problems.add(loc.path, 'no tls block in cluster: routes in plaintext');
-    for (const m of all.matchAll(/^\s*(cert_file|key_file|ca_file):\s*["']?([^"'\s]+)/gm))
-      requireProduced(svc, m[2]!, `NATS ${m[1]}`);
-    const caFile = /^\s*ca_file:\s*["']?([^"'\s]+)/m.exec(clientTls ?? '')?.[1];
-    if (caFile) natsCa = locate(svc, caFile);
-    const clusterPort = /listen:\s*[^\s:]*:(\d+)/.exec(/cluster\s*\{[\s\S]*?\n\}/.exec(all)?.[0] ?? '')?.[1];
+    // TLS for clients and for routes, with files this service gets.
+    checkNatsTls(loc.path, nats, problems);
+    for (const { key, path } of nats.files) requireProduced(svc, path, `NATS ${key}`);
+    if (nats.clientCa) natsCa = locate(svc, nats.clientCa);
+    const clusterPort = nats.clusterPort;
     for (const m of all.matchAll(/nats-route:\/\/(?:[^@\s]*@)?([^:\s]+):(\d+)/g)) {
       const peer = services.get(m[1]!);
       if (!peer || !natsServices.includes(peer))
@@ -1191,6 +1231,8 @@ interface Container {
 }
 
 interface PodSpec {
+  /** The manifest it is in. */
+  readonly file: string;
   readonly where: string;
   /** The object the pod comes from: a Pod, or the Deployment (StatefulSet, ...) with its template. */
   readonly workload: Obj;
@@ -1217,17 +1259,36 @@ function podSpecOf(doc: Obj): Obj | undefined {
   }
 }
 
+/** The control-plane NATS: a nats-server container and its configuration's template in the repository. */
+interface KubernetesNats {
+  readonly pod: PodSpec;
+  readonly container: Container;
+  /** deploy/kubernetes/...: the template of the file --config names on the host. */
+  readonly template: string;
+  /** --config, as the container sees it. */
+  readonly configPath: string;
+  readonly conf: NatsConf;
+}
+
 interface KubernetesReport {
   readonly pods: PodSpec[];
   readonly egress: { where: string; selection: Obj }[];
+  readonly nats: KubernetesNats[];
 }
+
+/** An address only the cluster itself can reach (or none outside the pod): not a name agents dial out to. */
+const isClusterInternal = (host: string) =>
+  isLoopback(host) ||
+  /^[\d.]+$/.test(host) ||
+  host.includes(':') ||
+  !host.includes('.') ||
+  /\.(svc|cluster\.local)$|\.svc\./.test(host);
 
 function checkKubernetes(repo: Repo): KubernetesReport {
   const problems = new Problems();
   const image = parseDockerfile(repo.read('Dockerfile') ?? '');
   const pods: PodSpec[] = [];
   const egress: { where: string; selection: Obj }[] = [];
-  let helmValues: Obj | undefined;
 
   for (const file of repo.list(KUBERNETES_DIR, /\.ya?ml$/)) {
     const docs = parseAllDocuments(repo.read(file) ?? '');
@@ -1235,10 +1296,12 @@ function checkKubernetes(repo: Repo): KubernetesReport {
       for (const e of document.errors) problems.add(file, `YAML: ${e.message}`);
       const doc = obj(document.toJS());
       const where = `${file}#${index + 1} ${text(doc.kind) ?? ''}/${text(obj(doc.metadata).name) ?? ''}`;
-      // Helm values have no schema here (the chart checks them); every other document is an API object.
-      if (!doc.kind && (doc.config || doc.container)) helmValues = doc;
-      else
-        for (const error of kubernetesSchemaErrors(doc)) problems.add(where, `Kubernetes schema: ${error}`);
+      for (const error of kubernetesSchemaErrors(doc)) problems.add(where, `Kubernetes schema: ${error}`);
+      // A Service's address is the cluster's to choose: a pinned one only works where the
+      // control plane sits on the Service network.
+      const clusterIP = doc.kind === 'Service' ? text(obj(doc.spec).clusterIP) : undefined;
+      if (clusterIP && clusterIP !== 'None')
+        problems.add(where, `pins clusterIP ${clusterIP}: reachable only from the Service network`);
       if (doc.kind === 'EgressSelectorConfiguration') {
         for (const selection of arr(doc.egressSelections))
           if (obj(selection).name === 'cluster') egress.push({ where, selection: obj(selection) });
@@ -1285,7 +1348,7 @@ function checkKubernetes(repo: Repo): KubernetesReport {
         }
         containers.push(container);
       }
-      pods.push({ where, workload: doc, raw: spec, containers, volumes });
+      pods.push({ file, where, workload: doc, raw: spec, containers, volumes });
     }
   }
 
@@ -1304,37 +1367,67 @@ function checkKubernetes(repo: Repo): KubernetesReport {
     const hostPath = text(obj(pod.volumes.get(m.name)?.hostPath).path);
     return hostPath ? `host:${posix.join(hostPath, m.rest)}` : `volume:${m.name}/${m.rest}`;
   };
-  // The chart's servers require authentication when its values add accounts or users.
-  const helmMerge = obj(obj(helmValues?.config).merge);
-  const helmAuth =
-    Object.keys(helmMerge).some((k) => k.endsWith('$include')) ||
-    helmMerge.accounts !== undefined ||
-    helmMerge.authorization !== undefined;
-  // Where NATS is: the chart's Service for pods, its external name for the host network.
-  const serviceMerge = obj(obj(helmValues?.service).merge);
-  const externalName = text(
-    obj(obj(serviceMerge.metadata).annotations)['external-dns.alpha.kubernetes.io/hostname'],
-  );
-  const helmConfig = obj(helmValues?.config);
-  const tlsOn = (block: unknown) => obj(obj(block).tls).enabled === true;
-  const caSecret =
-    obj(helmValues?.tlsCA).enabled === true ? text(obj(helmValues?.tlsCA).secretName) : undefined;
-  if (helmValues) {
-    const at = `${KUBERNETES_DIR}/nats-values.yaml`;
-    if (!tlsOn(helmConfig.nats))
-      problems.add(at, 'config.nats.tls is off: clients would talk to NATS in plaintext');
-    if (!tlsOn(helmConfig.cluster)) problems.add(at, 'config.cluster.tls is off: routes in plaintext');
-    if (!caSecret) problems.add(at, 'tlsCA is off: no CA for the servers and their routes to verify with');
-    if (text(obj(serviceMerge.spec).clusterIP))
-      problems.add(
-        at,
-        'pins a clusterIP: reachable only where the control plane sits on the Service network',
-      );
+
+  // The control-plane NATS: official image at a release, on the host network (the sidecar
+  // reaches it on loopback, agents on the nodes' client port), its --config a host file
+  // whose template sits next to the manifest.
+  const nats: KubernetesNats[] = [];
+  for (const pod of pods) {
+    for (const c of pod.containers) {
+      const natsImage = text(c.raw.image) ?? '';
+      if (!/^nats(:|@|$)/.test(natsImage)) continue;
+      const at = `${pod.where} container ${c.name}`;
+      if (!/^nats:\d+\.\d+\.\d+(-[a-z0-9]+)?$/.test(natsImage))
+        problems.add(at, `image ${natsImage} is not pinned to a NATS release (nats:X.Y.Z)`);
+      if (pod.raw.hostNetwork !== true)
+        problems.add(
+          at,
+          "not on the host network: the sidecar reaches it on loopback, agents on the nodes' port",
+        );
+      const args = /(^|\/)nats-server$/.test(c.argv[0] ?? '') ? c.argv.slice(1) : c.argv;
+      const i = args.findIndex((a) => a === '--config' || a === '-c');
+      const configPath = i >= 0 ? args[i + 1] : undefined;
+      if (!configPath) {
+        problems.add(at, 'nats-server without --config');
+        continue;
+      }
+      if (!mountOf(c, configPath)) problems.add(at, `--config ${configPath} is not in a mounted volume`);
+      const template = posix.join(posix.dirname(pod.file), posix.basename(configPath));
+      const source = repo.read(template);
+      if (source === undefined) {
+        problems.add(at, `--config ${configPath}: its template ${template} is not in the repository`);
+        continue;
+      }
+      const conf = readNatsConf(source);
+      checkNatsTls(template, conf, problems);
+      const includes = natsIncludes(source);
+      // Written by `knats broker config`: without it, anyone who reaches the port may use the bus.
+      if (!includes.includes('knats-accounts.conf'))
+        problems.add(template, 'does not include knats-accounts.conf: NATS without authentication');
+      if (/^jetstream\b/m.test(source))
+        problems.add(template, 'turns JetStream on: the bus is core NATS only');
+      for (const path of [
+        ...conf.files.map((f) => f.path),
+        ...includes.map((f) => posix.join(posix.dirname(configPath), f)),
+      ])
+        if (!mountOf(c, path)) problems.add(template, `${path} is not in a volume of ${at}`);
+      nats.push({ pod, container: c, template, configPath, conf });
+    }
   }
+  if (!nats.length) problems.add(KUBERNETES_DIR, 'no nats-server: knats processes have no bus');
+  const natsPort = nats[0]?.conf.port;
+  /** The host file of the servers' CA, which the sidecars on the same hosts verify them with. */
+  const natsCa = nats.flatMap(({ pod, container, conf }) => {
+    const ca = conf.clientCa && backing(pod, container, conf.clientCa);
+    return ca ? [ca] : [];
+  });
 
   const sidecars: { pod: PodSpec; c: Container; config: FrontendSettings }[] = [];
   const agentSeeds = new Map<string, string>();
   const agentIds = new Map<string, string>();
+  /** How agents reach NATS and verify it: one external name, one CA Secret, for them all. */
+  const agentNatsNames = new Map<string, string>();
+  const agentCaSecrets = new Map<string, string>();
   for (const pod of pods) {
     for (const c of pod.containers) {
       const checked = c.checked;
@@ -1343,35 +1436,45 @@ function checkKubernetes(repo: Repo): KubernetesReport {
       for (const { flag, path } of filesOf(checked))
         if (!mountOf(c, flag === 'uds-name' ? posix.dirname(path) : path))
           problems.add(at, `--${flag} ${path} is not in a mounted volume`);
-      const nats = natsOf(checked);
-      const hostNetwork = pod.raw.hostNetwork === true;
-      for (const server of nats?.servers ?? []) {
+      const settings = natsOf(checked);
+      // On the control plane (host network) the NATS server of the same node; in the cluster the
+      // control plane's NATS by its external name, dialled out to like upstream's proxy-server.
+      const controlPlane = pod.raw.hostNetwork === true;
+      for (const server of settings?.servers ?? []) {
         const url = natsUrl(server);
-        if (url?.port !== 4222) problems.add(at, `NATS URL ${server}: expected the chart's client port 4222`);
-        else if (hostNetwork && url.host !== externalName)
+        if (!url || url.port !== natsPort)
+          problems.add(at, `NATS URL ${server}: expected the NATS servers' client port ${natsPort}`);
+        else if (controlPlane && !isLoopback(url.host))
           problems.add(
             at,
-            `NATS URL ${server}: on the host network NATS is reached by the Service's external name ${externalName}`,
+            `NATS URL ${server}: the sidecar reaches the NATS server of its own node, tls://127.0.0.1:${natsPort}, with no path into the cluster`,
           );
-        else if (!hostNetwork && !/^nats(\.[a-z0-9-]+(\.svc(\.cluster\.local)?)?)?$/.test(url.host))
-          problems.add(at, `NATS URL ${server} is not the chart's Service`);
+        else if (!controlPlane && isClusterInternal(url.host))
+          problems.add(
+            at,
+            `NATS URL ${server}: agents dial out to the control plane's NATS by its external name (a load balancer or DNS name in front of the control-plane nodes), not a cluster address`,
+          );
+        else if (!controlPlane) claim(agentNatsNames, url.host, at);
         if (!server.startsWith('tls://'))
           problems.add(at, `NATS URL ${server} is not tls://: a plaintext connection would be accepted`);
       }
-      if (nats && !nats.tlsCaFile)
+      if (settings && !settings.tlsCaFile)
         problems.add(at, 'connects to NATS without --nats-tls-ca: nothing verifies the servers');
-      else if (nats?.tlsCaFile && !hostNetwork) {
-        // In the cluster, the CA comes from the Secret the chart's servers use.
-        const mount = mountOf(c, nats.tlsCaFile);
-        const secret = text(obj(mount && pod.volumes.get(mount.name)?.secret).secretName);
-        if (secret !== caSecret)
+      else if (settings?.tlsCaFile && controlPlane) {
+        const ca = backing(pod, c, settings.tlsCaFile);
+        if (!ca || !natsCa.includes(ca))
           problems.add(
             at,
-            `--nats-tls-ca ${nats.tlsCaFile} is not from the Secret ${caSecret} of the NATS servers' CA`,
+            `--nats-tls-ca ${settings.tlsCaFile} is not the CA file of the NATS servers (${natsCa.join(', ')})`,
           );
+      } else if (settings?.tlsCaFile) {
+        const mount = mountOf(c, settings.tlsCaFile);
+        const secret = text(obj(mount && pod.volumes.get(mount.name)?.secret).secretName);
+        if (!secret) problems.add(at, `--nats-tls-ca ${settings.tlsCaFile} is not from a Secret`);
+        else claim(agentCaSecrets, secret, at);
       }
-      if (nats && helmAuth && !(nats.nkeyFile || nats.credsFile || nats.user || nats.token))
-        problems.add(at, 'connects to NATS without credentials, but the Helm values turn authentication on');
+      if (settings && !(settings.nkeyFile || settings.credsFile || settings.user || settings.token))
+        problems.add(at, 'connects to NATS without credentials, but the servers require them');
       if (checked.kind === 'frontend' || checked.kind === 'agent') {
         const { config } = checked;
         const ports = new Map(
@@ -1386,10 +1489,7 @@ function checkKubernetes(repo: Repo): KubernetesReport {
           const port = typeof get.port === 'number' ? get.port : ports.get(text(get.port) ?? '');
           if (port !== config.healthPort)
             problems.add(at, `probe on port ${text(get.port)}, but the health port is ${config.healthPort}`);
-          if (
-            isLoopback(config.healthBindAddress) &&
-            !(pod.raw.hostNetwork === true && isLoopback(text(get.host) ?? ''))
-          )
+          if (isLoopback(config.healthBindAddress) && !(controlPlane && isLoopback(text(get.host) ?? '')))
             problems.add(
               at,
               `health port on ${config.healthBindAddress}: the kubelet's probe cannot reach it`,
@@ -1426,6 +1526,17 @@ function checkKubernetes(repo: Repo): KubernetesReport {
       }
     }
   }
+  // One name in the servers' certificate, one CA.
+  if (agentNatsNames.size > 1)
+    problems.add(
+      KUBERNETES_DIR,
+      `agents reach NATS by several names: ${[...agentNatsNames.keys()].join(', ')}`,
+    );
+  if (agentCaSecrets.size > 1)
+    problems.add(
+      KUBERNETES_DIR,
+      `agents verify NATS with different CA Secrets: ${[...agentCaSecrets.keys()].join(', ')}`,
+    );
 
   // Each EgressSelectorConfiguration leads to a sidecar of a kube-apiserver pod, and each sidecar has one.
   const apiserverOf = (pod: PodSpec) =>
@@ -1475,7 +1586,7 @@ function checkKubernetes(repo: Repo): KubernetesReport {
       problems.add(`${pod.where} container ${c.name}`, 'no EgressSelectorConfiguration uses this frontend');
 
   problems.throwIfAny(`${KUBERNETES_DIR} does not match the code`);
-  return { pods, egress };
+  return { pods, egress, nats };
 }
 
 // ---------------------------------------------------------------------------
@@ -1588,8 +1699,12 @@ describe('deploy/kubernetes against the real CLI', () => {
     checkKubernetes(repo);
   });
 
-  it('has a kube-apiserver sidecar for gRPC over UDS and for HTTP CONNECT, and agents as a Deployment', () => {
-    const { pods, egress } = checkKubernetes(repo);
+  it('has NATS as a control-plane static pod, a kube-apiserver sidecar for gRPC over UDS and for HTTP CONNECT, and agents as a Deployment', () => {
+    const { pods, egress, nats } = checkKubernetes(repo);
+    assert.deepEqual(
+      nats.map((n) => [n.pod.file, n.pod.workload.kind, n.template]),
+      [[`${KUBERNETES_DIR}/control-plane/nats.yaml`, 'Pod', `${KUBERNETES_DIR}/control-plane/nats.conf`]],
+    );
     const frontends = pods.flatMap((p) =>
       p.containers.flatMap((c) => (c.checked?.kind === 'frontend' ? [c.checked.config] : [])),
     );
@@ -1873,9 +1988,9 @@ describe('deliberate mistakes are caught', () => {
     {
       what: 'a misspelled flag in a Kubernetes Deployment',
       file: `${KUBERNETES_DIR}/agents.yaml`,
-      from: '- --nats-url=tls://nats.knats-system',
+      from: '- --nats-url=tls://nats.knats.example.internal',
       first: true,
-      to: '- --nats-urls=tls://nats.knats-system',
+      to: '- --nats-urls=tls://nats.knats.example.internal',
       caught: /agents\.yaml.*Deployment\/knats-agent-1 container agent.*--nats-urls: unknown flag/,
     },
     {
@@ -1905,11 +2020,37 @@ describe('deliberate mistakes are caught', () => {
     {
       what: 'a Kubernetes agent on plaintext NATS',
       file: `${KUBERNETES_DIR}/agents.yaml`,
-      from: '- --nats-url=tls://nats.knats-system',
+      from: '- --nats-url=tls://nats.knats.example.internal',
       first: true,
-      to: '- --nats-url=nats://nats.knats-system',
+      to: '- --nats-url=nats://nats.knats.example.internal',
+      caught: /container agent: NATS URL nats:\/\/nats\.knats\.example\.internal:4222 is not tls:\/\//,
+    },
+    {
+      what: 'a Kubernetes agent reaching NATS by a cluster Service name',
+      file: `${KUBERNETES_DIR}/agents.yaml`,
+      from: '- --nats-url=tls://nats.knats.example.internal:4222',
+      first: true,
+      to: '- --nats-url=tls://nats.knats-system.svc.cluster.local:4222',
       caught:
-        /container agent: NATS URL nats:\/\/nats\.knats-system\.svc\.cluster\.local:4222 is not tls:\/\//,
+        /knats-agent-1 container agent: NATS URL .*: agents dial out to the control plane's NATS by its external name/,
+    },
+    {
+      what: 'a Kubernetes agent reaching NATS by a pinned address',
+      file: `${KUBERNETES_DIR}/agents.yaml`,
+      from: '- --nats-url=tls://nats.knats.example.internal:4222',
+      first: true,
+      to: '- --nats-url=tls://10.96.0.42:4222',
+      caught:
+        /NATS URL tls:\/\/10\.96\.0\.42:4222: agents dial out to the control plane's NATS by its external name/,
+    },
+    {
+      what: 'Kubernetes agents reaching NATS by two names',
+      file: `${KUBERNETES_DIR}/agents.yaml`,
+      from: '- --nats-url=tls://nats.knats.example.internal:4222',
+      first: true,
+      to: '- --nats-url=tls://nats-a.knats.example.internal:4222',
+      caught:
+        /agents reach NATS by several names: nats-a\.knats\.example\.internal, nats\.knats\.example\.internal/,
     },
     {
       what: 'a Kubernetes agent verifying NATS with a CA from elsewhere',
@@ -1917,36 +2058,92 @@ describe('deliberate mistakes are caught', () => {
       from: '            secretName: nats-ca\n',
       first: true,
       to: '            secretName: other-ca\n',
-      caught: /container agent: --nats-tls-ca \/etc\/knats-tls\/ca\.crt is not from the Secret nats-ca/,
+      caught: /agents verify NATS with different CA Secrets: other-ca, nats-ca/,
+    },
+    {
+      what: 'a pinned clusterIP',
+      file: `${KUBERNETES_DIR}/agents.yaml`,
+      from: '---\napiVersion: policy/v1\n',
+      to: '---\napiVersion: v1\nkind: Service\nmetadata:\n  name: nats\n  namespace: knats-system\nspec:\n  clusterIP: 10.96.0.42\n  ports:\n    - port: 4222\n---\napiVersion: policy/v1\n',
+      caught: /Service\/nats: pins clusterIP 10\.96\.0\.42/,
     },
     {
       what: 'a control-plane sidecar that does not verify NATS',
       file: `${KUBERNETES_DIR}/control-plane/kube-apiserver.yaml`,
-      from: '        - --nats-tls-ca=/etc/kubernetes/pki/knats/nats-ca.crt\n',
+      from: '        - --nats-tls-ca=/etc/kubernetes/knats/nats-tls/ca.crt\n',
       to: '',
       caught: /kube-apiserver\.yaml.*container knats-frontend: connects to NATS without --nats-tls-ca/,
     },
     {
-      what: 'a control-plane sidecar on the cluster DNS name',
-      file: `${KUBERNETES_DIR}/control-plane/kube-apiserver.yaml`,
-      from: '- --nats-url=tls://nats.knats.example.internal:4222',
-      to: '- --nats-url=tls://nats.knats-system.svc.cluster.local:4222',
+      what: 'a control-plane sidecar verifying NATS with another CA',
+      file: `${KUBERNETES_DIR}/control-plane/kube-apiserver-http-connect.yaml`,
+      from: '- --nats-tls-ca=/etc/kubernetes/knats/nats-tls/ca.crt',
+      to: '- --nats-tls-ca=/etc/kubernetes/pki/knats/ca.crt',
       caught:
-        /on the host network NATS is reached by the Service's external name nats\.knats\.example\.internal/,
+        /container knats-frontend: --nats-tls-ca \/etc\/kubernetes\/pki\/knats\/ca\.crt is not the CA file of the NATS servers \(host:\/etc\/kubernetes\/knats\/nats-tls\/ca\.crt\)/,
     },
     {
-      what: 'NATS servers without client TLS in the Helm values',
-      file: `${KUBERNETES_DIR}/nats-values.yaml`,
-      from: '  nats:\n    tls:\n      enabled: true\n',
-      to: '  nats:\n    tls:\n      enabled: false\n',
-      caught: /config\.nats\.tls is off/,
+      what: 'a control-plane sidecar reaching NATS through the load balancer',
+      file: `${KUBERNETES_DIR}/control-plane/kube-apiserver.yaml`,
+      from: '- --nats-url=tls://127.0.0.1:4222',
+      to: '- --nats-url=tls://nats.knats.example.internal:4222',
+      caught: /the sidecar reaches the NATS server of its own node, tls:\/\/127\.0\.0\.1:4222/,
     },
     {
-      what: 'a pinned clusterIP in the Helm values',
-      file: `${KUBERNETES_DIR}/nats-values.yaml`,
-      from: '      type: LoadBalancer\n',
-      to: '      type: LoadBalancer\n      clusterIP: 10.96.0.42\n',
-      caught: /pins a clusterIP/,
+      what: 'control-plane NATS without client TLS',
+      file: `${KUBERNETES_DIR}/control-plane/nats.conf`,
+      from: '\ntls {\n',
+      to: '\nno_tls {\n',
+      caught: /control-plane\/nats\.conf: no tls block: clients would talk to NATS in plaintext/,
+    },
+    {
+      what: 'control-plane NATS routes without TLS',
+      file: `${KUBERNETES_DIR}/control-plane/nats.conf`,
+      from: '  tls {\n    cert_file',
+      to: '  no_tls {\n    cert_file',
+      caught: /control-plane\/nats\.conf: no tls block in cluster: routes in plaintext/,
+    },
+    {
+      what: 'control-plane NATS without the accounts of knats broker config',
+      file: `${KUBERNETES_DIR}/control-plane/nats.conf`,
+      from: 'include knats-accounts.conf\n',
+      to: '',
+      caught: /nats\.conf: does not include knats-accounts\.conf/,
+    },
+    {
+      what: 'control-plane NATS with JetStream',
+      file: `${KUBERNETES_DIR}/control-plane/nats.conf`,
+      from: '\ninclude knats-accounts.conf',
+      to: '\njetstream {}\ninclude knats-accounts.conf',
+      caught: /nats\.conf: turns JetStream on/,
+    },
+    {
+      what: 'control-plane NATS on another client port than its clients',
+      file: `${KUBERNETES_DIR}/control-plane/nats.conf`,
+      from: 'listen: 0.0.0.0:4222',
+      to: 'listen: 0.0.0.0:4223',
+      caught: /NATS URL tls:\/\/127\.0\.0\.1:4222: expected the NATS servers' client port 4223/,
+    },
+    {
+      what: 'control-plane NATS off the host network',
+      file: `${KUBERNETES_DIR}/control-plane/nats.yaml`,
+      from: 'hostNetwork: true',
+      to: 'hostNetwork: false',
+      caught: /Pod\/knats-nats container nats: not on the host network/,
+    },
+    {
+      what: 'control-plane NATS on an image that is not a release',
+      file: `${KUBERNETES_DIR}/control-plane/nats.yaml`,
+      from: 'image: nats:2.10.16-alpine',
+      to: 'image: nats:latest',
+      caught: /image nats:latest is not pinned to a NATS release/,
+    },
+    {
+      what: 'control-plane NATS with its configuration outside its volumes',
+      file: `${KUBERNETES_DIR}/control-plane/nats.yaml`,
+      from: 'mountPath: /etc/kubernetes/knats\n',
+      to: 'mountPath: /etc/nats\n',
+      caught: /--config \/etc\/kubernetes\/knats\/nats\.conf is not in a mounted volume/,
     },
     {
       what: 'an egress configuration pointing at another socket',
@@ -2060,6 +2257,20 @@ function runCli(
     });
     child.stdin.end(input);
   });
+}
+
+/** GET /PATH from the web destination through the gRPC frontend on `uds`. */
+async function getThroughSocket(uds: string, web: Destination, path: string): Promise<void> {
+  const client = new ProxyStreamClient(`unix:${uds}`);
+  try {
+    const dial = await client.dial(web.address);
+    assert.equal(dial.error, '', `dial for /${path}`);
+    client.send(dial.connectID, Buffer.from(`GET /${path} HTTP/1.0\r\n\r\n`));
+    await client.waitClosed(dial.connectID);
+    assert.match(client.dataOf(dial.connectID).toString(), new RegExp(`web /${path}$`));
+  } finally {
+    client.close();
+  }
 }
 
 function natsServerMissing(): string | false {
@@ -2285,16 +2496,7 @@ describe('deploy/nats on a real nats-server, over TLS', {
         const agent: RunningAgent = await startAgent({ ...config, logger: silentLogger() });
         try {
           await eventually(() => frontend.debugState().agents === 1, `${service} known to the frontend`);
-          const client = new ProxyStreamClient(`unix:${uds}`);
-          try {
-            const dial = await client.dial(web.address);
-            assert.equal(dial.error, '', `dial through ${service}`);
-            client.send(dial.connectID, Buffer.from(`GET /${service} HTTP/1.0\r\n\r\n`));
-            await client.waitClosed(dial.connectID);
-            assert.match(client.dataOf(dial.connectID).toString(), new RegExp(`web /${service}$`));
-          } finally {
-            client.close();
-          }
+          await getThroughSocket(uds, web, service);
           // And the client's own `knats dial` line, the real CLI, a request on its stdin.
           const dialCmd = report.services.get('client')?.checked.find((c) => c.kind === 'dial');
           assert.ok(dialCmd?.kind === 'dial', 'the client runs knats dial');
@@ -2367,6 +2569,117 @@ describe('deploy/nats on a real nats-server, over TLS', {
     } finally {
       await agent.stop({ immediate: true });
       await frontend.stop({ immediate: true });
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------
+// The control-plane NATS of deploy/kubernetes on a real nats-server: its configuration as a
+// whole, then its TLS and the accounts of `knats broker config` with the manifests' own
+// sidecar and agent command lines.
+
+describe('deploy/kubernetes/control-plane/nats.conf on a real nats-server', {
+  skip: natsServerMissing() || commandMissing('openssl'),
+}, () => {
+  const repo = new Repo();
+  const dir = mkdtempSync(join(tmpdir(), 'knats-k8s-'));
+  let report: KubernetesReport;
+  let template = '';
+  /** The control-plane host's folder of nats.conf (/etc/kubernetes/knats): here, `dir`. */
+  let hostDir = '';
+  const creds = join(dir, 'creds', 'knats');
+  /** A path of the manifests, where this test put the file the README copies there. */
+  const local = (arg: string, seed: string) =>
+    arg
+      .replaceAll(`${hostDir}/`, `${dir}/`)
+      .replace(/=\/etc\/knats-tls\/ca\.crt$/, `=${dir}/nats-tls/ca.crt`)
+      .replace(/=\/etc\/(knats|kubernetes\/pki\/knats)\/[\w-]+\.nk$/, `=${join(creds, seed)}`);
+  const agents = () =>
+    report.pods.flatMap((p) => p.containers.flatMap((c) => (c.checked?.kind === 'agent' ? [c.checked] : [])));
+
+  before(async () => {
+    report = checkKubernetes(repo);
+    const [server] = report.nats;
+    assert.ok(server, 'a control-plane NATS');
+    template = repo.read(server.template) ?? '';
+    hostDir = posix.dirname(server.configPath);
+    // Next to nats.conf on the host: the accounts, for the manifests' agent ids, and the certificate.
+    const ids = agents().map((a) => a.config.id);
+    const accounts = await runCli(
+      ['broker', 'config', '--prefix', 'knats', ...ids.flatMap((id) => ['--agent', id])].concat([
+        '--state-dir',
+        join(dir, 'creds'),
+      ]),
+      '',
+      {},
+    );
+    assert.equal(accounts.code, 0, accounts.stderr);
+    writeFileSync(join(dir, 'knats-accounts.conf'), accounts.stdout);
+    execFileSync(
+      'sh',
+      [join(ROOT, 'deploy/gen-certs.sh'), join(dir, 'nats-tls'), 'nats.knats.example.internal'].concat([
+        'localhost',
+        '127.0.0.1',
+        'cp-1',
+        'cp-2',
+        'cp-3',
+      ]),
+      { stdio: 'ignore' },
+    );
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('nats-server -t accepts it with its placeholders filled', () => {
+    const placeholders = [...new Set(template.match(/<[A-Z0-9_]+>/g))];
+    assert.ok(placeholders.length > 0, 'the template has placeholders');
+    const filled = template.replaceAll(`${hostDir}/`, `${dir}/`).replace(/<CONTROL_PLANE_(\d+)>/g, 'cp-$1');
+    assert.doesNotMatch(filled, /<[A-Z0-9_]+>/, 'every placeholder is a control-plane node');
+    const conf = join(dir, 'nats.conf');
+    writeFileSync(conf, filled);
+    const check = spawnSync(findNatsServer(), ['-t', '-c', conf], { encoding: 'utf8' });
+    assert.equal(check.status, 0, check.stderr);
+    assert.match(check.stderr, /configuration file .* is valid/);
+  });
+
+  it("carries a tunnel from the sidecar's command line through each agent's, with the servers' TLS and accounts", async () => {
+    const web = await httpServer('web');
+    const clientTls = readNatsConf(template).clientTls ?? '';
+    const nats = await startLocalServer({
+      extraConfig: `${readFileSync(join(dir, 'knats-accounts.conf'), 'utf8')}\n${clientTls.replaceAll(`${hostDir}/`, `${dir}/`)}`,
+    });
+    const url = nats.url.replace(/^nats:/, 'tls:');
+    const uds = join(dir, 'fe.sock');
+    const sidecar = report.pods
+      .flatMap((p) => p.containers.map((c) => c.checked))
+      .find((c) => c?.kind === 'frontend' && c.config.mode === 'grpc');
+    assert.ok(sidecar?.kind === 'frontend', 'a gRPC sidecar');
+    const { config: feConfig } = frontendConfig(
+      [
+        ...sidecar.inv.argv.slice(1).map((a) => local(a, 'frontend.nk')),
+        ...['--nats-url', url, '--uds-name', uds, '--health-port', '0', '--admin-port', '0'],
+      ],
+      sidecar.inv.env,
+    );
+    const frontend = await startFrontend({ ...feConfig, logger: silentLogger() });
+    try {
+      for (const agent of agents()) {
+        const { config } = agentConfig(
+          [...agent.inv.argv.slice(1).map((a) => local(a, `agent-${agent.config.id}.nk`)), ...agentArgs(url)],
+          agent.inv.env,
+        );
+        const running = await startAgent({ ...config, logger: silentLogger() });
+        try {
+          await eventually(() => frontend.debugState().agents === 1, `${config.id} known to the frontend`);
+          await getThroughSocket(uds, web, config.id);
+        } finally {
+          await running.stop({ immediate: true });
+        }
+        await eventually(() => frontend.debugState().agents === 0, `${config.id} gone`);
+      }
+    } finally {
+      await frontend.stop({ immediate: true });
+      await nats.stop();
+      await web.close();
     }
   });
 });
