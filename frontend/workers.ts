@@ -355,18 +355,32 @@ export async function startFrontendWorkers(config: FrontendConfig, workers: numb
   return { healthPort: endpoints.healthPort, adminPort: endpoints.adminPort, tcpPort, stop };
 }
 
+/** Counters and histograms only go up: an exited worker's last values stay in the process's sums. */
+function cumulative(metrics: MetricsJson): MetricsJson {
+  return metrics.filter((m) => (m.type as unknown) === 'counter' || (m.type as unknown) === 'histogram');
+}
+
 /**
  * /metrics of the primary: every running worker's metrics and the primary's
  * own, aggregated as prom-client's AggregatorRegistry does for a cluster
  * (counters and histograms summed, per-process gauges as their metric says).
  * The requests are ours rather than AggregatorRegistry.clusterMetrics(), which
  * fails a whole scrape when one worker exits mid-request.
+ *
+ * The process's counters must never go down (Prometheus would take the drop
+ * for a restart and count the whole remaining sum again in rate()): a worker
+ * that exited keeps its last reported counters and histograms in the sums,
+ * and one that is slow to answer counts with its last answer.
  */
 class WorkersRegistry extends Registry {
   /** The primary's own metrics: its process and the worker counts. */
   readonly own = new Registry();
   private nextRequest = 0;
   private readonly pending = new Map<number, Map<Worker, (metrics: MetricsJson) => void>>();
+  /** Each running worker's last answer. */
+  private readonly lastAnswer = new Map<Worker, MetricsJson>();
+  /** The counters and histograms of workers that exited, as they last reported them. */
+  private retired: MetricsJson[] = [];
 
   constructor(
     private readonly slots: readonly Slot[],
@@ -389,7 +403,7 @@ class WorkersRegistry extends Registry {
               { pid: worker.process.pid },
               'frontend worker did not answer a metrics request in time',
             );
-            resolve([]);
+            resolve(this.lastAnswer.get(worker) ?? []);
           }, METRICS_TIMEOUT_MS);
           waiting.set(worker, (metrics) => {
             clearTimeout(timer);
@@ -400,18 +414,29 @@ class WorkersRegistry extends Registry {
     );
     try {
       const all = await Promise.all([...answers, this.own.getMetricsAsJSON() as Promise<MetricsJson>]);
-      return await AggregatorRegistry.aggregate(all).metrics();
+      if (this.retired.length > 1) {
+        // One entry however often workers were restarted.
+        this.retired = [(await AggregatorRegistry.aggregate(this.retired).getMetricsAsJSON()) as MetricsJson];
+      }
+      return await AggregatorRegistry.aggregate([...all, ...this.retired]).metrics();
     } finally {
       this.pending.delete(requestId);
     }
   }
 
   answered(worker: Worker, requestId: number, metrics: MetricsJson): void {
+    if (!worker.isDead()) this.lastAnswer.set(worker, metrics);
     this.pending.get(requestId)?.get(worker)?.(metrics);
   }
 
-  /** A worker that exited answers no more: its pending requests resolve without it. */
+  /**
+   * A worker that exited answers no more: its pending requests resolve
+   * without it, and its last counters stay in the sums (as retired).
+   */
   forget(worker: Worker): void {
+    const last = this.lastAnswer.get(worker);
+    this.lastAnswer.delete(worker);
+    if (last) this.retired.push(cumulative(last));
     for (const waiting of this.pending.values()) waiting.get(worker)?.([]);
   }
 }

@@ -265,6 +265,42 @@ describe('knats frontend --workers 2', () => {
     await eventually(() => pids.every((pid) => !alive(pid)), 'workers gone with their primary', 15_000);
   });
 
+  it("the process's counters never go down when a worker is killed and restarted", async () => {
+    // Prometheus takes any decrease of a counter for a process restart and counts the whole new
+    // value again: a sum over workers that loses one worker's share would show as a burst in rate().
+    const uds = fleet.socketPath();
+    const { child, healthPort, logs } = await fleet.spawnFrontend(
+      uds,
+      ['--workers', '2', '--server-id', 'fe-count'],
+      READY,
+    );
+    const adminPort = adminPortOf(logs);
+    const tunnels = await tunnelsOnBothWorkers(uds, adminPort, echo);
+    for (const t of tunnels) t.client.close();
+    const dials = 'konnectivity_network_proxy_server_dial_duration_seconds_count';
+    const before = metric((await fetchText(healthPort, '/metrics')).body, dials)!;
+    assert.equal(before, tunnels.length);
+    const victim = (await workersOf(adminPort)).find((w) => w.index === 1)!;
+    process.kill(victim.pid!, 'SIGKILL');
+    // Scraped while the worker is down and after its restart.
+    await eventually(
+      async () => /worker 1: killed by SIGKILL/.test((await fetchText(healthPort, '/readyz')).body),
+      '/readyz names the dead worker',
+    );
+    const down = metric((await fetchText(healthPort, '/metrics')).body, dials)!;
+    await eventually(
+      async () => (await fetchText(healthPort, '/readyz')).status === 200,
+      'ready again',
+      15_000,
+    );
+    const restarted = metric((await fetchText(healthPort, '/metrics')).body, dials)!;
+    assert.ok(
+      down >= before && restarted >= before,
+      `dials counted ${before}, then ${down}, then ${restarted}`,
+    );
+    child.kill('SIGKILL');
+  });
+
   it('a worker that cannot start stops the process with its error, instead of restarting forever', async () => {
     const missing = join(fleet.dir, 'missing.pem');
     const tls = ['--server-cert', missing, '--server-key', missing, '--server-ca-cert', missing];
