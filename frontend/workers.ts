@@ -50,6 +50,12 @@ export const WORKER_INDEX_ENV = 'KNATS_FRONTEND_WORKER';
 
 /** How often a worker tells the primary its readiness and state. */
 const STATUS_INTERVAL_MS = 250;
+/**
+ * A worker silent this long is not ready: a worker whose event loop is stuck
+ * (or that is stopped) still gets its share of new connections and serves
+ * none of them, and its last report would say ready forever.
+ */
+const STATUS_STALE_MS = 3000;
 /** A worker that does not answer a metrics request within this is left out of that scrape. */
 const METRICS_TIMEOUT_MS = 2000;
 /** Restart backoff: doubles per crash from the first, up to the last; reset by a worker that ran this long. */
@@ -150,6 +156,8 @@ interface Slot {
   everReady: boolean;
   notReady?: string;
   state?: Record<string, unknown>;
+  /** When its last status report came. */
+  reportedAt: number;
   startedAt: number;
   restarts: number;
   backoffMs: number;
@@ -181,6 +189,7 @@ export async function startFrontendWorkers(config: FrontendConfig, workers: numb
     down: 'starting',
     ready: false,
     everReady: false,
+    reportedAt: 0,
     startedAt: 0,
     restarts: 0,
     backoffMs: RESTART_BACKOFF_MS.first,
@@ -195,6 +204,14 @@ export async function startFrontendWorkers(config: FrontendConfig, workers: numb
     failStart = reject;
   });
 
+  /** Why a worker does not serve now, or undefined when it does. */
+  const whyNotReady = (s: Slot): string | undefined => {
+    if (!s.worker) return s.down;
+    if (!s.ready) return 'starting';
+    const silentMs = Date.now() - s.reportedAt;
+    return silentMs > STATUS_STALE_MS ? `no report for ${silentMs} ms` : s.notReady;
+  };
+
   const registry = new WorkersRegistry(slots, logger);
   new Gauge({
     name: 'knats_frontend_workers',
@@ -206,7 +223,7 @@ export async function startFrontendWorkers(config: FrontendConfig, workers: numb
     help: 'Frontend workers running and ready',
     registers: [registry.own],
     collect() {
-      this.set(slots.filter((s) => s.worker && s.ready && !s.notReady).length);
+      this.set(slots.filter((s) => !whyNotReady(s)).length);
     },
   });
   const restarts = new Counter({
@@ -218,7 +235,7 @@ export async function startFrontendWorkers(config: FrontendConfig, workers: numb
   const notReadyReason = () => {
     if (stopping) return 'draining';
     const reasons = slots.flatMap((s) => {
-      const why = !s.worker ? s.down : !s.ready ? 'starting' : s.notReady;
+      const why = whyNotReady(s);
       return why ? [`worker ${s.index}: ${why}`] : [];
     });
     return reasons.length ? reasons.join('; ') : undefined;
@@ -229,7 +246,7 @@ export async function startFrontendWorkers(config: FrontendConfig, workers: numb
     workers: slots.map((s) => ({
       index: s.index,
       pid: s.worker?.process.pid,
-      ready: s.ready && !s.notReady,
+      ready: !whyNotReady(s),
       restarts: s.restarts,
       ...(s.worker ? {} : { down: s.down }),
       state: s.state,
@@ -257,11 +274,13 @@ export async function startFrontendWorkers(config: FrontendConfig, workers: numb
     worker.on('message', (message: unknown) => {
       if (!isMessage<WorkerMessage>(message)) return;
       if (message.knats === 'status') {
+        slot.reportedAt = Date.now();
         slot.notReady = message.notReady;
         slot.state = message.state;
       } else if (message.knats === 'metrics') registry.answered(worker, message.requestId, message.metrics);
       else if (message.knats === 'ready') {
         slot.ready = true;
+        slot.reportedAt = Date.now();
         slot.everReady = true;
         tcpPort ??= message.tcpPort;
         // The socket file exists once a worker listens (again, if every worker had exited and it was removed).

@@ -301,6 +301,30 @@ describe('knats frontend --workers 2', () => {
     child.kill('SIGKILL');
   });
 
+  it('a worker that stops answering (wedged, SIGSTOP) makes /readyz 503 naming it, until it answers again', async () => {
+    const uds = fleet.socketPath();
+    const { child, healthPort, logs } = await fleet.spawnFrontend(uds, ['--workers', '2'], READY);
+    const adminPort = adminPortOf(logs);
+    await eventually(async () => (await fetchText(healthPort, '/readyz')).status === 200, 'ready');
+    const victim = (await workersOf(adminPort)).find((w) => w.index === 2)!;
+    process.kill(victim.pid!, 'SIGSTOP');
+    try {
+      const readyz = await eventually(
+        async () => {
+          const res = await fetchText(healthPort, '/readyz');
+          return res.status === 503 && res;
+        },
+        '/readyz 503 while worker 2 answers nothing',
+        10_000,
+      );
+      assert.match(readyz.body, /worker 2: no report for/);
+    } finally {
+      process.kill(victim.pid!, 'SIGCONT');
+    }
+    await eventually(async () => (await fetchText(healthPort, '/readyz')).status === 200, 'ready again');
+    child.kill('SIGKILL');
+  });
+
   it('a worker that cannot start stops the process with its error, instead of restarting forever', async () => {
     const missing = join(fleet.dir, 'missing.pem');
     const tls = ['--server-cert', missing, '--server-key', missing, '--server-ca-cert', missing];
