@@ -325,6 +325,29 @@ describe('knats frontend --workers 2', () => {
     child.kill('SIGKILL');
   });
 
+  it('every worker killed at once: the restarted workers serve the socket again, with its mode', async () => {
+    const uds = fleet.socketPath();
+    const { child, healthPort, logs } = await fleet.spawnFrontend(uds, ['--workers', '2'], READY);
+    const adminPort = adminPortOf(logs);
+    await eventually(async () => (await fetchText(healthPort, '/readyz')).status === 200, 'ready');
+    for (const w of await workersOf(adminPort)) process.kill(w.pid!, 'SIGKILL');
+    await eventually(async () => (await fetchText(healthPort, '/readyz')).status === 503, 'not ready');
+    await eventually(
+      async () => (await fetchText(healthPort, '/readyz')).status === 200,
+      'ready again',
+      15_000,
+    );
+    assert.equal(statSync(uds).mode & 0o777, 0o660);
+    const client = new ProxyStreamClient(`unix:${uds}`);
+    const dial = await client.dial(echo.address);
+    assert.equal(dial.error, '');
+    assert.ok(await echoes(client, dial.connectID, 'back'));
+    client.close();
+    child.kill('SIGTERM');
+    assert.equal(await exited(child), 0);
+    assert.equal(existsSync(uds), false, 'socket file removed');
+  });
+
   it('a worker that cannot start stops the process with its error, instead of restarting forever', async () => {
     const missing = join(fleet.dir, 'missing.pem');
     const tls = ['--server-cert', missing, '--server-key', missing, '--server-ca-cert', missing];
