@@ -78,6 +78,18 @@ async function echoes(client: ProxyStreamClient, connectID: number, text: string
   }
 }
 
+/** A new tunnel (its own HTTP/2 connection) through the socket echoes `text`. */
+async function newTunnelEchoes(uds: string, echo: Destination, text: string): Promise<boolean> {
+  const client = new ProxyStreamClient(`unix:${uds}`);
+  try {
+    const dial = await client.dial(echo.address);
+    assert.equal(dial.error, '');
+    return await echoes(client, dial.connectID, text);
+  } finally {
+    client.close();
+  }
+}
+
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -85,6 +97,19 @@ function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** Until /readyz answers `status`. */
+function untilReadyz(healthPort: number, status: number, what: string, timeoutMs?: number) {
+  return eventually(async () => (await fetchText(healthPort, '/readyz')).status === status, what, timeoutMs);
+}
+
+/** `knats frontend --workers 2 ...extra` on a fresh socket, once it is ready. */
+async function readyWorkers(fleet: Fleet, extra: readonly string[] = []) {
+  const uds = fleet.socketPath();
+  const { child, healthPort, logs } = await fleet.spawnFrontend(uds, ['--workers', '2', ...extra], READY);
+  await untilReadyz(healthPort, 200, 'ready');
+  return { uds, child, healthPort, adminPort: adminPortOf(logs) };
 }
 
 function exited(child: ChildProcess): Promise<number | null> {
@@ -268,13 +293,7 @@ describe('knats frontend --workers 2', () => {
   it("the process's counters never go down when a worker is killed and restarted", async () => {
     // Prometheus takes any decrease of a counter for a process restart and counts the whole new
     // value again: a sum over workers that loses one worker's share would show as a burst in rate().
-    const uds = fleet.socketPath();
-    const { child, healthPort, logs } = await fleet.spawnFrontend(
-      uds,
-      ['--workers', '2', '--server-id', 'fe-count'],
-      READY,
-    );
-    const adminPort = adminPortOf(logs);
+    const { uds, child, healthPort, adminPort } = await readyWorkers(fleet, ['--server-id', 'fe-count']);
     const tunnels = await tunnelsOnBothWorkers(uds, adminPort, echo);
     for (const t of tunnels) t.client.close();
     const dials = 'konnectivity_network_proxy_server_dial_duration_seconds_count';
@@ -288,11 +307,7 @@ describe('knats frontend --workers 2', () => {
       '/readyz names the dead worker',
     );
     const down = metric((await fetchText(healthPort, '/metrics')).body, dials)!;
-    await eventually(
-      async () => (await fetchText(healthPort, '/readyz')).status === 200,
-      'ready again',
-      15_000,
-    );
+    await untilReadyz(healthPort, 200, 'ready again', 15_000);
     const restarted = metric((await fetchText(healthPort, '/metrics')).body, dials)!;
     assert.ok(
       down >= before && restarted >= before,
@@ -302,10 +317,7 @@ describe('knats frontend --workers 2', () => {
   });
 
   it('a worker that stops answering (wedged, SIGSTOP) makes /readyz 503 naming it, until it answers again', async () => {
-    const uds = fleet.socketPath();
-    const { child, healthPort, logs } = await fleet.spawnFrontend(uds, ['--workers', '2'], READY);
-    const adminPort = adminPortOf(logs);
-    await eventually(async () => (await fetchText(healthPort, '/readyz')).status === 200, 'ready');
+    const { child, healthPort, adminPort } = await readyWorkers(fleet);
     const victim = (await workersOf(adminPort)).find((w) => w.index === 2)!;
     process.kill(victim.pid!, 'SIGSTOP');
     try {
@@ -321,28 +333,17 @@ describe('knats frontend --workers 2', () => {
     } finally {
       process.kill(victim.pid!, 'SIGCONT');
     }
-    await eventually(async () => (await fetchText(healthPort, '/readyz')).status === 200, 'ready again');
+    await untilReadyz(healthPort, 200, 'ready again');
     child.kill('SIGKILL');
   });
 
   it('every worker killed at once: the restarted workers serve the socket again, with its mode', async () => {
-    const uds = fleet.socketPath();
-    const { child, healthPort, logs } = await fleet.spawnFrontend(uds, ['--workers', '2'], READY);
-    const adminPort = adminPortOf(logs);
-    await eventually(async () => (await fetchText(healthPort, '/readyz')).status === 200, 'ready');
+    const { uds, child, healthPort, adminPort } = await readyWorkers(fleet);
     for (const w of await workersOf(adminPort)) process.kill(w.pid!, 'SIGKILL');
-    await eventually(async () => (await fetchText(healthPort, '/readyz')).status === 503, 'not ready');
-    await eventually(
-      async () => (await fetchText(healthPort, '/readyz')).status === 200,
-      'ready again',
-      15_000,
-    );
+    await untilReadyz(healthPort, 503, 'not ready');
+    await untilReadyz(healthPort, 200, 'ready again', 15_000);
     assert.equal(statSync(uds).mode & 0o777, 0o660);
-    const client = new ProxyStreamClient(`unix:${uds}`);
-    const dial = await client.dial(echo.address);
-    assert.equal(dial.error, '');
-    assert.ok(await echoes(client, dial.connectID, 'back'));
-    client.close();
+    assert.ok(await newTunnelEchoes(uds, echo, 'back'));
     child.kill('SIGTERM');
     assert.equal(await exited(child), 0);
     assert.equal(existsSync(uds), false, 'socket file removed');
@@ -392,11 +393,7 @@ describe('knats broker config --frontend ID --frontend-workers N on a real nats-
       async () => (await fetchText(healthPort, '/readyz')).status === 200,
       'ready with its own user',
     );
-    const client = new ProxyStreamClient(`unix:${uds}`);
-    const dial = await client.dial(echo.address);
-    assert.equal(dial.error, '');
-    assert.ok(await echoes(client, dial.connectID, 'permitted'));
-    client.close();
+    assert.ok(await newTunnelEchoes(uds, echo, 'permitted'));
     child.kill('SIGTERM');
     assert.equal(await exited(child), 0);
 

@@ -40,35 +40,41 @@ function recordingTunnel(frames: Buffer[]): Tunnel {
   return tunnel;
 }
 
-async function destinationSending(payload: Buffer): Promise<{ port: number; close: () => void }> {
-  const server = createServer((socket) => socket.end(payload));
+async function destination(
+  onConnection: (socket: Socket) => void,
+): Promise<{ port: number; close: () => void }> {
+  const server = createServer(onConnection);
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   return { port: (server.address() as { port: number }).port, close: () => server.close() };
+}
+
+/**
+ * Connects to the destination, bridges the socket into a recording tunnel
+ * `bridgeAfterMs` later, and returns the DATA frames once the destination ended.
+ */
+async function dataFramesFrom(port: number, bridgeAfterMs = 0): Promise<Buffer[]> {
+  const frames: Buffer[] = [];
+  const tunnel = recordingTunnel(frames);
+  const socket: Socket = connectDestination({ host: '127.0.0.1', port, allowHalfOpen: true });
+  await once(socket, 'connect');
+  if (bridgeAfterMs > 0) await new Promise((resolve) => setTimeout(resolve, bridgeAfterMs));
+  const ended = once(socket, 'end');
+  bridgeSocket(tunnel, socket, () => {});
+  await ended;
+  socket.destroy();
+  return frames.filter((frame) => frame[0] === FrameType.Data);
 }
 
 describe('destination reads', () => {
   it('turn each read into one DATA frame around the read buffer, bytes complete and in order', async () => {
     const payload = Buffer.alloc(4 << 20);
     for (let i = 0; i < payload.length; i++) payload[i] = (i * 7919) & 0xff;
-    const destination = await destinationSending(payload);
-    const frames: Buffer[] = [];
-    const tunnel = recordingTunnel(frames);
-    const socket: Socket = connectDestination({
-      host: '127.0.0.1',
-      port: destination.port,
-      allowHalfOpen: true,
-    });
-    await once(socket, 'connect');
+    const sending = await destination((socket) => socket.end(payload));
     // The destination's bytes arrive before the bridge: they must wait, not be lost.
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    const ended = once(socket, 'end');
-    bridgeSocket(tunnel, socket, () => {});
-    await ended;
-    socket.destroy();
-    destination.close();
+    const data = await dataFramesFrom(sending.port, 50);
+    sending.close();
 
-    const data = frames.filter((frame) => frame[0] === FrameType.Data);
     const received = Buffer.concat(
       data.map((frame) => {
         const decoded = decodeFrame(frame);
@@ -108,7 +114,7 @@ describe('destination reads', () => {
     const writes = 200;
     // Each write its own bytes: a read buffer reused too early would show as wrong content.
     const pieces = Array.from({ length: writes }, (_, i) => Buffer.alloc(100 + (i % 7), i & 0xff));
-    const server = createServer((socket) => {
+    const chatty = await destination((socket) => {
       let n = 0;
       const next = () => {
         if (n++ === writes) {
@@ -120,23 +126,9 @@ describe('destination reads', () => {
       };
       next();
     });
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
-    const frames: Buffer[] = [];
-    const tunnel = recordingTunnel(frames);
-    const socket = connectDestination({
-      host: '127.0.0.1',
-      port: (server.address() as { port: number }).port,
-      allowHalfOpen: true,
-    });
-    await once(socket, 'connect');
-    const ended = once(socket, 'end');
-    bridgeSocket(tunnel, socket, () => {});
-    await ended;
-    socket.destroy();
-    server.close();
+    const data = await dataFramesFrom(chatty.port);
+    chatty.close();
 
-    const data = frames.filter((frame) => frame[0] === FrameType.Data);
     const sent = data.reduce((sum, frame) => sum + frame.length, 0);
     const received = Buffer.concat(data.map((frame) => frame.subarray(DATA_HEADER_BYTES)));
     assert.ok(received.equals(Buffer.concat(pieces)), 'every byte, in order');
