@@ -16,7 +16,13 @@ import { startLocalServer } from '../../broker/local-server.js';
 import { freePort } from '../bench/procs.js';
 import { createPki, type Pki } from '../helpers/certs.js';
 import { connectRequest, DoorClient, type DoorTarget } from '../helpers/connect-client.js';
-import { type Destination, echoServer } from '../helpers/destinations.js';
+import {
+  type Destination,
+  echoServer,
+  randomBytesSeeded,
+  sha256,
+  shaServer,
+} from '../helpers/destinations.js';
 import { eventually, Fleet, fetchText, frontendArgs, runCli } from '../helpers/fleet.js';
 import { brokerConfigCli } from '../helpers/nats-permissions.js';
 import { ProxyStreamClient } from '../helpers/proxy-client.js';
@@ -347,6 +353,43 @@ describe('knats frontend --workers 2', () => {
     child.kill('SIGTERM');
     assert.equal(await exited(child), 0);
     assert.equal(existsSync(uds), false, 'socket file removed');
+  });
+
+  it('SIGTERM in the middle of downloads through both workers: every download completes byte-exact, then exit 0', async () => {
+    const download = randomBytesSeeded(3 << 20, 5);
+    const server = await shaServer(4, download);
+    const { uds, child, adminPort } = await readyWorkers(fleet, ['--mode', 'http-connect']);
+    const clients: DoorClient[] = [];
+    await eventually(
+      async () => {
+        const client = await DoorClient.open({ path: uds });
+        clients.push(client);
+        await client.write(connectRequest(server.address));
+        assert.equal((await client.readHead()).status, 200);
+        // Slow readers: the downloads are still under way when the signal comes.
+        client.socket.pause();
+        await client.write('four');
+        const workers = await workersOf(adminPort);
+        return clients.length >= 6 && workers.every((w) => (w.state?.tunnels ?? 0) > 0);
+      },
+      'downloads on both workers',
+      20_000,
+    );
+    child.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 300));
+    const results = await Promise.all(
+      clients.map(async (client) => {
+        client.socket.resume();
+        const got = await client.readToEnd(30_000);
+        return sha256(got.subarray(32)) === sha256(download) && got.length === 32 + download.length;
+      }),
+    );
+    assert.deepEqual(
+      results.map((ok, i) => (ok ? 'complete' : `download ${i} short or wrong`)),
+      results.map(() => 'complete'),
+    );
+    assert.equal(await exited(child), 0);
+    await server.close();
   });
 
   it('a worker that cannot start stops the process with its error, instead of restarting forever', async () => {
