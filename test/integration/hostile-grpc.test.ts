@@ -16,6 +16,7 @@ import {
   PacketType,
   toNumber,
 } from '../../frontend/client-packets.js';
+import { proxyServiceDefinition } from '../../frontend/grpc-door.js';
 import {
   type Destination,
   echoServer,
@@ -28,20 +29,7 @@ import { besideHealthyTunnel, ProxyStreamClient, randomId } from '../helpers/pro
 
 /** A ProxyService stream that sends and receives Packet bytes as they are, however they are laid out. */
 function rawProxyCall(uds: string) {
-  const Raw = grpc.makeGenericClientConstructor(
-    {
-      Proxy: {
-        path: '/ProxyService/Proxy',
-        requestStream: true,
-        responseStream: true,
-        requestSerialize: (b: Buffer) => b,
-        requestDeserialize: (b: Buffer) => b,
-        responseSerialize: (b: Buffer) => b,
-        responseDeserialize: (b: Buffer) => b,
-      },
-    },
-    'ProxyService',
-  );
+  const Raw = grpc.makeGenericClientConstructor(proxyServiceDefinition, 'ProxyService');
   const raw = new Raw(`unix:${uds}`, grpc.credentials.createInsecure());
   const call = (raw as unknown as { Proxy(): grpc.ClientDuplexStream<Buffer, Buffer> }).Proxy();
   return { raw, call };
