@@ -4,7 +4,8 @@
  * starved, some clients reading slowly, some resetting mid-transfer, uploads
  * and downloads at once. Every completed tunnel is byte-exact, and once all
  * are gone both the frontend's and the agent's budget are back to exactly 0
- * with no tunnel left.
+ * with no tunnel left. The same through the gRPC door, whose clients leave by
+ * closing their connection.
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
@@ -13,11 +14,36 @@ import { after, before, describe, it } from 'node:test';
 import { connectRequest, DoorClient } from '../helpers/connect-client.js';
 import { randomBytesSeeded, sha256 } from '../helpers/destinations.js';
 import { eventually, Fleet } from '../helpers/fleet.js';
+import { ProxyStreamClient } from '../helpers/proxy-client.js';
 
 const KiB = 1024;
 const credit = ['--receive-budget', String(512 * KiB), '--tunnel-window', String(256 * KiB)];
 const DOWNLOAD = randomBytesSeeded(1024 * KiB, 13);
 const UPLOAD = randomBytesSeeded(300 * KiB, 17);
+
+interface Debuggable {
+  debugState(): Record<string, unknown>;
+}
+
+/** Once every tunnel is gone: no tunnel left in any of the processes and every budget exactly 0. */
+async function budgetsBackToZero(processes: readonly Debuggable[]): Promise<void> {
+  const state = () =>
+    processes.map((p) => {
+      const { receiveBudgetInUse, tunnels } = p.debugState() as {
+        receiveBudgetInUse: number;
+        tunnels: number;
+      };
+      return { receiveBudgetInUse, tunnels };
+    });
+  try {
+    await eventually(
+      () => state().every((s) => s.receiveBudgetInUse === 0 && s.tunnels === 0),
+      'budgets back to 0 and no tunnel left',
+    );
+  } catch (err) {
+    throw new Error(`${(err as Error).message}: ${JSON.stringify(state())}`);
+  }
+}
 
 describe('receive budget of real processes under churn', () => {
   const fleet = new Fleet();
@@ -45,7 +71,7 @@ describe('receive budget of real processes under churn', () => {
   });
 
   it('every byte of the tunnels that finish, and both budgets back to exactly 0', async () => {
-    const agent = await fleet.agent(credit);
+    await fleet.agent(credit);
     const frontend = await fleet.frontend(['--mode', 'http-connect', ...credit]);
     const run = async (i: number): Promise<'complete' | 'reset'> => {
       await new Promise((r) => setTimeout(r, (i % 10) * 40));
@@ -72,21 +98,36 @@ describe('receive budget of real processes under churn', () => {
     };
     const outcomes = await Promise.all(Array.from({ length: 36 }, (_, i) => run(i)));
     assert.equal(outcomes.filter((o) => o === 'complete').length, 24);
-    const state = () => ({
-      frontend: frontend.debugState() as { receiveBudgetInUse: number; tunnels: number },
-      agent: agent.debugState() as { receiveBudgetInUse: number; tunnels: number },
-    });
-    await eventually(
-      () => {
-        const s = state();
-        return (
-          s.frontend.receiveBudgetInUse === 0 &&
-          s.agent.receiveBudgetInUse === 0 &&
-          s.frontend.tunnels === 0 &&
-          s.agent.tunnels === 0
+    await budgetsBackToZero([...fleet.frontends, ...fleet.agents]);
+  });
+
+  it('the same through the gRPC door, clients closing their connection mid-download', async () => {
+    await fleet.agent(credit);
+    const frontend = await fleet.frontend(credit);
+    const run = async (i: number): Promise<'complete' | 'left'> => {
+      await new Promise((r) => setTimeout(r, (i % 10) * 40));
+      const client = new ProxyStreamClient(`unix:${frontend.uds}`);
+      try {
+        const dial = await client.dial(address);
+        assert.equal(dial.error, '');
+        void client.sendAll(dial.connectID, UPLOAD).catch(() => {});
+        if (i % 3 === 2) {
+          await client.waitBytes(dial.connectID, 100 * KiB);
+          return 'left';
+        }
+        await client.waitBytes(dial.connectID, DOWNLOAD.length);
+        assert.equal(
+          sha256(client.dataOf(dial.connectID)),
+          sha256(DOWNLOAD),
+          `tunnel ${i}: every byte in order`,
         );
-      },
-      `budgets back to 0 and no tunnel left (${JSON.stringify(state())})`,
-    );
+        return 'complete';
+      } finally {
+        client.close();
+      }
+    };
+    const outcomes = await Promise.all(Array.from({ length: 36 }, (_, i) => run(i)));
+    assert.equal(outcomes.filter((o) => o === 'complete').length, 24);
+    await budgetsBackToZero([...fleet.frontends, ...fleet.agents]);
   });
 });
