@@ -115,7 +115,7 @@ async function readyWorkers(fleet: Fleet, extra: readonly string[] = []) {
   const uds = fleet.socketPath();
   const { child, healthPort, logs } = await fleet.spawnFrontend(uds, ['--workers', '2', ...extra], READY);
   await untilReadyz(healthPort, 200, 'ready');
-  return { uds, child, healthPort, adminPort: adminPortOf(logs) };
+  return { uds, child, healthPort, logs, adminPort: adminPortOf(logs) };
 }
 
 function exited(child: ChildProcess): Promise<number | null> {
@@ -390,6 +390,31 @@ describe('knats frontend --workers 2', () => {
     );
     assert.equal(await exited(child), 0);
     await server.close();
+  });
+
+  it('a worker that keeps crashing is restarted with a doubling backoff; the other worker serves throughout', async () => {
+    const { uds, child, healthPort, adminPort, logs } = await readyWorkers(fleet);
+    let pid = (await workersOf(adminPort)).find((w) => w.index === 1)!.pid!;
+    for (let crash = 1; crash <= 3; crash++) {
+      process.kill(pid, 'SIGKILL');
+      assert.ok(await newTunnelEchoes(uds, echo, `crash ${crash}`), 'the other worker takes the new tunnels');
+      const restarted = await eventually(
+        async () => {
+          const w = (await workersOf(adminPort)).find((w) => w.index === 1)!;
+          return w.pid !== pid && w.ready && w.restarts === crash && w;
+        },
+        `worker 1 restarted ${crash} times`,
+        15_000,
+      );
+      pid = restarted.pid!;
+    }
+    const metrics = (await fetchText(healthPort, '/metrics')).body;
+    assert.equal(metric(metrics, 'knats_frontend_worker_restarts_total'), 3);
+    const delays = logs
+      .filter((l) => l.code === 'KNATS_WORKER_EXITED' && l.index === 1)
+      .map((l) => l.restartInMs);
+    assert.deepEqual(delays, [250, 500, 1000]);
+    child.kill('SIGKILL');
   });
 
   it('a worker that cannot start stops the process with its error, instead of restarting forever', async () => {
