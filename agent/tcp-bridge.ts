@@ -8,7 +8,7 @@
  */
 import { connect, type Socket, type TcpNetConnectOpts } from 'node:net';
 import { BurstWriter } from '../broker/burst-writer.js';
-import { allocReadBuffer } from '../broker/codec.js';
+import { allocReadBuffer, copyWithHeaderRoom, SMALL_READ_BYTES } from '../broker/codec.js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
 import { endAfterFlush, endedByReset, resetSocket } from '../broker/socket-reset.js';
 import type { Tunnel } from '../broker/tunnel.js';
@@ -16,17 +16,28 @@ import type { Tunnel } from '../broker/tunnel.js';
 /**
  * A destination socket's reads, straight into DATA frames: each read lands
  * in a buffer of one frame's size with room for the header (allocReadBuffer),
- * so a read is one frame, built without a copy. Until the socket is bridged
+ * so a read is one frame, built without a copy; a small read is copied out
+ * instead and its buffer serves the next read (SMALL_READ_BYTES). Until the socket is bridged
  * the first read is held and the socket paused (what the destination sends
  * before the dial is answered waits in the kernel, as it would in Node's buffer).
  */
 class FrameReads {
   private tunnel: Tunnel | undefined;
   private early: Buffer | undefined;
+  /** The last read buffer when its read was copied out of it: free for the next read. */
+  private spare: Buffer | undefined;
   readonly onread = {
-    buffer: allocReadBuffer,
+    buffer: (): Buffer => {
+      const buffer = this.spare ?? allocReadBuffer();
+      this.spare = undefined;
+      return buffer;
+    },
     callback: (bytes: number, buffer: Buffer): boolean => {
-      const chunk = buffer.subarray(0, bytes);
+      let chunk = buffer.subarray(0, bytes);
+      if (bytes < SMALL_READ_BYTES) {
+        chunk = copyWithHeaderRoom(chunk);
+        this.spare = buffer;
+      }
       if (!this.tunnel) {
         this.early = chunk;
         return false;

@@ -78,6 +78,23 @@ export function allocReadBuffer(): Buffer {
 }
 
 /**
+ * Reads smaller than this are copied out of their read buffer (into one of
+ * their own size, with the header's room): a published frame stays alive
+ * in nats.js until it flushes, for as long as the bus is down, and a small
+ * read must not keep a whole read buffer alive with it (a chatty
+ * destination's frames would then pin many times the bytes they carry).
+ * At or above it, a frame pins at most four times its bytes.
+ */
+export const SMALL_READ_BYTES = MAX_DATA_PAYLOAD >>> 2;
+
+/** A copy of a small read, with a DATA header's room in front (as allocReadBuffer's). */
+export function copyWithHeaderRoom(read: Uint8Array): Buffer {
+  const buffer = Buffer.allocUnsafe(DATA_HEADER_BYTES + read.length);
+  buffer.set(read, DATA_HEADER_BYTES);
+  return buffer.subarray(DATA_HEADER_BYTES);
+}
+
+/**
  * A DATA frame around `payload` without copying it: the header is written
  * into the DATA_HEADER_BYTES in front of it, which must be free (a view
  * from allocReadBuffer whose front was not used yet).

@@ -14,6 +14,7 @@ import {
   type AuthUser,
   assertUserNkey,
   ensureRoleCredential,
+  frontendWorkerId,
   MAX_FRONTEND_WORKERS,
   natsAuthConfig,
   type PrefixAuth,
@@ -342,6 +343,18 @@ export async function brokerConfig(
   }
   if (frontendWorkers > 0 && frontends.length === 0) {
     throw bad('--frontend-workers: applies to per-frontend users; give them with --frontend ID');
+  }
+  // Two users granted one bus id would read each other's frames and dial replies.
+  const frontendIds = new Set(frontends.map((f) => f.id));
+  for (const { id } of frontends) {
+    for (let k = 1; k <= frontendWorkers; k++) {
+      const worker = frontendWorkerId(id, k);
+      if (frontendIds.has(worker)) {
+        throw bad(
+          `--frontend ${worker}: is also the id of worker ${k} of --frontend ${id} (--frontend-workers)`,
+        );
+      }
+    }
   }
   const keys = (name: string) => listOf(flags, name).map((k) => assertUserNkey(k, `--${name}`));
   const sharedKeys: Record<Role, string[]> = {

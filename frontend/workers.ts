@@ -50,6 +50,12 @@ export const WORKER_INDEX_ENV = 'KNATS_FRONTEND_WORKER';
 
 /** How often a worker tells the primary its readiness and state. */
 const STATUS_INTERVAL_MS = 250;
+/**
+ * A worker silent this long is not ready: a worker whose event loop is stuck
+ * (or that is stopped) still gets its share of new connections and serves
+ * none of them, and its last report would say ready forever.
+ */
+const STATUS_STALE_MS = 3000;
 /** A worker that does not answer a metrics request within this is left out of that scrape. */
 const METRICS_TIMEOUT_MS = 2000;
 /** Restart backoff: doubles per crash from the first, up to the last; reset by a worker that ran this long. */
@@ -150,6 +156,8 @@ interface Slot {
   everReady: boolean;
   notReady?: string;
   state?: Record<string, unknown>;
+  /** When its last status report came. */
+  reportedAt: number;
   startedAt: number;
   restarts: number;
   backoffMs: number;
@@ -181,6 +189,7 @@ export async function startFrontendWorkers(config: FrontendConfig, workers: numb
     down: 'starting',
     ready: false,
     everReady: false,
+    reportedAt: 0,
     startedAt: 0,
     restarts: 0,
     backoffMs: RESTART_BACKOFF_MS.first,
@@ -195,6 +204,14 @@ export async function startFrontendWorkers(config: FrontendConfig, workers: numb
     failStart = reject;
   });
 
+  /** Why a worker does not serve now, or undefined when it does. */
+  const whyNotReady = (s: Slot): string | undefined => {
+    if (!s.worker) return s.down;
+    if (!s.ready) return 'starting';
+    const silentMs = Date.now() - s.reportedAt;
+    return silentMs > STATUS_STALE_MS ? `no report for ${silentMs} ms` : s.notReady;
+  };
+
   const registry = new WorkersRegistry(slots, logger);
   new Gauge({
     name: 'knats_frontend_workers',
@@ -206,7 +223,7 @@ export async function startFrontendWorkers(config: FrontendConfig, workers: numb
     help: 'Frontend workers running and ready',
     registers: [registry.own],
     collect() {
-      this.set(slots.filter((s) => s.worker && s.ready && !s.notReady).length);
+      this.set(slots.filter((s) => !whyNotReady(s)).length);
     },
   });
   const restarts = new Counter({
@@ -218,7 +235,7 @@ export async function startFrontendWorkers(config: FrontendConfig, workers: numb
   const notReadyReason = () => {
     if (stopping) return 'draining';
     const reasons = slots.flatMap((s) => {
-      const why = !s.worker ? s.down : !s.ready ? 'starting' : s.notReady;
+      const why = whyNotReady(s);
       return why ? [`worker ${s.index}: ${why}`] : [];
     });
     return reasons.length ? reasons.join('; ') : undefined;
@@ -229,7 +246,7 @@ export async function startFrontendWorkers(config: FrontendConfig, workers: numb
     workers: slots.map((s) => ({
       index: s.index,
       pid: s.worker?.process.pid,
-      ready: s.ready && !s.notReady,
+      ready: !whyNotReady(s),
       restarts: s.restarts,
       ...(s.worker ? {} : { down: s.down }),
       state: s.state,
@@ -257,11 +274,13 @@ export async function startFrontendWorkers(config: FrontendConfig, workers: numb
     worker.on('message', (message: unknown) => {
       if (!isMessage<WorkerMessage>(message)) return;
       if (message.knats === 'status') {
+        slot.reportedAt = Date.now();
         slot.notReady = message.notReady;
         slot.state = message.state;
       } else if (message.knats === 'metrics') registry.answered(worker, message.requestId, message.metrics);
       else if (message.knats === 'ready') {
         slot.ready = true;
+        slot.reportedAt = Date.now();
         slot.everReady = true;
         tcpPort ??= message.tcpPort;
         // The socket file exists once a worker listens (again, if every worker had exited and it was removed).
@@ -355,18 +374,32 @@ export async function startFrontendWorkers(config: FrontendConfig, workers: numb
   return { healthPort: endpoints.healthPort, adminPort: endpoints.adminPort, tcpPort, stop };
 }
 
+/** Counters and histograms only go up: an exited worker's last values stay in the process's sums. */
+function cumulative(metrics: MetricsJson): MetricsJson {
+  return metrics.filter((m) => (m.type as unknown) === 'counter' || (m.type as unknown) === 'histogram');
+}
+
 /**
  * /metrics of the primary: every running worker's metrics and the primary's
  * own, aggregated as prom-client's AggregatorRegistry does for a cluster
  * (counters and histograms summed, per-process gauges as their metric says).
  * The requests are ours rather than AggregatorRegistry.clusterMetrics(), which
  * fails a whole scrape when one worker exits mid-request.
+ *
+ * The process's counters must never go down (Prometheus would take the drop
+ * for a restart and count the whole remaining sum again in rate()): a worker
+ * that exited keeps its last reported counters and histograms in the sums,
+ * and one that is slow to answer counts with its last answer.
  */
 class WorkersRegistry extends Registry {
   /** The primary's own metrics: its process and the worker counts. */
   readonly own = new Registry();
   private nextRequest = 0;
   private readonly pending = new Map<number, Map<Worker, (metrics: MetricsJson) => void>>();
+  /** Each running worker's last answer. */
+  private readonly lastAnswer = new Map<Worker, MetricsJson>();
+  /** The counters and histograms of workers that exited, as they last reported them. */
+  private retired: MetricsJson[] = [];
 
   constructor(
     private readonly slots: readonly Slot[],
@@ -389,7 +422,7 @@ class WorkersRegistry extends Registry {
               { pid: worker.process.pid },
               'frontend worker did not answer a metrics request in time',
             );
-            resolve([]);
+            resolve(this.lastAnswer.get(worker) ?? []);
           }, METRICS_TIMEOUT_MS);
           waiting.set(worker, (metrics) => {
             clearTimeout(timer);
@@ -400,18 +433,29 @@ class WorkersRegistry extends Registry {
     );
     try {
       const all = await Promise.all([...answers, this.own.getMetricsAsJSON() as Promise<MetricsJson>]);
-      return await AggregatorRegistry.aggregate(all).metrics();
+      if (this.retired.length > 1) {
+        // One entry however often workers were restarted.
+        this.retired = [(await AggregatorRegistry.aggregate(this.retired).getMetricsAsJSON()) as MetricsJson];
+      }
+      return await AggregatorRegistry.aggregate([...all, ...this.retired]).metrics();
     } finally {
       this.pending.delete(requestId);
     }
   }
 
   answered(worker: Worker, requestId: number, metrics: MetricsJson): void {
+    if (!worker.isDead()) this.lastAnswer.set(worker, metrics);
     this.pending.get(requestId)?.get(worker)?.(metrics);
   }
 
-  /** A worker that exited answers no more: its pending requests resolve without it. */
+  /**
+   * A worker that exited answers no more: its pending requests resolve
+   * without it, and its last counters stay in the sums (as retired).
+   */
   forget(worker: Worker): void {
+    const last = this.lastAnswer.get(worker);
+    this.lastAnswer.delete(worker);
+    if (last) this.retired.push(cumulative(last));
     for (const waiting of this.pending.values()) waiting.get(worker)?.([]);
   }
 }

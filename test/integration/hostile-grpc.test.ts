@@ -8,9 +8,62 @@ import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { encodeData, FrameType } from '../../broker/codec.js';
-import { type Destination, echoServer, hangingPort } from '../helpers/destinations.js';
+import {
+  type ClientPacket,
+  decodePacket,
+  encodeDataPacket,
+  encodePacket,
+  PacketType,
+  toNumber,
+} from '../../frontend/client-packets.js';
+import { proxyServiceDefinition } from '../../frontend/grpc-door.js';
+import {
+  type Destination,
+  echoServer,
+  hangingPort,
+  randomBytesSeeded,
+  sha256,
+} from '../helpers/destinations.js';
 import { eventually, Fleet, fetchText } from '../helpers/fleet.js';
 import { besideHealthyTunnel, ProxyStreamClient, randomId } from '../helpers/proxy-client.js';
+
+/** A ProxyService stream that sends and receives Packet bytes as they are, however they are laid out. */
+function rawProxyCall(uds: string) {
+  const Raw = grpc.makeGenericClientConstructor(proxyServiceDefinition, 'ProxyService');
+  const raw = new Raw(`unix:${uds}`, grpc.credentials.createInsecure());
+  const call = (raw as unknown as { Proxy(): grpc.ClientDuplexStream<Buffer, Buffer> }).Proxy();
+  return { raw, call };
+}
+
+const varint = (value: number): number[] => {
+  const out: number[] = [];
+  for (; value >= 0x80; value = Math.floor(value / 128)) out.push((value % 128) | 0x80);
+  out.push(value);
+  return out;
+};
+const field = (tag: number, bytes: Buffer | number[]): Buffer =>
+  Buffer.concat([Buffer.from([tag, ...varint(bytes.length)]), Buffer.from(bytes)]);
+
+/**
+ * Packet{DATA} bytes in layouts a client may send: the canonical one (the
+ * door's fast path), an overlong connectID varint (fast path too), and
+ * layouts only protobufjs reads (fields out of order, an unknown field, an
+ * empty error, the type last).
+ */
+const DATA_LAYOUTS: ((id: number, data: Buffer) => Buffer)[] = [
+  (id, data) => encodeDataPacket(id, data),
+  (id, data) =>
+    Buffer.concat([
+      Buffer.from([0x08, 0x04]),
+      field(0x22, [0x08, id | 0x80, 0x80, 0x00, ...field(0x1a, data)]),
+    ]),
+  (id, data) => Buffer.concat([Buffer.from([0x08, 0x04]), field(0x22, [...field(0x1a, data), 0x08, id])]),
+  (id, data) =>
+    Buffer.concat([Buffer.from([0x08, 0x04]), field(0x22, [0x08, id, ...field(0x1a, data), 0x20, 0x01])]),
+  (id, data) =>
+    Buffer.concat([Buffer.from([0x08, 0x04]), field(0x22, [0x08, id, 0x12, 0x00, ...field(0x1a, data)])]),
+  (id, data) => Buffer.concat([field(0x22, [0x08, id, ...field(0x1a, data)]), Buffer.from([0x08, 0x04])]),
+];
 
 describe('hostile input on the gRPC door and the bus', () => {
   const fleet = new Fleet();
@@ -51,22 +104,7 @@ describe('hostile input on the gRPC door and the bus', () => {
 
   it('garbage bytes on the gRPC stream end that stream only', async () => {
     await besideHealthy(async () => {
-      const Raw = grpc.makeGenericClientConstructor(
-        {
-          Proxy: {
-            path: '/ProxyService/Proxy',
-            requestStream: true,
-            responseStream: true,
-            requestSerialize: (b: Buffer) => b,
-            requestDeserialize: (b: Buffer) => b,
-            responseSerialize: (b: Buffer) => b,
-            responseDeserialize: (b: Buffer) => b,
-          },
-        },
-        'ProxyService',
-      );
-      const raw = new Raw(`unix:${uds}`, grpc.credentials.createInsecure());
-      const call = (raw as unknown as { Proxy(): grpc.ClientDuplexStream<Buffer, Buffer> }).Proxy();
+      const { raw, call } = rawProxyCall(uds);
       const ended = new Promise<string>((resolve) => {
         call.on('error', (err) => resolve(err.message));
         call.on('end', () => resolve('end'));
@@ -88,6 +126,42 @@ describe('hostile input on the gRPC door and the bus', () => {
       )) >= 1,
       "counted in upstream's stream_errors_total",
     );
+  });
+
+  it('DATA in every layout a client may send reaches the destination byte-exact and in order', async () => {
+    const { raw, call } = rawProxyCall(uds);
+    const replies: ClientPacket[] = [];
+    call.on('data', (bytes: Buffer) => replies.push(decodePacket(bytes)));
+    call.on('error', () => {});
+    call.write(
+      encodePacket({
+        type: PacketType.DIAL_REQ,
+        dialRequest: { protocol: 'tcp', address: echo.address, random: 42 },
+      }),
+    );
+    const dialed = await eventually(() => replies.find((p) => p.type === PacketType.DIAL_RSP), 'DIAL_RSP');
+    assert.equal(dialed.dialResponse?.error, '');
+    const id = toNumber(dialed.dialResponse?.connectID);
+    assert.ok(id > 0 && id < 0x80, 'a one-byte connectID, as the layouts write it');
+    const sizes = [1, 2, 127, 128, 32_640, 32_641, 65_536, 3, 100_000, 1];
+    const sent: Buffer[] = [];
+    for (let i = 0; i < 60; i++) {
+      const chunk = randomBytesSeeded(sizes[i % sizes.length]!, i + 1);
+      sent.push(chunk);
+      call.write(DATA_LAYOUTS[i % DATA_LAYOUTS.length]!(id, chunk));
+    }
+    const expected = Buffer.concat(sent);
+    const echoed = () =>
+      Buffer.concat(
+        replies.flatMap((p) =>
+          p.type === PacketType.DATA && p.data?.data ? [Buffer.from(p.data.data)] : [],
+        ),
+      );
+    await eventually(() => echoed().length >= expected.length, 'every byte echoed', 30_000);
+    assert.equal(sha256(echoed()), sha256(expected), 'byte-exact and in order');
+    assert.ok(!replies.some((p) => p.type === PacketType.CLOSE_RSP), 'the tunnel stayed open');
+    call.end();
+    raw.close();
   });
 
   it('unknown packet types are ignored and the stream stays usable', async () => {

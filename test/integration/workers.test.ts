@@ -16,7 +16,13 @@ import { startLocalServer } from '../../broker/local-server.js';
 import { freePort } from '../bench/procs.js';
 import { createPki, type Pki } from '../helpers/certs.js';
 import { connectRequest, DoorClient, type DoorTarget } from '../helpers/connect-client.js';
-import { type Destination, echoServer } from '../helpers/destinations.js';
+import {
+  type Destination,
+  echoServer,
+  randomBytesSeeded,
+  sha256,
+  shaServer,
+} from '../helpers/destinations.js';
 import { eventually, Fleet, fetchText, frontendArgs, runCli } from '../helpers/fleet.js';
 import { brokerConfigCli } from '../helpers/nats-permissions.js';
 import { ProxyStreamClient } from '../helpers/proxy-client.js';
@@ -78,6 +84,18 @@ async function echoes(client: ProxyStreamClient, connectID: number, text: string
   }
 }
 
+/** A new tunnel (its own HTTP/2 connection) through the socket echoes `text`. */
+async function newTunnelEchoes(uds: string, echo: Destination, text: string): Promise<boolean> {
+  const client = new ProxyStreamClient(`unix:${uds}`);
+  try {
+    const dial = await client.dial(echo.address);
+    assert.equal(dial.error, '');
+    return await echoes(client, dial.connectID, text);
+  } finally {
+    client.close();
+  }
+}
+
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -85,6 +103,19 @@ function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** Until /readyz answers `status`. */
+function untilReadyz(healthPort: number, status: number, what: string, timeoutMs?: number) {
+  return eventually(async () => (await fetchText(healthPort, '/readyz')).status === status, what, timeoutMs);
+}
+
+/** `knats frontend --workers 2 ...extra` on a fresh socket, once it is ready. */
+async function readyWorkers(fleet: Fleet, extra: readonly string[] = []) {
+  const uds = fleet.socketPath();
+  const { child, healthPort, logs } = await fleet.spawnFrontend(uds, ['--workers', '2', ...extra], READY);
+  await untilReadyz(healthPort, 200, 'ready');
+  return { uds, child, healthPort, logs, adminPort: adminPortOf(logs) };
 }
 
 function exited(child: ChildProcess): Promise<number | null> {
@@ -265,6 +296,127 @@ describe('knats frontend --workers 2', () => {
     await eventually(() => pids.every((pid) => !alive(pid)), 'workers gone with their primary', 15_000);
   });
 
+  it("the process's counters never go down when a worker is killed and restarted", async () => {
+    // Prometheus takes any decrease of a counter for a process restart and counts the whole new
+    // value again: a sum over workers that loses one worker's share would show as a burst in rate().
+    const { uds, child, healthPort, adminPort } = await readyWorkers(fleet, ['--server-id', 'fe-count']);
+    const tunnels = await tunnelsOnBothWorkers(uds, adminPort, echo);
+    for (const t of tunnels) t.client.close();
+    const dials = 'konnectivity_network_proxy_server_dial_duration_seconds_count';
+    const before = metric((await fetchText(healthPort, '/metrics')).body, dials)!;
+    assert.equal(before, tunnels.length);
+    const victim = (await workersOf(adminPort)).find((w) => w.index === 1)!;
+    process.kill(victim.pid!, 'SIGKILL');
+    // Scraped while the worker is down and after its restart.
+    await eventually(
+      async () => /worker 1: killed by SIGKILL/.test((await fetchText(healthPort, '/readyz')).body),
+      '/readyz names the dead worker',
+    );
+    const down = metric((await fetchText(healthPort, '/metrics')).body, dials)!;
+    await untilReadyz(healthPort, 200, 'ready again', 15_000);
+    const restarted = metric((await fetchText(healthPort, '/metrics')).body, dials)!;
+    assert.ok(
+      down >= before && restarted >= before,
+      `dials counted ${before}, then ${down}, then ${restarted}`,
+    );
+    child.kill('SIGKILL');
+  });
+
+  it('a worker that stops answering (wedged, SIGSTOP) makes /readyz 503 naming it, until it answers again', async () => {
+    const { child, healthPort, adminPort } = await readyWorkers(fleet);
+    const victim = (await workersOf(adminPort)).find((w) => w.index === 2)!;
+    process.kill(victim.pid!, 'SIGSTOP');
+    try {
+      const readyz = await eventually(
+        async () => {
+          const res = await fetchText(healthPort, '/readyz');
+          return res.status === 503 && res;
+        },
+        '/readyz 503 while worker 2 answers nothing',
+        10_000,
+      );
+      assert.match(readyz.body, /worker 2: no report for/);
+    } finally {
+      process.kill(victim.pid!, 'SIGCONT');
+    }
+    await untilReadyz(healthPort, 200, 'ready again');
+    child.kill('SIGKILL');
+  });
+
+  it('every worker killed at once: the restarted workers serve the socket again, with its mode', async () => {
+    const { uds, child, healthPort, adminPort } = await readyWorkers(fleet);
+    for (const w of await workersOf(adminPort)) process.kill(w.pid!, 'SIGKILL');
+    await untilReadyz(healthPort, 503, 'not ready');
+    await untilReadyz(healthPort, 200, 'ready again', 15_000);
+    assert.equal(statSync(uds).mode & 0o777, 0o660);
+    assert.ok(await newTunnelEchoes(uds, echo, 'back'));
+    child.kill('SIGTERM');
+    assert.equal(await exited(child), 0);
+    assert.equal(existsSync(uds), false, 'socket file removed');
+  });
+
+  it('SIGTERM in the middle of downloads through both workers: every download completes byte-exact, then exit 0', async () => {
+    const download = randomBytesSeeded(3 << 20, 5);
+    const server = await shaServer(4, download);
+    const { uds, child, adminPort } = await readyWorkers(fleet, ['--mode', 'http-connect']);
+    const clients: DoorClient[] = [];
+    await eventually(
+      async () => {
+        const client = await DoorClient.open({ path: uds });
+        clients.push(client);
+        await client.write(connectRequest(server.address));
+        assert.equal((await client.readHead()).status, 200);
+        // Slow readers: the downloads are still under way when the signal comes.
+        client.socket.pause();
+        await client.write('four');
+        const workers = await workersOf(adminPort);
+        return clients.length >= 6 && workers.every((w) => (w.state?.tunnels ?? 0) > 0);
+      },
+      'downloads on both workers',
+      20_000,
+    );
+    child.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 300));
+    const results = await Promise.all(
+      clients.map(async (client) => {
+        client.socket.resume();
+        const got = await client.readToEnd(30_000);
+        return sha256(got.subarray(32)) === sha256(download) && got.length === 32 + download.length;
+      }),
+    );
+    assert.deepEqual(
+      results.map((ok, i) => (ok ? 'complete' : `download ${i} short or wrong`)),
+      results.map(() => 'complete'),
+    );
+    assert.equal(await exited(child), 0);
+    await server.close();
+  });
+
+  it('a worker that keeps crashing is restarted with a doubling backoff; the other worker serves throughout', async () => {
+    const { uds, child, healthPort, adminPort, logs } = await readyWorkers(fleet);
+    let pid = (await workersOf(adminPort)).find((w) => w.index === 1)!.pid!;
+    for (let crash = 1; crash <= 3; crash++) {
+      process.kill(pid, 'SIGKILL');
+      assert.ok(await newTunnelEchoes(uds, echo, `crash ${crash}`), 'the other worker takes the new tunnels');
+      const restarted = await eventually(
+        async () => {
+          const w = (await workersOf(adminPort)).find((w) => w.index === 1)!;
+          return w.pid !== pid && w.ready && w.restarts === crash && w;
+        },
+        `worker 1 restarted ${crash} times`,
+        15_000,
+      );
+      pid = restarted.pid!;
+    }
+    const metrics = (await fetchText(healthPort, '/metrics')).body;
+    assert.equal(metric(metrics, 'knats_frontend_worker_restarts_total'), 3);
+    const delays = logs
+      .filter((l) => l.code === 'KNATS_WORKER_EXITED' && l.index === 1)
+      .map((l) => l.restartInMs);
+    assert.deepEqual(delays, [250, 500, 1000]);
+    child.kill('SIGKILL');
+  });
+
   it('a worker that cannot start stops the process with its error, instead of restarting forever', async () => {
     const missing = join(fleet.dir, 'missing.pem');
     const tls = ['--server-cert', missing, '--server-key', missing, '--server-ca-cert', missing];
@@ -309,11 +461,7 @@ describe('knats broker config --frontend ID --frontend-workers N on a real nats-
       async () => (await fetchText(healthPort, '/readyz')).status === 200,
       'ready with its own user',
     );
-    const client = new ProxyStreamClient(`unix:${uds}`);
-    const dial = await client.dial(echo.address);
-    assert.equal(dial.error, '');
-    assert.ok(await echoes(client, dial.connectID, 'permitted'));
-    client.close();
+    assert.ok(await newTunnelEchoes(uds, echo, 'permitted'));
     child.kill('SIGTERM');
     assert.equal(await exited(child), 0);
 

@@ -80,4 +80,20 @@ describe('burst writer', () => {
     assert.deepEqual(errors, [], 'the scheduled flush finds nothing left to write');
     close();
   });
+
+  it('a socket destroyed in the middle of a burst (a client reset): its bytes are reported, no error, no cork left', async () => {
+    const { client, close } = await socketPair();
+    const errors: Error[] = [];
+    client.on('error', (err) => errors.push(err));
+    const reports: number[] = [];
+    const writer = new BurstWriter(client, (bytes) => reports.push(bytes));
+    writer.write(Buffer.alloc(10));
+    writer.write(Buffer.alloc(20));
+    client.destroy();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.deepEqual(reports, [30], 'the credit of the dropped bytes comes back');
+    assert.deepEqual(errors, []);
+    assert.equal(client.writableCorked, 0);
+    close();
+  });
 });

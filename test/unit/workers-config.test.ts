@@ -50,4 +50,14 @@ describe('a frontend user with workers', () => {
       badConfig(/--frontend-workers: between 0 and 64/),
     );
   });
+
+  it("`knats broker config` never grants one bus id to two users (a --frontend that is another one's worker)", async () => {
+    await assert.rejects(
+      brokerConfig(
+        ['--frontend', 'fe', '--frontend', 'fe-w1', '--frontend-workers', '2', '--state-dir', '/tmp/unused'],
+        {},
+      ),
+      badConfig(/--frontend fe-w1: is also the id of worker 1 of --frontend fe/),
+    );
+  });
 });
