@@ -44,14 +44,14 @@ export function idToken(id: string): string {
 
 /** The id idToken wrote as `token`. */
 export function idOfToken(token: string): string {
-  return Buffer.from(
-    token.replace(/~([0-9a-f]{2})|[^~]+/g, (part, hex: string | undefined) =>
-      hex === undefined
-        ? Buffer.from(part).toString('latin1')
-        : String.fromCharCode(Number.parseInt(hex, 16)),
-    ),
-    'latin1',
-  ).toString();
+  const bytes: number[] = [];
+  for (let i = 0; i < token.length; i++) {
+    if (token[i] === '~') {
+      bytes.push(Number.parseInt(token.slice(i + 1, i + 3), 16));
+      i += 2;
+    } else bytes.push(token.charCodeAt(i));
+  }
+  return Buffer.from(bytes).toString();
 }
 
 /**
