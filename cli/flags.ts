@@ -35,7 +35,7 @@ export interface ParsedFlags {
   readonly values: ReadonlyMap<string, FlagValue>;
   readonly positionals: readonly string[];
   /** Flags given on the command line (the others in `values` came from KNATS_* variables). */
-  readonly fromCommandLine?: ReadonlySet<string>;
+  readonly fromCommandLine: ReadonlySet<string>;
 }
 
 export function envName(flag: string): string {
@@ -138,7 +138,7 @@ export class FlagReader {
 
   /** Given on the command line, not only in the environment. */
   onCommandLine(name: string): boolean {
-    return this.parsed.fromCommandLine?.has(name) ?? false;
+    return this.parsed.fromCommandLine.has(name);
   }
 
   private raw(name: string): FlagValue | undefined {
