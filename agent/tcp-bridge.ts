@@ -8,14 +8,15 @@
  */
 import { connect, type Socket, type TcpNetConnectOpts } from 'node:net';
 import { BurstWriter } from '../broker/burst-writer.js';
-import { allocReadBuffer, copyWithHeaderRoom, SMALL_READ_BYTES } from '../broker/codec.js';
+import { copyWithHeaderRoom, SMALL_READ_BYTES } from '../broker/codec.js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
+import { readFrameBuffer } from '../broker/frame-pool.js';
 import { endAfterFlush, endedByReset, resetSocket } from '../broker/socket-reset.js';
 import type { Tunnel } from '../broker/tunnel.js';
 
 /**
  * A destination socket's reads, straight into DATA frames: each read lands
- * in a buffer of one frame's size with room for the header (allocReadBuffer),
+ * in a buffer of one frame's size with room for the header (readFrameBuffer),
  * so a read is one frame, built without a copy; a small read is copied out
  * instead and its buffer serves the next read (SMALL_READ_BYTES). Until the socket is bridged
  * the first read is held and the socket paused (what the destination sends
@@ -28,7 +29,7 @@ class FrameReads {
   private spare: Buffer | undefined;
   readonly onread = {
     buffer: (): Buffer => {
-      const buffer = this.spare ?? allocReadBuffer();
+      const buffer = this.spare ?? readFrameBuffer();
       this.spare = undefined;
       return buffer;
     },

@@ -64,20 +64,6 @@ export function encodeData(seq: number, payload: Uint8Array): Buffer {
 }
 
 /**
- * A buffer for one read of a local socket (`net.connect`'s `onread`): room
- * for MAX_DATA_PAYLOAD bytes with a DATA header's room in front, so a read
- * is one frame (never split into a full frame and a runt) and becomes that
- * frame without a copy (encodeDataInPlace). A fresh buffer per read: nats.js
- * keeps a reference to a published payload until it flushes (and across a
- * reconnect), so a read buffer must not be reused.
- */
-export function allocReadBuffer(): Buffer {
-  // Its own ArrayBuffer: Node 24 serves allocUnsafe of this size from a shared pool, where one frame held
-  // by nats.js until it flushes would keep its neighbours' memory alive too.
-  return Buffer.allocUnsafeSlow(DATA_HEADER_BYTES + MAX_DATA_PAYLOAD).subarray(DATA_HEADER_BYTES);
-}
-
-/**
  * Reads smaller than this are copied out of their read buffer (into one of
  * their own size, with the header's room): a published frame stays alive
  * in nats.js until it flushes, for as long as the bus is down, and a small
@@ -87,7 +73,7 @@ export function allocReadBuffer(): Buffer {
  */
 export const SMALL_READ_BYTES = MAX_DATA_PAYLOAD >>> 2;
 
-/** A copy of a small read, with a DATA header's room in front (as allocReadBuffer's). */
+/** A copy of a small read, with a DATA header's room in front (as readFrameBuffer's). */
 export function copyWithHeaderRoom(read: Uint8Array): Buffer {
   const buffer = Buffer.allocUnsafe(DATA_HEADER_BYTES + read.length);
   buffer.set(read, DATA_HEADER_BYTES);
@@ -97,7 +83,7 @@ export function copyWithHeaderRoom(read: Uint8Array): Buffer {
 /**
  * A DATA frame around `payload` without copying it: the header is written
  * into the DATA_HEADER_BYTES in front of it, which must be free (a view
- * from allocReadBuffer whose front was not used yet).
+ * from readFrameBuffer whose front was not used yet).
  */
 export function encodeDataInPlace(seq: number, payload: Buffer): Buffer {
   const frame = Buffer.from(

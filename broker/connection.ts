@@ -15,6 +15,7 @@ import { ErrorCode, KnatsError } from './errors.js';
 import type { Logger } from './logging.js';
 import { assertReadableFile } from './readable-file.js';
 import { redactUserinfo } from './redact.js';
+import { installVectoredFlush } from './vectored-flush.js';
 
 export interface NatsSettings {
   readonly servers: readonly string[];
@@ -292,6 +293,9 @@ export async function connectBus(
     }
   }
   const connection = nc;
+  if (!installVectoredFlush(connection)) {
+    logger.warn('this nats.js has no internals for vectored flushes: publishing with its own (slower) flush');
+  }
   link.markUp();
   events.connected?.();
   logger.info({ server: redactUserinfo(connection.getServer()) }, 'connected to NATS');

@@ -47,7 +47,6 @@ import {
   decodeFrame,
   encodeBlocked,
   encodeClose,
-  encodeData,
   encodeDataInPlace,
   encodeFin,
   encodePing,
@@ -58,6 +57,7 @@ import {
 } from './codec.js';
 import { type CreditSettings, type ReceiveBudget, ReceiveCredit, SendCredit } from './credit.js';
 import { ErrorCode, errorFromPeer, KnatsError } from './errors.js';
+import { encodePooledData, encodeWholeReadInPlace } from './frame-pool.js';
 import type { Logger } from './logging.js';
 
 export interface TunnelLocalSide {
@@ -260,7 +260,7 @@ export class Tunnel {
 
   /**
    * Bytes read from the local source. `headroom`: the chunk came from
-   * allocReadBuffer, so its first frame is built around it without a copy.
+   * readFrameBuffer, so its first frame is built around it without a copy.
    */
   write(chunk: Buffer, headroom = false): void {
     if (this.state !== 'open' || this.sendEnd !== 'none' || chunk.length === 0) return;
@@ -285,7 +285,12 @@ export class Tunnel {
       if (n <= 0) break;
       const seq = this.takeSendSeq();
       const payload = chunk.subarray(0, n);
-      this.publish(headroom ? encodeDataInPlace(seq, payload) : encodeData(seq, payload));
+      let frame: Buffer;
+      if (!headroom) frame = encodePooledData(seq, payload);
+      // A read that is one whole frame: nothing else keeps its buffer, so it is reused once written.
+      else if (n === chunk.length) frame = encodeWholeReadInPlace(seq, payload);
+      else frame = encodeDataInPlace(seq, payload);
+      this.publish(frame);
       headroom = false;
       this.send.onSent(n);
       this.bytesOut += n;

@@ -1,0 +1,90 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { DATA_HEADER_BYTES, decodeFrame, MAX_DATA_PAYLOAD, SMALL_READ_BYTES } from '../../broker/codec.js';
+import { ReceiveBudget } from '../../broker/credit.js';
+import {
+  encodePooledData,
+  FRAME_BUFFER_BYTES,
+  readFrameBuffer,
+  recyclerFor,
+  takeFrameBuffer,
+} from '../../broker/frame-pool.js';
+import { silentLogger } from '../../broker/logging.js';
+import { Tunnel } from '../../broker/tunnel.js';
+
+/** Empties the pool's free list (buffers from earlier cases would otherwise be handed out first). */
+function drainPool(): void {
+  const seen = new Set<ArrayBufferLike>();
+  for (;;) {
+    const b = takeFrameBuffer();
+    if (seen.has(b.buffer)) return;
+    seen.add(b.buffer);
+    if (seen.size > 1000) return;
+  }
+}
+
+function tunnelPublishingTo(frames: Uint8Array[], sendLimit: number): Tunnel {
+  const settings = { window: 1 << 20, minWindow: 16 * 1024, budget: 1 << 22 };
+  const tunnel = new Tunnel({
+    id: 't1',
+    localSubject: 'x.fe.f.t1',
+    credit: settings,
+    budget: new ReceiveBudget(settings.budget),
+    publisher: { maxDataPayload: MAX_DATA_PAYLOAD, publish: (_subject, frame) => frames.push(frame) },
+    logger: silentLogger(),
+    hooks: { ended: () => {}, blockedChanged: () => {} },
+    lingerMs: 1000,
+  });
+  tunnel.open('peer', 'x.ag.a.t1', sendLimit, 2);
+  tunnel.attach({
+    deliver: (c, done) => done(c.length),
+    pause: () => {},
+    resume: () => {},
+    finish: () => {},
+  });
+  return tunnel;
+}
+
+describe('frame pool', () => {
+  it('a pooled DATA frame decodes as encodeData would, and its buffer is reused only once written', () => {
+    drainPool();
+    const payload = Buffer.alloc(20_000, 7);
+    const frame = encodePooledData(42, payload);
+    const decoded = decodeFrame(frame);
+    assert.deepEqual(decoded, { type: 1, seq: 42, payload });
+    assert.equal(frame.buffer.byteLength, FRAME_BUFFER_BYTES);
+    // Not written yet: a new frame gets another buffer.
+    assert.notEqual(takeFrameBuffer().buffer, frame.buffer);
+    const recycle = recyclerFor(frame);
+    assert.ok(recycle, 'a pooled frame is recyclable');
+    assert.equal(recyclerFor(frame), undefined, 'handed out once: a second write must not recycle it twice');
+    recycle();
+    assert.equal(takeFrameBuffer().buffer, frame.buffer, 'written: the next frame reuses its buffer');
+  });
+
+  it('a small payload gets a buffer of its own size, never a pooled one', () => {
+    const frame = encodePooledData(1, Buffer.alloc(SMALL_READ_BYTES - 1));
+    assert.notEqual(frame.buffer.byteLength, FRAME_BUFFER_BYTES);
+    assert.equal(recyclerFor(frame), undefined);
+  });
+
+  it('a read that became one whole frame is recyclable; a read split by short credit is not', () => {
+    drainPool();
+    const whole: Uint8Array[] = [];
+    const read = readFrameBuffer().subarray(0, 30_000).fill(1);
+    tunnelPublishingTo(whole, 1 << 20).write(read, true);
+    assert.equal(whole.length, 1);
+    assert.ok(recyclerFor(whole[0]!), 'one read, one frame: nothing else uses the buffer');
+
+    // Credit for 10,000 bytes: the first frame is built in place, the other 20,000 bytes wait in the tunnel,
+    // in the same buffer. Reusing it once the first frame is written would overwrite them.
+    const split: Uint8Array[] = [];
+    const read2 = readFrameBuffer().subarray(0, 30_000).fill(2);
+    const tunnel = tunnelPublishingTo(split, 10_000);
+    tunnel.write(read2, true);
+    assert.equal(split.length, 1);
+    assert.equal(split[0]!.length, DATA_HEADER_BYTES + 10_000);
+    assert.equal(recyclerFor(split[0]!), undefined, 'the rest of the read still lives in its buffer');
+    assert.equal(tunnel.bufferedOut, 20_000);
+  });
+});
