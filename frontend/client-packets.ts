@@ -77,26 +77,65 @@ export function writeVarint(buf: Buffer, offset: number, value: number): number 
   return offset;
 }
 
-/** Packet{type: DATA, data: {connectID, data}} in one allocation. */
-export function encodeDataPacket(connectID: number, payload: Uint8Array): Buffer {
-  const innerLength =
-    1 +
-    varintLength(connectID) +
-    (payload.length > 0 ? 1 + varintLength(payload.length) + payload.length : 0);
-  const total = 2 + 1 + varintLength(innerLength) + innerLength;
-  const buf = Buffer.allocUnsafe(total);
+/** Bytes of Packet{type: DATA, data: {connectID, data}} with `payloadLength` bytes of data. */
+function dataPacketLength(connectID: number, payloadLength: number): number {
+  const innerLength = dataInnerLength(connectID, payloadLength);
+  return 2 + 1 + varintLength(innerLength) + innerLength;
+}
+
+function dataInnerLength(connectID: number, payloadLength: number): number {
+  return (
+    1 + varintLength(connectID) + (payloadLength > 0 ? 1 + varintLength(payloadLength) + payloadLength : 0)
+  );
+}
+
+/** Packet{type: DATA, data: {connectID, data}} written at the start of `buf` (dataPacketLength bytes). */
+function writeDataPacket(buf: Buffer, connectID: number, payload: Uint8Array): Buffer {
   buf[0] = 0x08; // field 1 (type), varint
   buf[1] = PacketType.DATA;
   buf[2] = 0x22; // field 4 (data), length-delimited
-  let offset = writeVarint(buf, 3, innerLength);
+  let offset = writeVarint(buf, 3, dataInnerLength(connectID, payload.length));
   buf[offset++] = 0x08; // Data.connectID
   offset = writeVarint(buf, offset, connectID);
   if (payload.length > 0) {
     buf[offset++] = 0x1a; // Data.data
     offset = writeVarint(buf, offset, payload.length);
     buf.set(payload, offset);
+    offset += payload.length;
   }
-  return buf;
+  return buf.subarray(0, offset);
+}
+
+/** Packet{type: DATA, data: {connectID, data}} in one allocation. */
+export function encodeDataPacket(connectID: number, payload: Uint8Array): Buffer {
+  return writeDataPacket(Buffer.allocUnsafe(dataPacketLength(connectID, payload.length)), connectID, payload);
+}
+
+/**
+ * A DATA packet for the client, encoded only when grpc-js serializes it
+ * (serializeToClient): grpc-js copies every serialized message into a
+ * buffer of its own with the gRPC length prefix, at once, so the encoding
+ * can go to one reused buffer instead of a new one per packet.
+ */
+export class DataToClient {
+  constructor(
+    readonly connectID: number,
+    readonly payload: Uint8Array,
+  ) {}
+}
+
+let serializeScratch = Buffer.allocUnsafeSlow(64 * 1024);
+
+/**
+ * The gRPC door's response serializer: an encoded packet as it is, a
+ * DataToClient encoded into a scratch buffer that the next call reuses
+ * (grpc-js's serializeMessage copies the result before it returns).
+ */
+export function serializeToClient(value: Buffer | DataToClient): Buffer {
+  if (!(value instanceof DataToClient)) return value;
+  const length = dataPacketLength(value.connectID, value.payload.length);
+  if (serializeScratch.length < length) serializeScratch = Buffer.allocUnsafeSlow(length);
+  return writeDataPacket(serializeScratch, value.connectID, value.payload);
 }
 
 /** A DATA packet without error, as decodeDataPacket reads it. */

@@ -19,14 +19,15 @@ import type { Tunnel, TunnelLocalSide } from '../broker/tunnel.js';
 import type { BusDialer } from './bus-dialer.js';
 import {
   type ClientPacket,
+  DataToClient,
   decodeDataPacket,
   decodePacket,
-  encodeDataPacket,
   encodePacket,
   type Int64,
   int64Key,
   PacketType,
   PROXY_METHOD_PATH,
+  serializeToClient,
   toNumber,
 } from './client-packets.js';
 import { countDialFailure, dialForClient, tunnelEstablished, tunnelFinished } from './door-dial.js';
@@ -52,7 +53,7 @@ export const proxyServiceDefinition: ServiceDefinition = {
     responseStream: true,
     requestSerialize: (value: Buffer) => value,
     requestDeserialize: (bytes: Buffer) => bytes,
-    responseSerialize: (value: Buffer) => value,
+    responseSerialize: serializeToClient,
     responseDeserialize: (bytes: Buffer) => bytes,
     originalName: 'proxy',
   },
@@ -60,7 +61,7 @@ export const proxyServiceDefinition: ServiceDefinition = {
 
 export function addProxyService(server: Server, options: GrpcDoorOptions, streams: Set<ProxyStream>): void {
   const implementation: UntypedServiceImplementation = {
-    Proxy: (call: ServerDuplexStream<Buffer, Buffer>) => {
+    Proxy: (call: ServerDuplexStream<Buffer, Buffer | DataToClient>) => {
       const stream = new ProxyStream(call, options, () => streams.delete(stream));
       streams.add(stream);
     },
@@ -75,7 +76,7 @@ interface PendingDial {
 
 /** One gRPC Proxy call and the tunnels it carries. */
 export class ProxyStream {
-  private readonly call: ServerDuplexStream<Buffer, Buffer>;
+  private readonly call: ServerDuplexStream<Buffer, Buffer | DataToClient>;
   private readonly options: GrpcDoorOptions;
   private readonly logger: Logger;
   private readonly tunnels = new Map<number, Tunnel>();
@@ -89,7 +90,11 @@ export class ProxyStream {
   private readonly dataFromClient: { inc(): void };
   private readonly dataToClient: { inc(): void };
 
-  constructor(call: ServerDuplexStream<Buffer, Buffer>, options: GrpcDoorOptions, onDone: () => void) {
+  constructor(
+    call: ServerDuplexStream<Buffer, Buffer | DataToClient>,
+    options: GrpcDoorOptions,
+    onDone: () => void,
+  ) {
     this.call = call;
     this.options = options;
     this.onDone = onDone;
@@ -265,7 +270,7 @@ export class ProxyStream {
           return;
         }
         this.dataToClient.inc();
-        this.call.write(encodeDataPacket(connectID, chunk), () => done(chunk.length));
+        this.call.write(new DataToClient(connectID, chunk), () => done(chunk.length));
       },
       pause: () => {
         this.pausedBy.add(connectID);
