@@ -423,7 +423,7 @@ class Bench {
   readonly rows: Row[] = [];
   readonly cpu: CpuRecord[] = [];
   readonly errors: string[] = [];
-  /** The frontends' dial stage histogram over the dial scenario. */
+  /** The frontends' dial stage histogram over the sequential dials (gRPC on a warm connection, CONNECT). */
   dialStages: DialStages | undefined;
   /** Throughput round in progress (0: none). */
   round = 0;
@@ -806,13 +806,21 @@ class Bench {
     return parseStages(texts);
   }
 
-  async dial(): Promise<void> {
-    const stagesBefore = await this.scrapeDialStages();
-    await this.dialLatency();
-    this.dialStages = stagesBetween(stagesBefore, await this.scrapeDialStages());
+  /**
+   * Runs `run` and keeps the dial stages `door` observed meanwhile: the stage
+   * table shows the sequential dials, one at a time, not the concurrent runs
+   * (where stages mostly measure queueing).
+   */
+  private async withStagesOf<T>(door: string, run: () => Promise<T>): Promise<T> {
+    const before = await this.scrapeDialStages();
+    const result = await run();
+    const seen = stagesBetween(before, await this.scrapeDialStages());
+    const stages = [...(this.dialStages?.stages ?? []), ...seen.stages.filter((s) => s.door === door)];
+    this.dialStages = { found: seen.found || (this.dialStages?.found ?? false), stages };
+    return result;
   }
 
-  async dialLatency(): Promise<void> {
+  async dial(): Promise<void> {
     const { seqDials, concDials, dialConcurrency: conc } = this.sizes;
     const seq = async (kind: Kind, name: string, ownConnection = true) => {
       const how = ownConnection ? 'single-use' : 'new streams on a warm connection,';
@@ -846,9 +854,12 @@ class Bench {
     const grpc = { ...(await seq('grpc', 'gRPC tunnel')), rate: await rate('grpc', 'gRPC tunnel') };
     const stubWarm = await seq('grpc-relay', 'gRPC relay', false);
     const floor = await seq('nats', 'NATS requests answered after a TCP connect (dial floor)');
-    const grpcWarm = await seq('grpc', 'gRPC tunnel', false);
+    const grpcWarm = await this.withStagesOf('grpc', () => seq('grpc', 'gRPC tunnel', false));
     const connect = this.connectAvailable
-      ? { ...(await seq('connect', 'CONNECT tunnel')), rate: await rate('connect', 'CONNECT tunnel') }
+      ? {
+          ...(await this.withStagesOf('connect', () => seq('connect', 'CONNECT tunnel'))),
+          rate: await rate('connect', 'CONNECT tunnel'),
+        }
       : undefined;
 
     const ms = (v: number) => round(v, 3);

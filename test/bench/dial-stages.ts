@@ -101,7 +101,7 @@ export function stagesBetween(before: StageScrape, after: StageScrape): DialStag
 
 /** The stage table of the text report. */
 export function formatStages(result: DialStages): string {
-  const title = `dial stages (${DIAL_STAGE_METRIC}, frontends' /metrics over the dial scenario)`;
+  const title = `dial stages (${DIAL_STAGE_METRIC}, frontends' /metrics): sequential dials, gRPC on a warm connection`;
   if (!result.found) return `${title}: no stage histogram`;
   const header = [title, 'count', 'mean ms', 'p50 ms (est.)', 'p99 ms (est.)'];
   const show = (v: number | null) => (v === null ? '' : v.toFixed(3));
