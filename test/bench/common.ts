@@ -71,6 +71,17 @@ export type WorkerCommand =
       msgSize: number;
       bytes: number;
     }
+  /** The floor's sender: bulk destination -> NATS (see nats-relay-floor.ts). */
+  | { cmd: 'floor-send'; url: string; subject: string; creditSubject: string; bytes: number }
+  /** The floor's receiver: NATS -> bulk destination. */
+  | {
+      cmd: 'floor-receive';
+      url: string;
+      subject: string;
+      creditSubject: string;
+      window: number;
+      bytes: number;
+    }
   | {
       cmd: 'nats-sub';
       url: string;

@@ -22,6 +22,7 @@ import {
   type WorkerRequest,
 } from './common.js';
 import { floorClient, openNatsFloor, serveFloor } from './nats-floor.js';
+import { floorReceive, floorSend } from './nats-relay-floor.js';
 import { type Conn, openConnect, openGrpc, openTcp } from './wire.js';
 
 let endpoints: Endpoints | undefined;
@@ -29,6 +30,10 @@ let endpoints: Endpoints | undefined;
 function need<T>(value: T | undefined, what: string): T {
   if (value === undefined) throw new Error(`${what} is not available in this run`);
   return value;
+}
+
+function bulkPort(): number {
+  return need(endpoints, 'endpoints').dest.bulk;
 }
 
 async function open(kind: Kind, dest: DestinationName, ownConnection = true): Promise<Conn> {
@@ -452,6 +457,19 @@ async function run(command: WorkerCommand): Promise<unknown> {
       } finally {
         await closeNats();
       }
+    case 'floor-send':
+      return floorSend(command.url, command.subject, command.creditSubject, bulkPort(), command.bytes, () =>
+        process.send?.({ id: 0, event: 'ready' } satisfies WorkerReply),
+      );
+    case 'floor-receive':
+      return floorReceive(
+        command.url,
+        command.subject,
+        command.creditSubject,
+        bulkPort(),
+        command.window,
+        command.bytes,
+      );
     case 'nats-sub':
       try {
         return await natsSub(
