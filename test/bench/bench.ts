@@ -226,6 +226,9 @@ class Fleet {
   relay!: Proc;
   relayPorts!: DestinationPorts;
   grpcRelay!: Proc;
+  natsRelayFront!: Proc;
+  natsRelayBack!: Proc;
+  natsRelayPort!: number;
   readonly grpcRelayUds = path.join(this.dir, 'grpc-relay.sock');
   agent!: Component;
   grpcFrontend!: Component;
@@ -251,7 +254,7 @@ class Fleet {
     progress('starting destinations and baseline relays');
     this.dest = spawnNode('destinations', script('destinations'), []);
     this.destPorts = await firstJsonLine<DestinationPorts>(this.dest);
-    await Promise.all([this.startRelay(), this.startGrpcRelay()]);
+    await Promise.all([this.startRelay(), this.startGrpcRelay(), this.startNatsRelay()]);
     progress('starting agent and frontends');
     this.agent = await this.startAgent();
     const [grpcFrontend] = await Promise.all([this.startFrontend('grpc'), this.startConnectFrontend()]);
@@ -268,6 +271,7 @@ class Fleet {
       relay: this.relayPorts,
       grpcRelayUds: this.grpcRelayUds,
       natsUrl: this.nats.url,
+      natsRelayPort: this.natsRelayPort,
     };
     if (this.grpcFrontend.uds) endpoints.grpcUds = this.grpcFrontend.uds;
     if (this.connectFrontend?.uds) endpoints.connectUds = this.connectFrontend.uds;
@@ -282,6 +286,18 @@ class Fleet {
   async startRelay(): Promise<void> {
     this.relay = spawnNode('tcp-relay', script('relay'), ['tcp', JSON.stringify(this.destPorts)]);
     this.relayPorts = await firstJsonLine<DestinationPorts>(this.relay);
+  }
+
+  /** The smallest NATS tunnel (nats-relay.ts), for the round-trip floor with a socket at each end. */
+  async startNatsRelay(): Promise<void> {
+    this.natsRelayBack = spawnNode('nats-relay-back', script('nats-relay'), [
+      'back',
+      this.nats.url,
+      String(this.destPorts.echo),
+    ]);
+    await firstJsonLine(this.natsRelayBack);
+    this.natsRelayFront = spawnNode('nats-relay-front', script('nats-relay'), ['front', this.nats.url]);
+    this.natsRelayPort = (await firstJsonLine<{ port: number }>(this.natsRelayFront)).port;
   }
 
   async startGrpcRelay(): Promise<void> {
@@ -411,7 +427,9 @@ class Fleet {
       c ? [stopProc(c.proc, this.options.cpuProfDir ? 15_000 : 5000)] : [],
     );
     await Promise.allSettled(graceful);
-    for (const p of [this.dest, this.relay, this.grpcRelay]) if (p) await stopProc(p, 2000);
+    for (const p of [this.dest, this.relay, this.grpcRelay, this.natsRelayFront, this.natsRelayBack]) {
+      if (p) await stopProc(p, 2000);
+    }
     await this.nats?.stop();
     rmSync(this.dir, { recursive: true, force: true });
   }
@@ -706,6 +724,7 @@ class Bench {
     const kinds: [Kind, string, boolean][] = [
       ['relay', 'TCP relay hop (baseline)', false],
       ['grpc-relay', 'gRPC relay hop, no bus (baseline)', false],
+      ['nats-relay', 'minimal NATS tunnel, nats.js and a socket alone per end (baseline)', false],
       ['grpc', 'gRPC tunnel', true],
       ['connect', 'HTTP CONNECT tunnel', true],
     ];
@@ -783,7 +802,7 @@ class Bench {
         }
         this.add(row);
       }
-      if (hasTarget) this.floorRows(name, s, direct, floor);
+      if (hasTarget) this.floorRows(name, s, direct, floor, stats('nats-relay'));
     }
     if (!this.connectAvailable) {
       const figures = FLOOR_PERCENTILES.map(
@@ -802,9 +821,19 @@ class Bench {
     tunnel: Record<'p50' | 'p99', number>,
     direct: Record<'p50' | 'p99', number>,
     floor: Record<'p50' | 'p99', number>,
+    minimalTunnel: Record<'p50' | 'p99', number>,
   ): void {
     for (const [p, label, maxRatio] of FLOOR_PERCENTILES) {
       const overhead = tunnel[p] - direct[p];
+      const minimal = minimalTunnel[p] - direct[p];
+      this.add({
+        scenario: 'roundtrip',
+        figure: `${name} RTT overhead ${label} vs minimal NATS tunnel`,
+        value: round(overhead, 0),
+        unit: 'µs',
+        baseline: { name: `minimal NATS tunnel overhead ${label}`, value: round(minimal, 0), unit: 'µs' },
+        ratio: round(overhead / minimal, 2),
+      });
       const row: Row = {
         scenario: 'roundtrip',
         figure: `${name} RTT overhead ${label} vs floor`,

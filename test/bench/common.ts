@@ -30,8 +30,10 @@ export type DestinationName = keyof DestinationPorts;
  *   nats        the design's floor, nats.js alone between two load workers: the dial is a
  *               request the other worker answers after a loopback TCP connect to the
  *               destination, the data a publish/subscribe ping-pong it echoes (no destination)
+ *   nats-relay  the smallest tunnel of this design (nats-relay.ts): a socket into one process,
+ *               NATS, a socket out of another; echo destination only (no flow control)
  */
-export type Kind = 'direct' | 'relay' | 'grpc-relay' | 'grpc' | 'connect' | 'nats';
+export type Kind = 'direct' | 'relay' | 'grpc-relay' | 'grpc' | 'connect' | 'nats' | 'nats-relay';
 
 export interface Endpoints {
   dest: DestinationPorts;
@@ -41,6 +43,8 @@ export interface Endpoints {
   connectUds?: string;
   /** The bench's nats-server, for the floor (kind 'nats'). */
   natsUrl?: string;
+  /** The minimal NATS tunnel's front port (kind 'nats-relay', echo destination only). */
+  natsRelayPort?: number;
 }
 
 export type WorkerCommand =

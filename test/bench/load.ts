@@ -52,6 +52,9 @@ async function open(kind: Kind, dest: DestinationName, ownConnection = true): Pr
       return openConnect(need(ep.connectUds, 'the HTTP CONNECT frontend'), address);
     case 'nats':
       return openNatsFloor(need(ep.natsUrl, 'the nats-server'), ep.dest[dest]);
+    case 'nats-relay':
+      if (dest !== 'echo') throw new Error('the minimal NATS tunnel serves the echo destination only');
+      return openTcp(need(ep.natsRelayPort, 'the minimal NATS tunnel'));
   }
 }
 
