@@ -294,7 +294,10 @@ export async function connectBus(
   }
   const connection = nc;
   if (!installVectoredFlush(connection)) {
-    logger.warn('this nats.js has no internals for vectored flushes: publishing with its own (slower) flush');
+    logger.warn(
+      { code: ErrorCode.NatsClientInternals },
+      'this nats.js version lacks what the vectored flush relies on: publishing with its own, slower flush',
+    );
   }
   link.markUp();
   events.connected?.();

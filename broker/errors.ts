@@ -49,6 +49,8 @@ export const ErrorCode = {
   BusPermission: 'KNATS_BUS_PERMISSION',
   /** A secret file (seed, creds, password, token) is readable by group or others. */
   SecretFileMode: 'KNATS_SECRET_FILE_MODE',
+  /** This nats.js lacks the internals the vectored flush relies on: the connection keeps nats.js's own (slower) flush. */
+  NatsClientInternals: 'KNATS_NATS_CLIENT_INTERNALS',
   /** The process is shutting down. */
   ShuttingDown: 'KNATS_SHUTTING_DOWN',
   /** A peer's bus message (dial reply, heartbeat, dial request) with a bad or mismatching field: that message is dropped. */
@@ -113,6 +115,7 @@ const presentationTable: Record<ErrorCode, ErrorPresentation> = {
   KNATS_BUS_PERMISSION: { httpStatus: 503, reason: 'bus_permission' },
   KNATS_SECRET_FILE_MODE: { httpStatus: 500, reason: 'secret_file_mode' },
   KNATS_UPSTREAM_FLAG_REPLACED: { httpStatus: 500, reason: 'upstream_flag_replaced' },
+  KNATS_NATS_CLIENT_INTERNALS: { httpStatus: 500, reason: 'nats_client_internals' },
   KNATS_SHUTTING_DOWN: { httpStatus: 503, reason: 'shutting_down' },
   KNATS_BAD_PEER_MESSAGE: { httpStatus: 502, reason: 'bad_peer_message' },
   KNATS_BAD_PACKET: { httpStatus: 400, reason: 'bad_packet' },

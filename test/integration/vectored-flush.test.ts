@@ -100,6 +100,11 @@ describe('vectored flush', () => {
     }
   });
 
+  it('leaves a connection without the nats.js internals it relies on as it is', () => {
+    const stranger = { protocol: { flushPending: () => {} } } as unknown as NatsConnection;
+    assert.equal(installVectoredFlush(stranger), false);
+  });
+
   it('keeps working across a reconnect: what is published while the server is down arrives after it', async () => {
     const local = await startLocalServer();
     const port = local.port;
