@@ -138,6 +138,8 @@ export class Tunnel {
   private expectedSeq = 1;
   /** Local bytes waiting for send credit (at most one local read beyond the credit). */
   private pendingOut: Buffer[] = [];
+  /** Per pendingOut chunk: a whole read with a DATA header's room in front (see write's `headroom`). */
+  private pendingOutHeadroom: boolean[] = [];
   private pendingOutBytes = 0;
   private sendEnd: SendEnd = 'none';
   private finSent = false;
@@ -264,9 +266,16 @@ export class Tunnel {
    */
   write(chunk: Buffer, headroom = false): void {
     if (this.state !== 'open' || this.sendEnd !== 'none' || chunk.length === 0) return;
-    if (this.pendingOutBytes === 0) chunk = this.transmit(chunk, headroom);
+    if (this.pendingOutBytes === 0) {
+      const rest = this.transmit(chunk, headroom);
+      // Once part of it went, the bytes in front of the rest belong to a published frame.
+      if (rest.length !== chunk.length) headroom = false;
+      chunk = rest;
+    }
     if (chunk.length > 0) {
+      // Kept as it is (a read waiting for credit keeps its headroom: it leaves without a copy later).
       this.pendingOut.push(chunk);
+      this.pendingOutHeadroom.push(headroom);
       this.pendingOutBytes += chunk.length;
       this.setLocalPaused(true);
     }
@@ -307,13 +316,16 @@ export class Tunnel {
 
   private flushPendingOut(): void {
     while (this.pendingOut.length > 0) {
-      const rest = this.transmit(this.pendingOut[0]!);
-      this.pendingOutBytes -= this.pendingOut[0]!.length - rest.length;
+      const chunk = this.pendingOut[0]!;
+      const rest = this.transmit(chunk, this.pendingOutHeadroom[0]);
+      this.pendingOutBytes -= chunk.length - rest.length;
       if (rest.length > 0) {
         this.pendingOut[0] = rest;
+        if (rest.length !== chunk.length) this.pendingOutHeadroom[0] = false;
         return;
       }
       this.pendingOut.shift();
+      this.pendingOutHeadroom.shift();
     }
     this.setLocalPaused(false);
     this.endSendingIfFlushed();
@@ -541,6 +553,7 @@ export class Tunnel {
     if (this.waitingForBudget) this.budget.cancelWait(this.grantMore);
     this.receive.release();
     this.pendingOut = [];
+    this.pendingOutHeadroom = [];
     this.pendingOutBytes = 0;
     // A clean end before the adapter attached keeps the early bytes for it (still bounded by our grant).
     if (err) this.earlyIn = [];

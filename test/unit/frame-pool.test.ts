@@ -1,6 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { DATA_HEADER_BYTES, decodeFrame, MAX_DATA_PAYLOAD, SMALL_READ_BYTES } from '../../broker/codec.js';
+import {
+  DATA_HEADER_BYTES,
+  decodeFrame,
+  encodeWindow,
+  MAX_DATA_PAYLOAD,
+  SMALL_READ_BYTES,
+} from '../../broker/codec.js';
 import { ReceiveBudget } from '../../broker/credit.js';
 import {
   encodePooledData,
@@ -86,5 +92,38 @@ describe('frame pool', () => {
     assert.equal(split[0]!.length, DATA_HEADER_BYTES + 10_000);
     assert.equal(recyclerFor(split[0]!), undefined, 'the rest of the read still lives in its buffer');
     assert.equal(tunnel.bufferedOut, 20_000);
+  });
+
+  it('a read that waited whole for credit still leaves in place, without a copy, and is recyclable', () => {
+    drainPool();
+    const frames: Uint8Array[] = [];
+    const tunnel = tunnelPublishingTo(frames, 0);
+    const read = readFrameBuffer().subarray(0, 30_000).fill(3);
+    tunnel.write(read, true);
+    assert.equal(frames.length, 0, 'no credit yet');
+    tunnel.handleFrame(encodeWindow(30_000));
+    assert.equal(frames.length, 1);
+    assert.equal(frames[0]!.buffer, read.buffer, 'built around the read itself');
+    assert.deepEqual(decodeFrame(Buffer.from(frames[0]!)), {
+      type: 1,
+      seq: 1,
+      payload: Buffer.alloc(30_000, 3),
+    });
+    assert.ok(recyclerFor(frames[0]!));
+
+    // Half the credit: the first frame in place, the rest keeps waiting and must be copied when it goes.
+    const read2 = readFrameBuffer().subarray(0, 30_000).fill(4);
+    tunnel.write(read2, true);
+    tunnel.handleFrame(encodeWindow(45_000));
+    tunnel.handleFrame(encodeWindow(60_000));
+    assert.equal(frames.length, 3);
+    assert.equal(frames[1]!.buffer, read2.buffer);
+    assert.equal(recyclerFor(frames[1]!), undefined, 'the rest still lived in the same buffer');
+    assert.notEqual(frames[2]!.buffer, read2.buffer, 'the rest was copied: its front belongs to frame 2');
+    assert.deepEqual(decodeFrame(Buffer.from(frames[2]!)), {
+      type: 1,
+      seq: 3,
+      payload: Buffer.alloc(15_000, 4),
+    });
   });
 });
