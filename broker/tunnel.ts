@@ -54,6 +54,7 @@ import {
   encodeWindow,
   type Frame,
   FrameType,
+  MAX_DATA_PAYLOAD,
 } from './codec.js';
 import { type CreditSettings, type ReceiveBudget, ReceiveCredit, SendCredit } from './credit.js';
 import { ErrorCode, errorFromPeer, KnatsError } from './errors.js';
@@ -138,6 +139,14 @@ export class Tunnel {
   private expectedSeq = 1;
   /** Local bytes waiting for send credit (at most one local read beyond the credit). */
   private pendingOut: Buffer[] = [];
+  /**
+   * A read with header room waits until credit covers all of it instead of
+   * going in two frames: split, its rest would have to be copied (the front
+   * of its buffer belongs to the first frame) and its buffer could not be
+   * reused. Only with a peer that grants windows of two frames or more (ours
+   * grant at least 64 KiB), so the wait always ends.
+   */
+  private readsWaitWhole = false;
   /** Per pendingOut chunk: a whole read with a DATA header's room in front (see write's `headroom`). */
   private pendingOutHeadroom: boolean[] = [];
   private pendingOutBytes = 0;
@@ -231,6 +240,7 @@ export class Tunnel {
     this.peerSubject = peerSubject;
     this.peerHalfCloses = peerProtocolVersion >= HALF_CLOSE_PROTOCOL_VERSION;
     this.send = new SendCredit(sendLimit);
+    this.readsWaitWhole = sendLimit >= 2 * MAX_DATA_PAYLOAD;
     if (logger) this.logger = logger;
     this.state = 'open';
   }
@@ -289,6 +299,9 @@ export class Tunnel {
    */
   private transmit(chunk: Buffer, headroom = false): Buffer {
     const maxFrame = this.publisher.maxDataPayload;
+    if (headroom && this.readsWaitWhole && chunk.length <= maxFrame && this.send.available < chunk.length) {
+      return chunk;
+    }
     while (chunk.length > 0) {
       const n = Math.min(chunk.length, this.send.available, maxFrame);
       if (n <= 0) break;

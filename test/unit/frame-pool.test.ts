@@ -94,6 +94,27 @@ describe('frame pool', () => {
     assert.equal(tunnel.bufferedOut, 20_000);
   });
 
+  it('with a peer window of two frames or more, a read waits for credit to cover it whole instead of splitting', () => {
+    drainPool();
+    const frames: Uint8Array[] = [];
+    const window = 2 * MAX_DATA_PAYLOAD;
+    const tunnel = tunnelPublishingTo(frames, window);
+    const first = readFrameBuffer().subarray(0, MAX_DATA_PAYLOAD).fill(5);
+    const second = readFrameBuffer().subarray(0, MAX_DATA_PAYLOAD).fill(6);
+    tunnel.write(first, true);
+    tunnel.write(second, true);
+    const third = readFrameBuffer().subarray(0, 30_000).fill(7);
+    tunnel.write(third, true);
+    assert.equal(frames.length, 2, 'no credit left: the third read waits');
+    tunnel.handleFrame(encodeWindow(window + 10_000));
+    assert.equal(frames.length, 2, 'credit for 10,000 of its 30,000 bytes: it still waits, whole');
+    tunnel.handleFrame(encodeWindow(window + 30_000));
+    assert.equal(frames.length, 3);
+    assert.equal(frames[2]!.buffer, third.buffer, 'one frame built around the read');
+    assert.ok(recyclerFor(frames[2]!), 'and its buffer is reused once written');
+    assert.equal(tunnel.bufferedOut, 0);
+  });
+
   it('a read that waited whole for credit still leaves in place, without a copy, and is recyclable', () => {
     drainPool();
     const frames: Uint8Array[] = [];
