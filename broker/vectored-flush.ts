@@ -15,8 +15,12 @@
  * back to its pool once written (frame-pool.ts). What reaches the socket is
  * byte for byte what nats.js would have written, in the same order.
  *
- * It relies on three internals of nats.js (the connection's protocol
- * handler, its outbound piece list and its transport's socket), checked
+ * It also encodes each protocol line (PUB subject size) with Buffer.from,
+ * into Node's shared pool, where nats.js's TextEncoder makes a new
+ * ArrayBuffer per publish (measured: 0.1 against 0.8 us per line).
+ *
+ * It relies on internals of nats.js (the connection's protocol handler,
+ * its sendCommand, its outbound piece list and its transport's socket), checked
  * when it is installed: when they are not there (another nats.js version),
  * nothing is replaced and the connection keeps nats.js's own flush.
  */
@@ -42,6 +46,7 @@ interface ProtocolInternals {
   infoReceived: boolean;
   connected: boolean;
   flushPending(): void;
+  sendCommand(cmd: string | Uint8Array, ...payloads: Uint8Array[]): void;
 }
 
 function protocolOf(nc: NatsConnection): ProtocolInternals | undefined {
@@ -50,6 +55,7 @@ function protocolOf(nc: NatsConnection): ProtocolInternals | undefined {
   if (
     !protocol ||
     typeof protocol.flushPending !== 'function' ||
+    typeof protocol.sendCommand !== 'function' ||
     !outbound ||
     !Array.isArray(outbound.buffers) ||
     typeof outbound.byteLength !== 'number' ||
@@ -97,6 +103,9 @@ export function installVectoredFlush(nc: NatsConnection): boolean {
   const protocol = protocolOf(nc);
   if (!protocol) return false;
   const packedFlush = protocol.flushPending.bind(protocol);
+  const sendCommand = protocol.sendCommand.bind(protocol);
+  protocol.sendCommand = (cmd, ...payloads) =>
+    sendCommand(typeof cmd === 'string' ? Buffer.from(cmd) : cmd, ...payloads);
   protocol.flushPending = () => {
     if (!protocol.infoReceived || !protocol.connected) return;
     const outbound = protocol.outbound;

@@ -100,6 +100,23 @@ describe('vectored flush', () => {
     }
   });
 
+  it('encodes protocol lines as UTF-8, as nats.js does: a subject with non-ASCII characters still works', async () => {
+    const pub: NatsConnection = await connect({ servers: server.url });
+    const sub: NatsConnection = await connect({ servers: server.url });
+    try {
+      assert.equal(installVectoredFlush(pub), true);
+      const got = new Promise<string>((resolve) =>
+        sub.subscribe('vf.grüße.ünïcode', { callback: (_e, m) => resolve(m.subject) }),
+      );
+      await sub.flush();
+      pub.publish('vf.grüße.ünïcode', Buffer.from('x'));
+      assert.equal(await got, 'vf.grüße.ünïcode');
+    } finally {
+      await pub.close();
+      await sub.close();
+    }
+  });
+
   it('leaves a connection without the nats.js internals it relies on as it is', () => {
     const stranger = { protocol: { flushPending: () => {} } } as unknown as NatsConnection;
     assert.equal(installVectoredFlush(stranger), false);
