@@ -12,6 +12,7 @@
  * Seeds are fixed, so a failure replays.
  */
 import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { type AddressInfo, createServer, connect as netConnect, type Server, type Socket } from 'node:net';
@@ -21,7 +22,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { startLocalServer } from '../../broker/local-server.js';
 import { createPki, type Pki } from '../helpers/certs.js';
 import { randomBytesSeeded } from '../helpers/destinations.js';
-import { Fleet } from '../helpers/fleet.js';
+import { Fleet, fetchText } from '../helpers/fleet.js';
 import { ProxyStreamClient } from '../helpers/proxy-client.js';
 
 const KiB = 1024;
@@ -311,6 +312,9 @@ async function connectTunnel(
   return allowFailure ? undefined : `${label}: failed: ${error} after ${stream.received} bytes`;
 }
 
+/** Health port of each agent child, for its /metrics. */
+const agentPorts = new WeakMap<ChildProcess, number>();
+
 async function freePort(): Promise<number> {
   const server = createServer();
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -375,7 +379,8 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
           ],
           'frontend ready',
         );
-      await fleet.spawnAgent([...tlsFlags, ...(options.agentFlags ?? [])]);
+      const agent = await fleet.spawnAgent([...tlsFlags, ...(options.agentFlags ?? [])]);
+      agentPorts.set(agent.child, agent.healthPort);
       const connectDoor: ConnectDoor = {
         port: connectPort,
         ca: readFileSync(pki.ca.cert),
@@ -541,6 +546,65 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
       for (const c of steady) c.close();
       assert.deepEqual(
         problems.filter((p) => p !== undefined),
+        [],
+      );
+    });
+  });
+
+  it('a frontend killed while the agent streams into it: the agent stays up, bounded, closes every endpoint, and serves a new frontend byte-exact', async () => {
+    await withFleet({}, async ({ fleet, destination }) => {
+      const agent = fleet.children.at(-1)!;
+      const agentHealth = async () => {
+        const { healthPort } = agentInfo;
+        const metrics = (await fetchText(healthPort, '/metrics')).body;
+        const value = (name: string) =>
+          Number(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(metrics)?.[1]);
+        return {
+          open: value('konnectivity_network_proxy_agent_open_endpoint_connections'),
+          rss: value('process_resident_memory_bytes'),
+        };
+      };
+      const agentInfo = { healthPort: 0 };
+      agentInfo.healthPort = agentPorts.get(agent)!;
+      // A frontend of its own, to kill: 16 tunnels downloading 16 MiB each, with clients that barely read.
+      const uds = fleet.socketPath();
+      const victim = await fleet.spawnFrontend(uds);
+      const clients = Array.from({ length: 4 }, () => new ProxyStreamClient(`unix:${uds}`));
+      const stops = clients.map((c, i) => slowReader(c, 50 + i));
+      const transfers = plans(16, 13, 64 * KiB, 16 * MiB).map((plan, i) =>
+        grpcTunnel(clients[i % 4]!, destination, { ...plan, download: 16 * MiB }, `doomed ${i}`, true),
+      );
+      await new Promise((r) => setTimeout(r, 700));
+      victim.child.kill('SIGKILL');
+      const problems = await Promise.all(transfers);
+      for (const stop of stops) stop();
+      for (const c of clients) c.close();
+      assert.deepEqual(
+        problems.filter((p) => p !== undefined),
+        [],
+      );
+      assert.equal(agent.exitCode, null, 'the agent is still running');
+      // No orphans: the agent closes its destination sockets (confirm/probe timeouts, <= 15 s).
+      const deadline = Date.now() + 20_000;
+      let health = await agentHealth();
+      while (health.open !== 0 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 500));
+        health = await agentHealth();
+      }
+      assert.equal(health.open, 0, 'every destination socket closed');
+      assert.ok(health.rss < 400 * MiB, `agent RSS ${Math.round(health.rss / MiB)} MiB`);
+      // A new frontend: the agent's pools hold no buffer still being written.
+      const freshUds = fleet.socketPath();
+      await fleet.spawnFrontend(freshUds);
+      const client = new ProxyStreamClient(`unix:${freshUds}`);
+      const fresh = await Promise.all(
+        plans(6, 14, 1 * MiB, 4 * MiB).map((plan, i) =>
+          grpcTunnel(client, destination, plan, `fresh ${i}`, false),
+        ),
+      );
+      client.close();
+      assert.deepEqual(
+        fresh.filter((p) => p !== undefined),
         [],
       );
     });
