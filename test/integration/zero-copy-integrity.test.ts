@@ -17,7 +17,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { type AddressInfo, createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
 import { startLocalServer } from '../../broker/local-server.js';
 import { createPki, type Pki } from '../helpers/certs.js';
@@ -186,6 +186,9 @@ class ExpectedStream {
   }
 }
 
+/** How the tunnels of the running test ended (reported per test). */
+const outcomes = { exact: 0, failed: 0 };
+
 /** A gRPC client that pauses its stream now and then (HTTP/2 flow control pushes back on the frontend). */
 function slowReader(client: ProxyStreamClient, seed: number): () => void {
   const random = seededRandom(seed);
@@ -238,6 +241,7 @@ async function grpcTunnel(
   const closeError = await client.waitClosed(dial.connectID, 90_000).catch((err: Error) => err.message);
   client.off('data', onData);
   stream.ended = closeError || 'clean';
+  outcomes[closeError ? 'failed' : 'exact']++;
   const problem = stream.verdict(closeError);
   if (problem) return problem;
   if (!closeError) return undefined;
@@ -306,6 +310,7 @@ async function connectTunnel(
   await closed;
   clearTimeout(timer);
   stream.ended = error || 'clean';
+  outcomes[error ? 'failed' : 'exact']++;
   const problem = stream.verdict(error);
   if (problem) return problem;
   if (!error) return undefined;
@@ -332,24 +337,47 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
     await dir.stop();
   });
 
+  beforeEach(() => {
+    outcomes.exact = 0;
+    outcomes.failed = 0;
+  });
+  afterEach((t) => {
+    if ('diagnostic' in t)
+      t.diagnostic(`tunnels ended: ${outcomes.exact} complete, ${outcomes.failed} failed visibly`);
+  });
+
   async function withFleet(
-    options: { tls?: boolean; frontendFlags?: string[]; agentFlags?: string[]; connectDoor?: boolean },
+    options: {
+      tls?: boolean;
+      frontendFlags?: string[];
+      agentFlags?: string[];
+      connectDoor?: boolean;
+      maxPending?: number;
+    },
     body: (ctx: {
       fleet: Fleet;
       grpcUds: string;
       connectDoor: ConnectDoor;
       destination: string;
       agent: { child: ChildProcess; healthPort: number };
+      grpcFrontend: { child: ChildProcess };
     }) => Promise<void>,
   ): Promise<void> {
     const fleet = new Fleet();
     const destination = await seededDestination();
     try {
       const tlsConfig = `tls { cert_file: "${pki.server.cert}", key_file: "${pki.server.key}", timeout: 2 }`;
-      fleet.nats = await startLocalServer(options.tls ? { extraConfig: tlsConfig } : {});
+      fleet.nats = await startLocalServer({
+        ...(options.tls ? { extraConfig: tlsConfig } : {}),
+        ...(options.maxPending ? { maxPending: options.maxPending, maxPayload: 64 * KiB } : {}),
+      });
       const tlsFlags = options.tls ? ['--nats-tls-ca', pki.ca.cert] : [];
       const grpcUds = fleet.socketPath();
-      const spawned = [await fleet.spawnFrontend(grpcUds, [...tlsFlags, ...(options.frontendFlags ?? [])])];
+      const grpcFrontend = await fleet.spawnFrontend(grpcUds, [
+        ...tlsFlags,
+        ...(options.frontendFlags ?? []),
+      ]);
+      const spawned = [grpcFrontend];
       // The CONNECT door on mTLS TCP: only there can it show an abort to its client (a TCP reset).
       const connectPort = await freePort();
       if (options.connectDoor)
@@ -387,7 +415,7 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
         cert: readFileSync(pki.client.cert),
         key: readFileSync(pki.client.key),
       };
-      await body({ fleet, grpcUds, connectDoor, destination: destination.address, agent });
+      await body({ fleet, grpcUds, connectDoor, destination: destination.address, agent, grpcFrontend });
       // What was tested is the vectored flush, not nats.js's own (the fallback when its internals are missing).
       for (const { logs } of spawned)
         assert.deepEqual(
@@ -503,6 +531,43 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
         await new Promise((r) => setTimeout(r, 250));
         fresh = await Promise.all(
           plans(4, 17, 1 * MiB, 2 * MiB).map((plan, i) =>
+            grpcTunnel(after, destination, plan, `fresh tunnel ${i}`, false),
+          ),
+        );
+      } while (fresh.some((p) => p?.includes('dial failed')) && Date.now() < deadline);
+      after.close();
+      assert.deepEqual(
+        fresh.filter((p) => p !== undefined),
+        [],
+      );
+    });
+  });
+
+  it('a frontend frozen (SIGSTOP 3 s) behind a small NATS max_pending (slow consumer) mid-download: every tunnel byte-exact or failed visibly, then new tunnels work', async () => {
+    await withFleet({ maxPending: 256 * KiB }, async ({ grpcUds, destination, grpcFrontend }) => {
+      const clients = Array.from({ length: 2 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
+      const transfers = Promise.all(
+        plans(10, 18, 256 * KiB, 16 * MiB).map((plan, i) =>
+          grpcTunnel(clients[i % 2]!, destination, plan, `grpc tunnel ${i}`, true),
+        ),
+      );
+      await new Promise((r) => setTimeout(r, 400));
+      grpcFrontend.child.kill('SIGSTOP');
+      await new Promise((r) => setTimeout(r, 3000));
+      grpcFrontend.child.kill('SIGCONT');
+      const problems = await transfers;
+      for (const c of clients) c.close();
+      assert.deepEqual(
+        problems.filter((p) => p !== undefined),
+        [],
+      );
+      const after = new ProxyStreamClient(`unix:${grpcUds}`);
+      let fresh: (string | undefined)[] = [];
+      const deadline = Date.now() + 20_000;
+      do {
+        await new Promise((r) => setTimeout(r, 250));
+        fresh = await Promise.all(
+          plans(4, 19, 1 * MiB, 2 * MiB).map((plan, i) =>
             grpcTunnel(after, destination, plan, `fresh tunnel ${i}`, false),
           ),
         );
