@@ -317,6 +317,10 @@ async function connectTunnel(
   return allowFailure ? undefined : `${label}: failed: ${error} after ${stream.received} bytes`;
 }
 
+function natsTlsConfig(pki: Pki): string {
+  return `tls { cert_file: "${pki.server.cert}", key_file: "${pki.server.key}", timeout: 2 }`;
+}
+
 async function freePort(): Promise<number> {
   const server = createServer();
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -366,9 +370,8 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
     const fleet = new Fleet();
     const destination = await seededDestination();
     try {
-      const tlsConfig = `tls { cert_file: "${pki.server.cert}", key_file: "${pki.server.key}", timeout: 2 }`;
       fleet.nats = await startLocalServer({
-        ...(options.tls ? { extraConfig: tlsConfig } : {}),
+        ...(options.tls ? { extraConfig: natsTlsConfig(pki) } : {}),
         ...(options.maxPending ? { maxPending: options.maxPending, maxPayload: 64 * KiB } : {}),
       });
       const tlsFlags = options.tls ? ['--nats-tls-ca', pki.ca.cert] : [];
@@ -503,44 +506,47 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
     );
   });
 
-  it('nats-server stalled past the ping timeout (SIGSTOP 12 s): every tunnel byte-exact or failed visibly, then new tunnels work', async () => {
-    await withFleet({ connectDoor: true }, async ({ fleet, grpcUds, connectDoor, destination }) => {
-      const clients = Array.from({ length: 2 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
-      const transfers = Promise.all([
-        ...plans(8, 15, 4 * MiB, 16 * MiB).map((plan, i) =>
-          grpcTunnel(clients[i % 2]!, destination, plan, `grpc tunnel ${i}`, true),
-        ),
-        ...plans(4, 16, 4 * MiB, 16 * MiB).map((plan, i) =>
-          connectTunnel(connectDoor, destination, plan, `CONNECT tunnel ${i}`, true),
-        ),
-      ]);
-      await new Promise((r) => setTimeout(r, 400));
-      process.kill(fleet.nats.pid, 'SIGSTOP');
-      await new Promise((r) => setTimeout(r, 12_000));
-      process.kill(fleet.nats.pid, 'SIGCONT');
-      const problems = await transfers;
-      for (const c of clients) c.close();
-      assert.deepEqual(
-        problems.filter((p) => p !== undefined),
-        [],
-      );
-      const after = new ProxyStreamClient(`unix:${grpcUds}`);
-      let fresh: (string | undefined)[] = [];
-      const deadline = Date.now() + 20_000;
-      do {
-        await new Promise((r) => setTimeout(r, 250));
-        fresh = await Promise.all(
-          plans(4, 17, 1 * MiB, 2 * MiB).map((plan, i) =>
-            grpcTunnel(after, destination, plan, `fresh tunnel ${i}`, false),
+  it('nats-server over TLS stalled past the ping timeout (SIGSTOP 12 s): every tunnel byte-exact or failed visibly, then new tunnels work', async () => {
+    await withFleet(
+      { tls: true, connectDoor: true },
+      async ({ fleet, grpcUds, connectDoor, destination }) => {
+        const clients = Array.from({ length: 2 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
+        const transfers = Promise.all([
+          ...plans(8, 15, 4 * MiB, 16 * MiB).map((plan, i) =>
+            grpcTunnel(clients[i % 2]!, destination, plan, `grpc tunnel ${i}`, true),
           ),
+          ...plans(4, 16, 4 * MiB, 16 * MiB).map((plan, i) =>
+            connectTunnel(connectDoor, destination, plan, `CONNECT tunnel ${i}`, true),
+          ),
+        ]);
+        await new Promise((r) => setTimeout(r, 400));
+        process.kill(fleet.nats.pid, 'SIGSTOP');
+        await new Promise((r) => setTimeout(r, 12_000));
+        process.kill(fleet.nats.pid, 'SIGCONT');
+        const problems = await transfers;
+        for (const c of clients) c.close();
+        assert.deepEqual(
+          problems.filter((p) => p !== undefined),
+          [],
         );
-      } while (fresh.some((p) => p?.includes('dial failed')) && Date.now() < deadline);
-      after.close();
-      assert.deepEqual(
-        fresh.filter((p) => p !== undefined),
-        [],
-      );
-    });
+        const after = new ProxyStreamClient(`unix:${grpcUds}`);
+        let fresh: (string | undefined)[] = [];
+        const deadline = Date.now() + 20_000;
+        do {
+          await new Promise((r) => setTimeout(r, 250));
+          fresh = await Promise.all(
+            plans(4, 17, 1 * MiB, 2 * MiB).map((plan, i) =>
+              grpcTunnel(after, destination, plan, `fresh tunnel ${i}`, false),
+            ),
+          );
+        } while (fresh.some((p) => p?.includes('dial failed')) && Date.now() < deadline);
+        after.close();
+        assert.deepEqual(
+          fresh.filter((p) => p !== undefined),
+          [],
+        );
+      },
+    );
   });
 
   it('a frontend frozen (SIGSTOP 3 s) behind a small NATS max_pending (slow consumer) mid-download: every tunnel byte-exact or failed visibly, then new tunnels work', async () => {
@@ -580,47 +586,50 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
     });
   });
 
-  it('nats-server killed and restarted mid-transfer: every tunnel byte-exact or failed visibly, then new tunnels work', async () => {
-    await withFleet({ connectDoor: true }, async ({ fleet, grpcUds, connectDoor, destination }) => {
-      const clients = Array.from({ length: 2 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
-      const transfers = Promise.all([
-        ...plans(12, 7, 4 * MiB, 8 * MiB).map((plan, i) =>
-          grpcTunnel(clients[i % 2]!, destination, plan, `grpc tunnel ${i}`, true),
-        ),
-        ...plans(6, 8, 4 * MiB, 8 * MiB).map((plan, i) =>
-          connectTunnel(connectDoor, destination, plan, `CONNECT tunnel ${i}`, true),
-        ),
-      ]);
-      await new Promise((r) => setTimeout(r, 400));
-      const port = fleet.nats.port;
-      fleet.nats.kill();
-      await fleet.nats.exited;
-      await new Promise((r) => setTimeout(r, 300));
-      fleet.nats = await startLocalServer({ port });
-      const problems = await transfers;
-      for (const c of clients) c.close();
-      assert.deepEqual(
-        problems.filter((p) => p !== undefined),
-        [],
-      );
-      // Back to normal: fresh tunnels are exact (the pools hold no buffer still being written).
-      const after = new ProxyStreamClient(`unix:${grpcUds}`);
-      let fresh: (string | undefined)[] = [];
-      const deadline = Date.now() + 20_000;
-      do {
-        await new Promise((r) => setTimeout(r, 250));
-        fresh = await Promise.all(
-          plans(4, 9, 1 * MiB, 2 * MiB).map((plan, i) =>
-            grpcTunnel(after, destination, plan, `fresh tunnel ${i}`, false),
+  it('nats-server over TLS killed and restarted mid-transfer: every tunnel byte-exact or failed visibly, then new tunnels work', async () => {
+    await withFleet(
+      { tls: true, connectDoor: true },
+      async ({ fleet, grpcUds, connectDoor, destination }) => {
+        const clients = Array.from({ length: 2 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
+        const transfers = Promise.all([
+          ...plans(12, 7, 4 * MiB, 8 * MiB).map((plan, i) =>
+            grpcTunnel(clients[i % 2]!, destination, plan, `grpc tunnel ${i}`, true),
           ),
+          ...plans(6, 8, 4 * MiB, 8 * MiB).map((plan, i) =>
+            connectTunnel(connectDoor, destination, plan, `CONNECT tunnel ${i}`, true),
+          ),
+        ]);
+        await new Promise((r) => setTimeout(r, 400));
+        const port = fleet.nats.port;
+        fleet.nats.kill();
+        await fleet.nats.exited;
+        await new Promise((r) => setTimeout(r, 300));
+        fleet.nats = await startLocalServer({ port, extraConfig: natsTlsConfig(pki) });
+        const problems = await transfers;
+        for (const c of clients) c.close();
+        assert.deepEqual(
+          problems.filter((p) => p !== undefined),
+          [],
         );
-      } while (fresh.some((p) => p?.includes('dial failed')) && Date.now() < deadline);
-      after.close();
-      assert.deepEqual(
-        fresh.filter((p) => p !== undefined),
-        [],
-      );
-    });
+        // Back to normal: fresh tunnels are exact (the pools hold no buffer still being written).
+        const after = new ProxyStreamClient(`unix:${grpcUds}`);
+        let fresh: (string | undefined)[] = [];
+        const deadline = Date.now() + 20_000;
+        do {
+          await new Promise((r) => setTimeout(r, 250));
+          fresh = await Promise.all(
+            plans(4, 9, 1 * MiB, 2 * MiB).map((plan, i) =>
+              grpcTunnel(after, destination, plan, `fresh tunnel ${i}`, false),
+            ),
+          );
+        } while (fresh.some((p) => p?.includes('dial failed')) && Date.now() < deadline);
+        after.close();
+        assert.deepEqual(
+          fresh.filter((p) => p !== undefined),
+          [],
+        );
+      },
+    );
   });
 
   it('clients that reset their streams mid-transfer leave the other tunnels byte-exact', async () => {
