@@ -186,6 +186,9 @@ class ExpectedStream {
   }
 }
 
+/** Clients made with these options share one HTTP/2 connection (grpc-js's global subchannel pool). */
+const SHARED_CONNECTION = { 'grpc.use_local_subchannel_pool': 0 };
+
 /** How the tunnels of the running test ended (reported per test). */
 const outcomes = { exact: 0, failed: 0 };
 
@@ -431,15 +434,22 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
     }
   }
 
-  it('NATS over TLS: 24 gRPC tunnels on 4 connections (two of them slow readers) and 8 CONNECT tunnels, both ways at once', async () => {
+  it('NATS over TLS: 32 gRPC tunnels on 8 streams, 4 of them sharing one connection (3 slow readers), and 8 CONNECT tunnels, both ways at once', async () => {
     await withFleet({ tls: true, connectDoor: true }, async ({ grpcUds, connectDoor, destination }) => {
-      const clients = Array.from({ length: 4 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
-      const stops = [slowReader(clients[0]!, 11), slowReader(clients[1]!, 12)];
-      const grpcPlans = plans(24, 1, 2 * MiB, 3 * MiB);
+      // Four streams on connections of their own, four more sharing one HTTP/2 connection.
+      const clients = [
+        ...Array.from({ length: 4 }, () => new ProxyStreamClient(`unix:${grpcUds}`)),
+        ...Array.from(
+          { length: 4 },
+          () => new ProxyStreamClient(`unix:${grpcUds}`, undefined, SHARED_CONNECTION),
+        ),
+      ];
+      const stops = [slowReader(clients[0]!, 11), slowReader(clients[1]!, 12), slowReader(clients[4]!, 13)];
+      const grpcPlans = plans(32, 1, 2 * MiB, 3 * MiB);
       const connectPlans = plans(8, 2, 2 * MiB, 3 * MiB);
       const problems = await Promise.all([
         ...grpcPlans.map((plan, i) =>
-          grpcTunnel(clients[i % 4]!, destination, plan, `grpc tunnel ${i}`, false),
+          grpcTunnel(clients[i % 8]!, destination, plan, `grpc tunnel ${i}`, false),
         ),
         ...connectPlans.map((plan, i) =>
           connectTunnel(connectDoor, destination, plan, `CONNECT tunnel ${i}`, false),
@@ -634,9 +644,16 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
 
   it('clients that reset their streams mid-transfer leave the other tunnels byte-exact', async () => {
     await withFleet({ connectDoor: true }, async ({ grpcUds, connectDoor, destination }) => {
-      const steady = Array.from({ length: 2 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
+      // All on one HTTP/2 connection: the resets are of streams beside the steady ones.
+      const steady = Array.from(
+        { length: 2 },
+        () => new ProxyStreamClient(`unix:${grpcUds}`, undefined, SHARED_CONNECTION),
+      );
       const stop = slowReader(steady[0]!, 31);
-      const doomed = Array.from({ length: 4 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
+      const doomed = Array.from(
+        { length: 4 },
+        () => new ProxyStreamClient(`unix:${grpcUds}`, undefined, SHARED_CONNECTION),
+      );
       const random = seededRandom(41);
       const resets = doomed.map(
         (client, i) =>
