@@ -360,6 +360,7 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
       agentFlags?: string[];
       connectDoor?: boolean;
       maxPending?: number;
+      maxPayload?: number;
     },
     body: (ctx: {
       fleet: Fleet;
@@ -376,6 +377,7 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
       fleet.nats = await startLocalServer({
         ...(options.tls ? { extraConfig: natsTlsConfig(pki) } : {}),
         ...(options.maxPending ? { maxPending: options.maxPending, maxPayload: 64 * KiB } : {}),
+        ...(options.maxPayload ? { maxPayload: options.maxPayload } : {}),
       });
       const tlsFlags = options.tls ? ['--nats-tls-ca', pki.ca.cert] : [];
       const grpcUds = fleet.socketPath();
@@ -476,6 +478,30 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
             grpcTunnel(clients[i % 3]!, destination, plan, `grpc tunnel ${i}`, false),
           ),
           ...plans(6, 4, 1 * MiB, 2 * MiB).map((plan, i) =>
+            connectTunnel(connectDoor, destination, plan, `CONNECT tunnel ${i}`, false),
+          ),
+        ]);
+        stop();
+        for (const c of clients) c.close();
+        assert.deepEqual(
+          problems.filter((p) => p !== undefined),
+          [],
+        );
+      },
+    );
+  });
+
+  it('NATS max_payload of 12 KiB: frames smaller than a read, so reads split (in place, then pooled copies), byte-exact', async () => {
+    await withFleet(
+      { connectDoor: true, maxPayload: 12 * KiB },
+      async ({ grpcUds, connectDoor, destination }) => {
+        const clients = Array.from({ length: 2 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
+        const stop = slowReader(clients[0]!, 61);
+        const problems = await Promise.all([
+          ...plans(10, 20, 2 * MiB, 3 * MiB).map((plan, i) =>
+            grpcTunnel(clients[i % 2]!, destination, plan, `grpc tunnel ${i}`, false),
+          ),
+          ...plans(4, 21, 2 * MiB, 3 * MiB).map((plan, i) =>
             connectTunnel(connectDoor, destination, plan, `CONNECT tunnel ${i}`, false),
           ),
         ]);
