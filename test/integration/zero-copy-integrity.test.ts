@@ -681,18 +681,21 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
         () => new ProxyStreamClient(`unix:${grpcUds}`, undefined, SHARED_CONNECTION),
       );
       const random = seededRandom(41);
-      const resets = doomed.map(
-        (client, i) =>
-          new Promise<void>((resolve) =>
-            setTimeout(
-              () => {
-                client.close();
-                resolve();
-              },
-              100 + random() * 600 + i * 50,
-            ),
-          ),
-      );
+      // Each doomed stream is reset once it has received a seeded amount, so its tunnels are mid-transfer.
+      const resets = doomed.map((client) => {
+        const resetAfter = 64 * KiB + Math.floor(random() * MiB);
+        let received = 0;
+        return new Promise<void>((resolve) => {
+          const onData = (_id: number, data: Buffer) => {
+            received += data.length;
+            if (received < resetAfter) return;
+            client.off('data', onData);
+            client.close();
+            resolve();
+          };
+          client.on('data', onData);
+        });
+      });
       const problems = await Promise.all([
         ...plans(10, 10, 3 * MiB, 6 * MiB).map((plan, i) =>
           grpcTunnel(steady[i % 2]!, destination, plan, `steady tunnel ${i}`, false),
