@@ -126,21 +126,22 @@ function headerOf(plan: TunnelPlan): Buffer {
   return header;
 }
 
-/**
- * What a client received, checked as it arrives: the upload's sha256, then
- * the download, each chunk against the expected bytes at its offset.
- */
+/** With ZC_DEBUG set (running the file with plain `node`), the unfinished tunnels' progress every 5 s: where a hang is. */
 const live = new Set<ExpectedStream>();
 if (process.env.ZC_DEBUG)
   setInterval(() => {
     console.error(
       [...live]
         .filter((s) => !s.ended)
-        .map((s) => `${s.label}:${s.received}/${s.expected.length}${s.ended}`)
+        .map((s) => `${s.label}:${s.received}/${s.expected.length}`)
         .join(' '),
     );
   }, 5000).unref();
 
+/**
+ * What a client received, checked as it arrives: the upload's sha256, then
+ * the download, each chunk against the expected bytes at its offset.
+ */
 class ExpectedStream {
   readonly expected: Buffer;
   received = 0;
@@ -320,6 +321,68 @@ async function connectTunnel(
   return allowFailure ? undefined : `${label}: failed: ${error} after ${stream.received} bytes`;
 }
 
+/**
+ * Runs every plan at once: the gRPC ones spread over `clients`, the CONNECT
+ * ones each on a connection of its own. Resolves with what went wrong.
+ */
+async function transfers(load: {
+  destination: string;
+  clients: ProxyStreamClient[];
+  grpcPlans: TunnelPlan[];
+  connectDoor?: ConnectDoor;
+  connectPlans?: TunnelPlan[];
+  allowFailure?: boolean;
+  label?: string;
+}): Promise<string[]> {
+  const allowFailure = load.allowFailure ?? false;
+  const label = load.label ?? 'grpc';
+  const problems = await Promise.all([
+    ...load.grpcPlans.map((plan, i) =>
+      grpcTunnel(
+        load.clients[i % load.clients.length]!,
+        load.destination,
+        plan,
+        `${label} tunnel ${i}`,
+        allowFailure,
+      ),
+    ),
+    ...(load.connectPlans ?? []).map((plan, i) =>
+      connectTunnel(load.connectDoor!, load.destination, plan, `CONNECT tunnel ${i}`, allowFailure),
+    ),
+  ]);
+  return problems.filter((p) => p !== undefined);
+}
+
+function assertNoProblems(problems: string[]): void {
+  assert.deepEqual(problems, []);
+}
+
+/** SIGSTOP `pid` after `afterMs`, SIGCONT `forMs` later. */
+async function freeze(pid: number, afterMs: number, forMs: number): Promise<void> {
+  await new Promise((r) => setTimeout(r, afterMs));
+  process.kill(pid, 'SIGSTOP');
+  await new Promise((r) => setTimeout(r, forMs));
+  process.kill(pid, 'SIGCONT');
+}
+
+/** After a fault: new tunnels (once dials succeed again) carry their bytes exactly. */
+async function assertFreshTunnelsExact(grpcUds: string, destination: string, seed: number): Promise<void> {
+  const client = new ProxyStreamClient(`unix:${grpcUds}`);
+  let problems: string[] = [];
+  const deadline = Date.now() + 20_000;
+  do {
+    await new Promise((r) => setTimeout(r, 250));
+    problems = await transfers({
+      destination,
+      clients: [client],
+      grpcPlans: plans(4, seed, 1 * MiB, 2 * MiB),
+      label: 'fresh',
+    });
+  } while (problems.some((p) => p.includes('dial failed')) && Date.now() < deadline);
+  client.close();
+  assertNoProblems(problems);
+}
+
 function natsTlsConfig(pki: Pki): string {
   return `tls { cert_file: "${pki.server.cert}", key_file: "${pki.server.key}", timeout: 2 }`;
 }
@@ -447,178 +510,102 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
         ),
       ];
       const stops = [slowReader(clients[0]!, 11), slowReader(clients[1]!, 12), slowReader(clients[4]!, 13)];
-      const grpcPlans = plans(32, 1, 2 * MiB, 3 * MiB);
-      const connectPlans = plans(8, 2, 2 * MiB, 3 * MiB);
-      const problems = await Promise.all([
-        ...grpcPlans.map((plan, i) =>
-          grpcTunnel(clients[i % 8]!, destination, plan, `grpc tunnel ${i}`, false),
-        ),
-        ...connectPlans.map((plan, i) =>
-          connectTunnel(connectDoor, destination, plan, `CONNECT tunnel ${i}`, false),
-        ),
-      ]);
+      assertNoProblems(
+        await transfers({
+          destination,
+          clients,
+          grpcPlans: plans(32, 1, 2 * MiB, 3 * MiB),
+          connectDoor,
+          connectPlans: plans(8, 2, 2 * MiB, 3 * MiB),
+        }),
+      );
       for (const stop of stops) stop();
       for (const c of clients) c.close();
-      assert.deepEqual(
-        problems.filter((p) => p !== undefined),
-        [],
-      );
     });
   });
 
-  it('credit short both ways (64 KiB window, no budget): reads split across frames, odd write sizes, byte-exact', async () => {
-    const credit = ['--tunnel-window', String(64 * KiB), '--receive-budget', '0'];
-    await withFleet(
-      { connectDoor: true, frontendFlags: credit, agentFlags: credit },
-      async ({ grpcUds, connectDoor, destination }) => {
-        const clients = Array.from({ length: 3 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
-        const stop = slowReader(clients[0]!, 21);
-        const problems = await Promise.all([
-          ...plans(12, 3, 1 * MiB, 2 * MiB).map((plan, i) =>
-            grpcTunnel(clients[i % 3]!, destination, plan, `grpc tunnel ${i}`, false),
-          ),
-          ...plans(6, 4, 1 * MiB, 2 * MiB).map((plan, i) =>
-            connectTunnel(connectDoor, destination, plan, `CONNECT tunnel ${i}`, false),
-          ),
-        ]);
-        stop();
-        for (const c of clients) c.close();
-        assert.deepEqual(
-          problems.filter((p) => p !== undefined),
-          [],
-        );
-      },
-    );
-  });
-
-  it('NATS max_payload of 12 KiB: frames smaller than a read, so reads split (in place, then pooled copies), byte-exact', async () => {
-    await withFleet(
-      { connectDoor: true, maxPayload: 12 * KiB },
-      async ({ grpcUds, connectDoor, destination }) => {
-        const clients = Array.from({ length: 2 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
-        const stop = slowReader(clients[0]!, 61);
-        const problems = await Promise.all([
-          ...plans(10, 20, 2 * MiB, 3 * MiB).map((plan, i) =>
-            grpcTunnel(clients[i % 2]!, destination, plan, `grpc tunnel ${i}`, false),
-          ),
-          ...plans(4, 21, 2 * MiB, 3 * MiB).map((plan, i) =>
-            connectTunnel(connectDoor, destination, plan, `CONNECT tunnel ${i}`, false),
-          ),
-        ]);
-        stop();
-        for (const c of clients) c.close();
-        assert.deepEqual(
-          problems.filter((p) => p !== undefined),
-          [],
-        );
-      },
-    );
-  });
-
-  it('nats-server stalled (SIGSTOP 1.5 s) mid-transfer over TLS: every tunnel byte-exact or failed visibly', async () => {
-    await withFleet(
-      { tls: true, connectDoor: true },
-      async ({ fleet, grpcUds, connectDoor, destination }) => {
-        const clients = Array.from({ length: 2 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
-        const transfers = Promise.all([
-          ...plans(12, 5, 4 * MiB, 8 * MiB).map((plan, i) =>
-            grpcTunnel(clients[i % 2]!, destination, plan, `grpc tunnel ${i}`, true),
-          ),
-          ...plans(6, 6, 4 * MiB, 8 * MiB).map((plan, i) =>
-            connectTunnel(connectDoor, destination, plan, `CONNECT tunnel ${i}`, true),
-          ),
-        ]);
-        await new Promise((r) => setTimeout(r, 400));
-        process.kill(fleet.nats.pid, 'SIGSTOP');
-        await new Promise((r) => setTimeout(r, 1500));
-        process.kill(fleet.nats.pid, 'SIGCONT');
-        const problems = await transfers;
-        for (const c of clients) c.close();
-        assert.deepEqual(
-          problems.filter((p) => p !== undefined),
-          [],
-        );
-      },
-    );
-  });
-
-  it('nats-server over TLS stalled past the ping timeout (SIGSTOP 12 s): every tunnel byte-exact or failed visibly, then new tunnels work', async () => {
-    await withFleet(
-      { tls: true, connectDoor: true },
-      async ({ fleet, grpcUds, connectDoor, destination }) => {
-        const clients = Array.from({ length: 2 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
-        const transfers = Promise.all([
-          ...plans(8, 15, 4 * MiB, 16 * MiB).map((plan, i) =>
-            grpcTunnel(clients[i % 2]!, destination, plan, `grpc tunnel ${i}`, true),
-          ),
-          ...plans(4, 16, 4 * MiB, 16 * MiB).map((plan, i) =>
-            connectTunnel(connectDoor, destination, plan, `CONNECT tunnel ${i}`, true),
-          ),
-        ]);
-        await new Promise((r) => setTimeout(r, 400));
-        process.kill(fleet.nats.pid, 'SIGSTOP');
-        await new Promise((r) => setTimeout(r, 12_000));
-        process.kill(fleet.nats.pid, 'SIGCONT');
-        const problems = await transfers;
-        for (const c of clients) c.close();
-        assert.deepEqual(
-          problems.filter((p) => p !== undefined),
-          [],
-        );
-        const after = new ProxyStreamClient(`unix:${grpcUds}`);
-        let fresh: (string | undefined)[] = [];
-        const deadline = Date.now() + 20_000;
-        do {
-          await new Promise((r) => setTimeout(r, 250));
-          fresh = await Promise.all(
-            plans(4, 17, 1 * MiB, 2 * MiB).map((plan, i) =>
-              grpcTunnel(after, destination, plan, `fresh tunnel ${i}`, false),
-            ),
+  // Two ways to make reads split across frames: credit shorter than a read, frames shorter than a read.
+  const credit = ['--tunnel-window', String(64 * KiB), '--receive-budget', '0'];
+  for (const split of [
+    {
+      what: 'credit short both ways (64 KiB window, no budget): reads split across frames, odd write sizes',
+      options: { frontendFlags: credit, agentFlags: credit },
+      seed: 3,
+      grpc: 12,
+      connect: 6,
+      maxBytes: 2 * MiB,
+    },
+    {
+      what: 'NATS max_payload of 12 KiB: frames smaller than a read, so reads split (in place, then pooled copies)',
+      options: { maxPayload: 12 * KiB },
+      seed: 20,
+      grpc: 10,
+      connect: 4,
+      maxBytes: 3 * MiB,
+    },
+  ]) {
+    it(`${split.what}, byte-exact`, async () => {
+      await withFleet(
+        { connectDoor: true, ...split.options },
+        async ({ grpcUds, connectDoor, destination }) => {
+          const clients = Array.from({ length: 3 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
+          const stop = slowReader(clients[0]!, split.seed + 100);
+          assertNoProblems(
+            await transfers({
+              destination,
+              clients,
+              grpcPlans: plans(split.grpc, split.seed, 1 * MiB, split.maxBytes),
+              connectDoor,
+              connectPlans: plans(split.connect, split.seed + 1, 1 * MiB, split.maxBytes),
+            }),
           );
-        } while (fresh.some((p) => p?.includes('dial failed')) && Date.now() < deadline);
-        after.close();
-        assert.deepEqual(
-          fresh.filter((p) => p !== undefined),
-          [],
-        );
-      },
-    );
-  });
+          stop();
+          for (const c of clients) c.close();
+        },
+      );
+    });
+  }
+
+  // Shorter than nats.js's ping timeout (the connection survives), and longer (it is dropped and redialed).
+  for (const stall of [
+    { ms: 1500, what: '', seed: 5, maxDown: 8 * MiB, grpc: 12, connect: 6 },
+    { ms: 12_000, what: ' past the ping timeout', seed: 15, maxDown: 16 * MiB, grpc: 8, connect: 4 },
+  ]) {
+    it(`nats-server over TLS stalled${stall.what} (SIGSTOP ${stall.ms / 1000} s) mid-transfer: every tunnel byte-exact or failed visibly, then new tunnels work`, async () => {
+      await withFleet(
+        { tls: true, connectDoor: true },
+        async ({ fleet, grpcUds, connectDoor, destination }) => {
+          const clients = Array.from({ length: 2 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
+          const running = transfers({
+            destination,
+            clients,
+            grpcPlans: plans(stall.grpc, stall.seed, 4 * MiB, stall.maxDown),
+            connectDoor,
+            connectPlans: plans(stall.connect, stall.seed + 1, 4 * MiB, stall.maxDown),
+            allowFailure: true,
+          });
+          await freeze(fleet.nats.pid, 400, stall.ms);
+          assertNoProblems(await running);
+          for (const c of clients) c.close();
+          await assertFreshTunnelsExact(grpcUds, destination, stall.seed + 2);
+        },
+      );
+    });
+  }
 
   it('a frontend frozen (SIGSTOP 3 s) behind a small NATS max_pending (slow consumer) mid-download: every tunnel byte-exact or failed visibly, then new tunnels work', async () => {
     await withFleet({ maxPending: 256 * KiB }, async ({ grpcUds, destination, grpcFrontend }) => {
       const clients = Array.from({ length: 2 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
-      const transfers = Promise.all(
-        plans(10, 18, 256 * KiB, 16 * MiB).map((plan, i) =>
-          grpcTunnel(clients[i % 2]!, destination, plan, `grpc tunnel ${i}`, true),
-        ),
-      );
-      await new Promise((r) => setTimeout(r, 400));
-      grpcFrontend.child.kill('SIGSTOP');
-      await new Promise((r) => setTimeout(r, 3000));
-      grpcFrontend.child.kill('SIGCONT');
-      const problems = await transfers;
+      const running = transfers({
+        destination,
+        clients,
+        grpcPlans: plans(10, 18, 256 * KiB, 16 * MiB),
+        allowFailure: true,
+      });
+      await freeze(grpcFrontend.child.pid!, 400, 3000);
+      assertNoProblems(await running);
       for (const c of clients) c.close();
-      assert.deepEqual(
-        problems.filter((p) => p !== undefined),
-        [],
-      );
-      const after = new ProxyStreamClient(`unix:${grpcUds}`);
-      let fresh: (string | undefined)[] = [];
-      const deadline = Date.now() + 20_000;
-      do {
-        await new Promise((r) => setTimeout(r, 250));
-        fresh = await Promise.all(
-          plans(4, 19, 1 * MiB, 2 * MiB).map((plan, i) =>
-            grpcTunnel(after, destination, plan, `fresh tunnel ${i}`, false),
-          ),
-        );
-      } while (fresh.some((p) => p?.includes('dial failed')) && Date.now() < deadline);
-      after.close();
-      assert.deepEqual(
-        fresh.filter((p) => p !== undefined),
-        [],
-      );
+      await assertFreshTunnelsExact(grpcUds, destination, 19);
     });
   });
 
@@ -627,43 +614,23 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
       { tls: true, connectDoor: true },
       async ({ fleet, grpcUds, connectDoor, destination }) => {
         const clients = Array.from({ length: 2 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
-        const transfers = Promise.all([
-          ...plans(12, 7, 4 * MiB, 8 * MiB).map((plan, i) =>
-            grpcTunnel(clients[i % 2]!, destination, plan, `grpc tunnel ${i}`, true),
-          ),
-          ...plans(6, 8, 4 * MiB, 8 * MiB).map((plan, i) =>
-            connectTunnel(connectDoor, destination, plan, `CONNECT tunnel ${i}`, true),
-          ),
-        ]);
+        const running = transfers({
+          destination,
+          clients,
+          grpcPlans: plans(12, 7, 4 * MiB, 8 * MiB),
+          connectDoor,
+          connectPlans: plans(6, 8, 4 * MiB, 8 * MiB),
+          allowFailure: true,
+        });
         await new Promise((r) => setTimeout(r, 400));
         const port = fleet.nats.port;
         fleet.nats.kill();
         await fleet.nats.exited;
         await new Promise((r) => setTimeout(r, 300));
         fleet.nats = await startLocalServer({ port, extraConfig: natsTlsConfig(pki) });
-        const problems = await transfers;
+        assertNoProblems(await running);
         for (const c of clients) c.close();
-        assert.deepEqual(
-          problems.filter((p) => p !== undefined),
-          [],
-        );
-        // Back to normal: fresh tunnels are exact (the pools hold no buffer still being written).
-        const after = new ProxyStreamClient(`unix:${grpcUds}`);
-        let fresh: (string | undefined)[] = [];
-        const deadline = Date.now() + 20_000;
-        do {
-          await new Promise((r) => setTimeout(r, 250));
-          fresh = await Promise.all(
-            plans(4, 9, 1 * MiB, 2 * MiB).map((plan, i) =>
-              grpcTunnel(after, destination, plan, `fresh tunnel ${i}`, false),
-            ),
-          );
-        } while (fresh.some((p) => p?.includes('dial failed')) && Date.now() < deadline);
-        after.close();
-        assert.deepEqual(
-          fresh.filter((p) => p !== undefined),
-          [],
-        );
+        await assertFreshTunnelsExact(grpcUds, destination, 9);
       },
     );
   });
@@ -697,23 +664,25 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
         });
       });
       const problems = await Promise.all([
-        ...plans(10, 10, 3 * MiB, 6 * MiB).map((plan, i) =>
-          grpcTunnel(steady[i % 2]!, destination, plan, `steady tunnel ${i}`, false),
-        ),
-        ...plans(6, 12, 1 * MiB, 2 * MiB).map((plan, i) =>
-          connectTunnel(connectDoor, destination, plan, `CONNECT tunnel ${i}`, false),
-        ),
-        ...plans(12, 11, 3 * MiB, 6 * MiB).map((plan, i) =>
-          grpcTunnel(doomed[i % 4]!, destination, plan, `reset tunnel ${i}`, true),
-        ),
+        transfers({
+          destination,
+          clients: steady,
+          grpcPlans: plans(10, 10, 3 * MiB, 6 * MiB),
+          connectDoor,
+          connectPlans: plans(6, 12, 1 * MiB, 2 * MiB),
+        }),
+        transfers({
+          destination,
+          clients: doomed,
+          grpcPlans: plans(12, 11, 3 * MiB, 6 * MiB),
+          allowFailure: true,
+          label: 'reset',
+        }),
       ]);
       await Promise.all(resets);
       stop();
       for (const c of steady) c.close();
-      assert.deepEqual(
-        problems.filter((p) => p !== undefined),
-        [],
-      );
+      assertNoProblems(problems.flat());
     });
   });
 
@@ -733,18 +702,18 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
       const victim = await fleet.spawnFrontend(uds);
       const clients = Array.from({ length: 4 }, () => new ProxyStreamClient(`unix:${uds}`));
       const stops = clients.map((c, i) => slowReader(c, 50 + i));
-      const transfers = plans(16, 13, 64 * KiB, 16 * MiB).map((plan, i) =>
-        grpcTunnel(clients[i % 4]!, destination, { ...plan, download: 16 * MiB }, `doomed ${i}`, true),
-      );
+      const running = transfers({
+        destination,
+        clients,
+        grpcPlans: plans(16, 13, 64 * KiB, 16 * MiB).map((plan) => ({ ...plan, download: 16 * MiB })),
+        allowFailure: true,
+        label: 'doomed',
+      });
       await new Promise((r) => setTimeout(r, 700));
       victim.child.kill('SIGKILL');
-      const problems = await Promise.all(transfers);
+      assertNoProblems(await running);
       for (const stop of stops) stop();
       for (const c of clients) c.close();
-      assert.deepEqual(
-        problems.filter((p) => p !== undefined),
-        [],
-      );
       assert.equal(agent.child.exitCode, null, 'the agent is still running');
       // No orphans: the agent closes its destination sockets (confirm/probe timeouts, <= 15 s).
       const deadline = Date.now() + 20_000;
@@ -758,17 +727,7 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
       // A new frontend: the agent's pools hold no buffer still being written.
       const freshUds = fleet.socketPath();
       await fleet.spawnFrontend(freshUds);
-      const client = new ProxyStreamClient(`unix:${freshUds}`);
-      const fresh = await Promise.all(
-        plans(6, 14, 1 * MiB, 4 * MiB).map((plan, i) =>
-          grpcTunnel(client, destination, plan, `fresh ${i}`, false),
-        ),
-      );
-      client.close();
-      assert.deepEqual(
-        fresh.filter((p) => p !== undefined),
-        [],
-      );
+      await assertFreshTunnelsExact(freshUds, destination, 14);
     });
   });
 });
