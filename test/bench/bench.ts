@@ -33,6 +33,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { DATA_HEADER_BYTES, MAX_DATA_PAYLOAD } from '../../broker/codec.js';
+import { defaultCreditSettings } from '../../broker/credit.js';
 import { findNatsServer, type LocalServer, startLocalServer } from '../../broker/local-server.js';
 import { TEST_ALLOWED_DESTINATIONS } from '../helpers/fleet.js';
 import {
@@ -556,25 +557,7 @@ class Bench {
 
     const natsRelay = async () => {
       progress(`throughput${this.roundLabel()}: TCP -> NATS -> TCP, nats.js alone (floor) ${label}`);
-      const subject = 'bench.floor.relay';
-      const creditSubject = `${subject}.credit`;
-      const url = this.fleet.nats.url;
-      const total = bytes + warmup;
-      const r = await this.measured(
-        'throughput NATS relay floor down',
-        async () => {
-          const ready = this.w1.once('ready');
-          const sender = this.w1.request({ cmd: 'floor-send', url, subject, creditSubject, bytes: total });
-          await ready;
-          const receiver = this.w2.request<ThroughputResult>(
-            { cmd: 'floor-receive', url, subject, creditSubject, window: 4 * MiB, bytes: total },
-            600_000,
-          );
-          const [, result] = await Promise.all([sender, receiver]);
-          return result;
-        },
-        total,
-      );
+      const r = await this.floorRelay('throughput NATS relay floor down', 1, bytes + warmup, 4 * MiB);
       return mbps(r);
     };
 
@@ -715,6 +698,35 @@ class Bench {
         }
       }
     }
+  }
+
+  /**
+   * The floor relay (nats-relay-floor.ts): `streams` downloads of `bytes`
+   * each from the bulk destination, through load-1 (sender), NATS and
+   * load-2 (receiver) back to it, each stream under its own `window`.
+   */
+  private async floorRelay(what: string, streams: number, bytes: number, window: number) {
+    const url = this.fleet.nats.url;
+    const subject = 'bench.floor.data';
+    const creditSubject = 'bench.floor.credit';
+    return this.measured(
+      what,
+      async () => {
+        const ready = this.w1.once('ready');
+        const sender = this.w1.request(
+          { cmd: 'floor-send', url, subject, creditSubject, bytes, streams },
+          600_000,
+        );
+        await ready;
+        const receiver = this.w2.request<ThroughputResult>(
+          { cmd: 'floor-receive', url, subject, creditSubject, window, bytes, streams },
+          600_000,
+        );
+        const [, result] = await Promise.all([sender, receiver]);
+        return result;
+      },
+      bytes * streams,
+    );
   }
 
   // ---- 2. round trips ----
@@ -1231,6 +1243,41 @@ class Bench {
       { idle: `TCP relay hop per conn (${relayIdle})`, active: 'same via TCP relay' },
       { text: '<= 16 KiB', ok: (v) => v <= 16 },
     );
+    await this.floorRelayMany();
+  }
+
+  /**
+   * The design's floor for the 1,000-tunnel row: the floor relay with as many
+   * streams of 1 MiB, each under the window a tunnel gets when that many share
+   * the default receive budget, against one stream under a full window.
+   */
+  private async floorRelayMany(): Promise<void> {
+    const { activeTunnels, activeBytes, oneTunnelBytes } = this.sizes;
+    const window = defaultCreditSettings.minWindow + Math.floor(defaultCreditSettings.budget / activeTunnels);
+    progress(
+      `many tunnels: floor relay, ${activeTunnels} streams x ${activeBytes / MiB} MiB, then one stream`,
+    );
+    const many = await this.floorRelay(
+      `many: floor relay ${activeTunnels} streams`,
+      activeTunnels,
+      activeBytes,
+      window,
+    );
+    const one = await this.floorRelay(
+      'many: floor relay one stream',
+      1,
+      oneTunnelBytes,
+      defaultCreditSettings.window,
+    );
+    const mbps = (r: ThroughputResult) => r.bytes / MB / r.seconds;
+    this.add({
+      scenario: 'many',
+      figure: `floor relay, ${activeTunnels} streams x 1 MiB: aggregate vs one stream (baseline)`,
+      value: round(mbps(many), 1),
+      unit: 'MB/s',
+      baseline: { name: 'one stream alone', value: round(mbps(one), 1), unit: 'MB/s' },
+      ratio: round(mbps(many) / mbps(one), 2),
+    });
   }
 
   // ---- 5. noisy neighbour ----

@@ -76,7 +76,7 @@ export type WorkerCommand =
       bytes: number;
     }
   /** The floor's sender: bulk destination -> NATS (see nats-relay-floor.ts). */
-  | { cmd: 'floor-send'; url: string; subject: string; creditSubject: string; bytes: number }
+  | { cmd: 'floor-send'; url: string; subject: string; creditSubject: string; bytes: number; streams: number }
   /** The floor's receiver: NATS -> bulk destination. */
   | {
       cmd: 'floor-receive';
@@ -85,6 +85,7 @@ export type WorkerCommand =
       creditSubject: string;
       window: number;
       bytes: number;
+      streams: number;
     }
   | {
       cmd: 'nats-sub';

@@ -461,8 +461,14 @@ async function run(command: WorkerCommand): Promise<unknown> {
         await closeNats();
       }
     case 'floor-send':
-      return floorSend(command.url, command.subject, command.creditSubject, bulkPort(), command.bytes, () =>
-        process.send?.({ id: 0, event: 'ready' } satisfies WorkerReply),
+      return floorSend(
+        command.url,
+        command.subject,
+        command.creditSubject,
+        bulkPort(),
+        command.bytes,
+        command.streams,
+        () => process.send?.({ id: 0, event: 'ready' } satisfies WorkerReply),
       );
     case 'floor-receive':
       return floorReceive(
@@ -472,6 +478,7 @@ async function run(command: WorkerCommand): Promise<unknown> {
         bulkPort(),
         command.window,
         command.bytes,
+        command.streams,
       );
     case 'nats-sub':
       try {

@@ -35,9 +35,9 @@ async function bulkSocket(port: number): Promise<Socket> {
 }
 
 /**
- * Sender: asks the bulk destination for `bytes` and publishes them on
- * `subject` within the credit granted on `creditSubject`. `ready()` once it
- * listens for credit.
+ * Sender: `streams` connections to the bulk destination, each asked for
+ * `bytes`, published on `subject`.K (K = 0..streams-1) within the credit
+ * granted on `creditSubject`.K. `ready()` once it listens for credit.
  */
 export async function floorSend(
   url: string,
@@ -45,48 +45,56 @@ export async function floorSend(
   creditSubject: string,
   bulkPort: number,
   bytes: number,
+  streams: number,
   ready: () => void,
 ): Promise<{ sent: number }> {
   const nc: NatsConnection = await natsConnect({ servers: url, name: 'bench-floor-send' });
-  const socket = await bulkSocket(bulkPort);
+  const sockets = await Promise.all(Array.from({ length: streams }, () => bulkSocket(bulkPort)));
   try {
-    let limit = 0;
-    let sent = 0;
-    socket.pause();
+    const limits = new Array<number>(streams).fill(0);
+    const sent = new Array<number>(streams).fill(0);
+    let finished = 0;
     const done = new Promise<void>((resolve, reject) => {
-      socket.on('error', reject);
-      socket.on('data', (chunk: Buffer) => {
-        for (let off = 0; off < chunk.length; off += FRAME_PAYLOAD) {
-          nc.publish(subject, chunk.subarray(off, off + FRAME_PAYLOAD));
-        }
-        sent += chunk.length;
-        if (sent >= bytes) resolve();
-        else if (sent >= limit) socket.pause();
+      sockets.forEach((socket, k) => {
+        const frames = `${subject}.${k}`;
+        socket.pause();
+        socket.on('error', reject);
+        socket.on('data', (chunk: Buffer) => {
+          for (let off = 0; off < chunk.length; off += FRAME_PAYLOAD) {
+            nc.publish(frames, chunk.subarray(off, off + FRAME_PAYLOAD));
+          }
+          sent[k]! += chunk.length;
+          if (sent[k]! >= bytes) {
+            if (++finished === streams) resolve();
+          } else if (sent[k]! >= limits[k]!) socket.pause();
+        });
       });
-      nc.subscribe(creditSubject, {
+      nc.subscribe(`${creditSubject}.*`, {
         callback: (err, msg) => {
           if (err) return reject(err);
-          limit = Math.max(limit, Buffer.from(msg.data).readUIntBE(0, 6));
-          if (sent < limit) socket.resume();
+          const k = Number(msg.subject.slice(creditSubject.length + 1));
+          limits[k] = Math.max(limits[k]!, Buffer.from(msg.data).readUIntBE(0, 6));
+          if (sent[k]! < limits[k]! && sent[k]! < bytes) sockets[k]!.resume();
         },
       });
     });
     await nc.flush();
-    socket.write(bulkHeader('D', bytes));
+    for (const socket of sockets) socket.write(bulkHeader('D', bytes));
     ready();
     await done;
     await nc.flush();
-    return { sent };
+    return { sent: sent.reduce((a, b) => a + b, 0) };
   } finally {
-    socket.destroy();
+    for (const socket of sockets) socket.destroy();
     await nc.close();
   }
 }
 
 /**
- * Receiver: uploads what arrives on `subject` to the bulk destination and
- * grants credit as it is written; times from the first grant to the
- * destination's acknowledgement of all `bytes`.
+ * Receiver: uploads what arrives on `subject`.K to its own connection to
+ * the bulk destination and grants credit as it is written; times from the
+ * first grants to the destination's acknowledgement of every stream's
+ * `bytes`.
  */
 export async function floorReceive(
   url: string,
@@ -95,37 +103,44 @@ export async function floorReceive(
   bulkPort: number,
   window: number,
   bytes: number,
+  streams: number,
 ): Promise<ThroughputResult> {
   const nc: NatsConnection = await natsConnect({ servers: url, name: 'bench-floor-receive' });
-  const socket = await bulkSocket(bulkPort);
+  const sockets = await Promise.all(Array.from({ length: streams }, () => bulkSocket(bulkPort)));
   try {
-    const acknowledged = new Promise<void>((resolve, reject) => {
-      socket.on('error', reject);
-      socket.on('data', () => resolve()); // the destination's 6-byte answer once all bytes arrived
-    });
-    socket.write(bulkHeader('U', bytes));
-    let written = 0;
-    let limit = window;
-    nc.subscribe(subject, {
+    const acknowledged = Promise.all(
+      sockets.map(
+        (socket) =>
+          new Promise<void>((resolve, reject) => {
+            socket.on('error', reject);
+            socket.on('data', () => resolve()); // the destination's 6-byte answer once all bytes arrived
+          }),
+      ),
+    );
+    for (const socket of sockets) socket.write(bulkHeader('U', bytes));
+    const written = new Array<number>(streams).fill(0);
+    const limits = new Array<number>(streams).fill(window);
+    nc.subscribe(`${subject}.*`, {
       callback: (err, msg) => {
         if (err) return;
+        const k = Number(msg.subject.slice(subject.length + 1));
         const n = msg.data.length;
-        socket.write(msg.data, () => {
-          written += n;
-          if (written + window - limit >= window / 4) {
-            limit = written + window;
-            nc.publish(creditSubject, offsetBytes(limit));
+        sockets[k]!.write(msg.data, () => {
+          written[k]! += n;
+          if (written[k]! + window - limits[k]! >= window / 4) {
+            limits[k] = written[k]! + window;
+            nc.publish(`${creditSubject}.${k}`, offsetBytes(limits[k]!));
           }
         });
       },
     });
     await nc.flush();
     const started = performance.now();
-    nc.publish(creditSubject, offsetBytes(limit));
+    for (let k = 0; k < streams; k++) nc.publish(`${creditSubject}.${k}`, offsetBytes(window));
     await acknowledged;
-    return { seconds: (performance.now() - started) / 1000, bytes };
+    return { seconds: (performance.now() - started) / 1000, bytes: bytes * streams };
   } finally {
-    socket.destroy();
+    for (const socket of sockets) socket.destroy();
     await nc.close();
   }
 }
