@@ -183,7 +183,8 @@ async function freePorts(host: string, count: number): Promise<number[]> {
   }
 }
 
-async function freePort(host: string): Promise<number> {
+/** A free TCP port on `host` (held briefly, then released for a child process to take). */
+export async function freePort(host = DEFAULT_HOST): Promise<number> {
   const [port] = await freePorts(host, 1);
   return port!;
 }

@@ -34,7 +34,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { DATA_HEADER_BYTES, MAX_DATA_PAYLOAD } from '../../broker/codec.js';
 import { defaultCreditSettings } from '../../broker/credit.js';
-import { findNatsServer, type LocalServer, startLocalServer } from '../../broker/local-server.js';
+import { findNatsServer, freePort, type LocalServer, startLocalServer } from '../../broker/local-server.js';
 import { TEST_ALLOWED_DESTINATIONS } from '../helpers/fleet.js';
 import {
   type BenchResult,
@@ -64,7 +64,6 @@ import { formatStages, parseStages, type StageScrape, stagesBetween } from './di
 import {
   cpuSeconds,
   firstJsonLine,
-  freePort,
   httpGet,
   killAllSync,
   LoadWorker,

@@ -7,7 +7,6 @@
 import { type ChildProcess, fork, spawn } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
-import net from 'node:net';
 import type { WorkerCommand, WorkerReply, WorkerRequest } from './common.js';
 
 export interface Proc {
@@ -105,18 +104,6 @@ export function firstJsonLine<T>(proc: Proc, timeoutMs = 15_000): Promise<T> {
       reject(new Error(`${proc.name} exited with ${code}\n${proc.stderrTail()}`));
     });
   });
-}
-
-/** A free TCP port on loopback (held briefly, then released for a child to take). */
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const port = (server.address() as net.AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 export async function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {

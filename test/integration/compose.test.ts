@@ -25,7 +25,6 @@ import assert from 'node:assert/strict';
 import { execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -37,7 +36,7 @@ import { parseAllDocuments, parse as parseYaml } from 'yaml';
 import { type RunningAgent, startAgent } from '../../agent/agent.js';
 import type { NatsSettings } from '../../broker/connection.js';
 import { ErrorCode, KnatsError } from '../../broker/errors.js';
-import { findNatsServer, type LocalServer, startLocalServer } from '../../broker/local-server.js';
+import { findNatsServer, freePort, type LocalServer, startLocalServer } from '../../broker/local-server.js';
 import { silentLogger } from '../../broker/logging.js';
 import { AGENT_QUEUE, Subjects } from '../../broker/subjects.js';
 import { brokerFlags } from '../../cli/broker-command.js';
@@ -2219,14 +2218,6 @@ function commandMissing(...commands: string[]): string | false {
     }
   }
   return false;
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 /** `knats ARGS < input`, the built CLI as a child process with a service's environment. */

@@ -12,6 +12,7 @@ import { type AddressInfo, connect, createServer } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { defaultCreditSettings } from '../../broker/credit.js';
+import { freePort } from '../../broker/local-server.js';
 import { createLogger, silentLogger } from '../../broker/logging.js';
 import { frontendConfig } from '../../cli/config.js';
 import { type FrontendConfig, type RunningFrontend, startFrontend } from '../../frontend/frontend.js';
@@ -79,14 +80,6 @@ async function metric(healthPort: number, selector: string): Promise<number> {
     if (labels.every((l) => have.includes(l))) total += Number(sample[3]);
   }
   return total;
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 /** socat from a loopback port to the frontend's Unix socket (curl cannot CONNECT over a Unix socket). */

@@ -8,12 +8,12 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
+import { freePort } from '../../broker/local-server.js';
 import { createLogger, silentLogger } from '../../broker/logging.js';
 import { frontendConfig } from '../../cli/config.js';
 import { type RunningFrontend, startFrontend } from '../../frontend/frontend.js';
@@ -30,14 +30,6 @@ import { eventually, Fleet, fetchText } from '../helpers/fleet.js';
 import { ProxyStreamClient } from '../helpers/proxy-client.js';
 
 const run = promisify(execFile);
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 function tlsFlags(server: KeyPair, ca: KeyPair): string[] {
   return ['--server-cert', server.cert, '--server-key', server.key, '--server-ca-cert', ca.cert];

@@ -15,11 +15,11 @@ import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { type AddressInfo, createServer, connect as netConnect, type Server, type Socket } from 'node:net';
+import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
-import { startLocalServer } from '../../broker/local-server.js';
+import { freePort, startLocalServer } from '../../broker/local-server.js';
 import { createPki, type Pki } from '../helpers/certs.js';
 import { randomBytesSeeded } from '../helpers/destinations.js';
 import { Fleet, fetchText } from '../helpers/fleet.js';
@@ -385,14 +385,6 @@ async function assertFreshTunnelsExact(grpcUds: string, destination: string, see
 
 function natsTlsConfig(pki: Pki): string {
   return `tls { cert_file: "${pki.server.cert}", key_file: "${pki.server.key}", timeout: 2 }`;
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 describe('zero-copy data path: byte-exact under load and faults (real processes)', () => {
