@@ -383,6 +383,30 @@ async function assertFreshTunnelsExact(grpcUds: string, destination: string, see
   assertNoProblems(problems);
 }
 
+/**
+ * Two gRPC clients (and the CONNECT door, given plans for it) transfer while
+ * `fault` runs: every tunnel ends byte-exact or failed visibly, and new
+ * tunnels afterwards carry their bytes exactly.
+ */
+async function transfersThroughFault(
+  at: { grpcUds: string; destination: string; connectDoor?: ConnectDoor },
+  load: { grpcPlans: TunnelPlan[]; connectPlans?: TunnelPlan[]; freshSeed: number },
+  fault: () => Promise<void>,
+): Promise<void> {
+  const clients = Array.from({ length: 2 }, () => new ProxyStreamClient(`unix:${at.grpcUds}`));
+  const running = transfers({
+    destination: at.destination,
+    clients,
+    grpcPlans: load.grpcPlans,
+    ...(load.connectPlans ? { connectDoor: at.connectDoor!, connectPlans: load.connectPlans } : {}),
+    allowFailure: true,
+  });
+  await fault();
+  assertNoProblems(await running);
+  for (const c of clients) c.close();
+  await assertFreshTunnelsExact(at.grpcUds, at.destination, load.freshSeed);
+}
+
 function natsTlsConfig(pki: Pki): string {
   return `tls { cert_file: "${pki.server.cert}", key_file: "${pki.server.key}", timeout: 2 }`;
 }
@@ -566,64 +590,48 @@ describe('zero-copy data path: byte-exact under load and faults (real processes)
     it(`nats-server over TLS stalled${stall.what} (SIGSTOP ${stall.ms / 1000} s) mid-transfer: every tunnel byte-exact or failed visibly, then new tunnels work`, async () => {
       await withFleet(
         { tls: true, connectDoor: true },
-        async ({ fleet, grpcUds, connectDoor, destination }) => {
-          const clients = Array.from({ length: 2 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
-          const running = transfers({
-            destination,
-            clients,
-            grpcPlans: plans(stall.grpc, stall.seed, 4 * MiB, stall.maxDown),
-            connectDoor,
-            connectPlans: plans(stall.connect, stall.seed + 1, 4 * MiB, stall.maxDown),
-            allowFailure: true,
-          });
-          await freeze(fleet.nats.pid, 400, stall.ms);
-          assertNoProblems(await running);
-          for (const c of clients) c.close();
-          await assertFreshTunnelsExact(grpcUds, destination, stall.seed + 2);
-        },
+        async ({ fleet, grpcUds, connectDoor, destination }) =>
+          transfersThroughFault(
+            { grpcUds, destination, connectDoor },
+            {
+              grpcPlans: plans(stall.grpc, stall.seed, 4 * MiB, stall.maxDown),
+              connectPlans: plans(stall.connect, stall.seed + 1, 4 * MiB, stall.maxDown),
+              freshSeed: stall.seed + 2,
+            },
+            () => freeze(fleet.nats.pid, 400, stall.ms),
+          ),
       );
     });
   }
 
   it('a frontend frozen (SIGSTOP 3 s) behind a small NATS max_pending (slow consumer) mid-download: every tunnel byte-exact or failed visibly, then new tunnels work', async () => {
-    await withFleet({ maxPending: 256 * KiB }, async ({ grpcUds, destination, grpcFrontend }) => {
-      const clients = Array.from({ length: 2 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
-      const running = transfers({
-        destination,
-        clients,
-        grpcPlans: plans(10, 18, 256 * KiB, 16 * MiB),
-        allowFailure: true,
-      });
-      await freeze(grpcFrontend.child.pid!, 400, 3000);
-      assertNoProblems(await running);
-      for (const c of clients) c.close();
-      await assertFreshTunnelsExact(grpcUds, destination, 19);
-    });
+    await withFleet({ maxPending: 256 * KiB }, async ({ grpcUds, destination, grpcFrontend }) =>
+      transfersThroughFault(
+        { grpcUds, destination },
+        { grpcPlans: plans(10, 18, 256 * KiB, 16 * MiB), freshSeed: 19 },
+        () => freeze(grpcFrontend.child.pid!, 400, 3000),
+      ),
+    );
   });
 
   it('nats-server over TLS killed and restarted mid-transfer: every tunnel byte-exact or failed visibly, then new tunnels work', async () => {
-    await withFleet(
-      { tls: true, connectDoor: true },
-      async ({ fleet, grpcUds, connectDoor, destination }) => {
-        const clients = Array.from({ length: 2 }, () => new ProxyStreamClient(`unix:${grpcUds}`));
-        const running = transfers({
-          destination,
-          clients,
+    await withFleet({ tls: true, connectDoor: true }, async ({ fleet, grpcUds, connectDoor, destination }) =>
+      transfersThroughFault(
+        { grpcUds, destination, connectDoor },
+        {
           grpcPlans: plans(12, 7, 4 * MiB, 8 * MiB),
-          connectDoor,
           connectPlans: plans(6, 8, 4 * MiB, 8 * MiB),
-          allowFailure: true,
-        });
-        await new Promise((r) => setTimeout(r, 400));
-        const port = fleet.nats.port;
-        fleet.nats.kill();
-        await fleet.nats.exited;
-        await new Promise((r) => setTimeout(r, 300));
-        fleet.nats = await startLocalServer({ port, extraConfig: natsTlsConfig(pki) });
-        assertNoProblems(await running);
-        for (const c of clients) c.close();
-        await assertFreshTunnelsExact(grpcUds, destination, 9);
-      },
+          freshSeed: 9,
+        },
+        async () => {
+          await new Promise((r) => setTimeout(r, 400));
+          const port = fleet.nats.port;
+          fleet.nats.kill();
+          await fleet.nats.exited;
+          await new Promise((r) => setTimeout(r, 300));
+          fleet.nats = await startLocalServer({ port, extraConfig: natsTlsConfig(pki) });
+        },
+      ),
     );
   });
 
