@@ -28,7 +28,7 @@ import type { AgentIdentifiers } from '../broker/identifiers.js';
 import type { Logger } from '../broker/logging.js';
 import { createBusMetrics } from '../broker/metrics.js';
 import type { PresenceSettings } from '../broker/presence.js';
-import { AGENT_QUEUE, isToken, MAX_TUNNEL_ID_LENGTH, Subjects } from '../broker/subjects.js';
+import { isToken, MAX_TUNNEL_ID_LENGTH, Subjects } from '../broker/subjects.js';
 import { startTracing, type TracingSettings, traced } from '../broker/tracing.js';
 import type { TunnelHostTiming } from '../broker/tunnel-host.js';
 import { VERSION } from '../broker/version.js';
@@ -118,7 +118,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       isDraining: () => draining,
       metrics: busMetrics,
       link,
-      needs: () => agentNeeds(subjects, config.id, config.identifiers.text, config.identifiers.defaultRoute),
+      needs: () => agentNeeds(subjects, config.id, config.identifiers.text),
       tracing,
     },
     config,
@@ -300,32 +300,26 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
     tunnel.logger.info({ localPort: socket.localPort, ip }, 'tunnel open');
   };
 
-  const dialSubscriptions: Subscription[] = [];
-  const subscribeDials = (subject: string, queue?: string) => {
-    dialSubscriptions.push(
-      nc.subscribe(subject, {
-        ...(queue ? { queue } : {}),
-        callback: (err, msg) => {
-          if (err) {
-            subscribed = false;
-            logger.error(
-              { code: ErrorCode.BusPermission, subject, reason: err.message },
-              'dial subscription failed',
-            );
-          } else {
-            // A dial request is peer input: whatever it makes throw costs that dial, never the process.
-            onDial(msg).catch((thrown) => {
-              const error = asPeerError(thrown);
-              logger.error({ code: error.code, reason: error.message }, 'dial request failed');
-            });
-          }
-        },
-      }),
-    );
-  };
-  subscribeDials(subjects.dialAny(), AGENT_QUEUE);
-  subscribeDials(subjects.dialAgent(config.id));
-  if (config.identifiers.defaultRoute) subscribeDials(subjects.dialRoute(), AGENT_QUEUE);
+  // Dials come only on our own subject: the frontend chooses the agent (no queue group, whose share any
+  // agent could take by opening many subscriptions).
+  const dialSubject = subjects.dialAgent(config.id);
+  const dialSubscription: Subscription = nc.subscribe(dialSubject, {
+    callback: (err, msg) => {
+      if (err) {
+        subscribed = false;
+        logger.error(
+          { code: ErrorCode.BusPermission, subject: dialSubject, reason: err.message },
+          'dial subscription failed',
+        );
+      } else {
+        // A dial request is peer input: whatever it makes throw costs that dial, never the process.
+        onDial(msg).catch((thrown) => {
+          const error = asPeerError(thrown);
+          logger.error({ code: error.code, reason: error.message }, 'dial request failed');
+        });
+      }
+    },
+  });
   // Make sure the server has our subscriptions before we report ready.
   await nc.flush();
   subscribed = true;
@@ -341,8 +335,8 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       if (stopped) return;
       stopped = true;
       draining = true;
-      // Leave the queue groups first so no new dial lands here, then tell the fleet.
-      for (const sub of dialSubscriptions) sub.unsubscribe();
+      // Stop taking dials first (one that crossed this is answered ShuttingDown, and the frontend moves on), then tell the fleet.
+      dialSubscription.unsubscribe();
       subscribed = false;
       presence.beat();
       logger.info({ tunnels: tunnelHost.size, immediate }, 'agent stopping');

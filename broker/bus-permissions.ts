@@ -8,11 +8,10 @@
  */
 import { createInbox, errors, type NatsConnection, type Status } from '@nats-io/transport-node';
 import { claimsToken } from './identifiers.js';
-import { AGENT_QUEUE, type Subjects } from './subjects.js';
+import type { Subjects } from './subjects.js';
 
 export interface SubscribeNeed {
   readonly subject: string;
-  readonly queue?: string;
 }
 
 export interface BusNeeds {
@@ -23,9 +22,7 @@ export interface BusNeeds {
 
 /**
  * A token no agent or frontend uses as its id, for probe publishes nobody
- * receives. (Probing the queue-group dial subjects by publishing would land
- * on a live agent, so the frontend's dial permission is probed on a direct
- * dial subject; the shipped configuration grants `P.dial.>` as one.)
+ * receives (a probe on a live agent's dial subject would reach that agent).
  */
 const PROBE_ID = '_knats-permission-check';
 
@@ -52,17 +49,10 @@ export function frontendNeeds(nc: NatsConnection, subjects: Subjects, id: string
   };
 }
 
-export function agentNeeds(
-  subjects: Subjects,
-  id: string,
-  identifiers: string,
-  defaultRoute: boolean,
-): BusNeeds {
+export function agentNeeds(subjects: Subjects, id: string, identifiers: string): BusNeeds {
   return {
     subscribe: [
-      { subject: subjects.dialAny(), queue: AGENT_QUEUE },
       { subject: subjects.dialAgent(id) },
-      ...(defaultRoute ? [{ subject: subjects.dialRoute(), queue: AGENT_QUEUE }] : []),
       { subject: subjects.agentTunnels(id) },
       { subject: subjects.presenceAll() },
       { subject: subjects.presenceQuery() },
@@ -78,20 +68,20 @@ export function agentNeeds(
 export interface Refusal {
   readonly operation: 'subscribe' | 'publish';
   readonly subject: string;
-  readonly queue?: string;
 }
 
-/** `subscribe knats.dial.any (queue agents), publish knats.fe.x.y` */
+/** `subscribe knats.dial.agent.a, publish knats.fe.x.y` */
 export function describeRefusals(refusals: readonly Refusal[]): string {
-  return refusals.map((r) => `${r.operation} ${r.subject}${r.queue ? ` (queue ${r.queue})` : ''}`).join(', ');
+  return refusals.map((r) => `${r.operation} ${r.subject}`).join(', ');
 }
 
 /**
  * Asks the server for every need and returns what it refused. Each probe
- * subscription is unsubscribed in the same write as its SUB, so a queue
- * group member exists for microseconds and takes no dial in practice; the
- * server still answers a refused SUB with -ERR. Refusals arrive before the
- * PONG of the flush (the server answers in order).
+ * subscription is unsubscribed in the same write as its SUB, so it exists
+ * for microseconds (on the agent's own dial subject it takes no dial in
+ * practice; the process is not announced yet); the server still answers a
+ * refused SUB with -ERR. Refusals arrive before the PONG of the flush (the
+ * server answers in order).
  */
 export async function refusedPermissions(nc: NatsConnection, needs: BusNeeds): Promise<Refusal[]> {
   const refusals: Refusal[] = [];
@@ -100,20 +90,13 @@ export async function refusedPermissions(nc: NatsConnection, needs: BusNeeds): P
   const watching = (async () => {
     for await (const status of statuses) {
       if (status.type !== 'error' || !(status.error instanceof errors.PermissionViolationError)) continue;
-      const { operation, subject, queue } = status.error;
-      refusals.push({
-        operation: operation === 'publish' ? 'publish' : 'subscribe',
-        subject,
-        ...(queue ? { queue } : {}),
-      });
+      const { operation, subject } = status.error;
+      refusals.push({ operation: operation === 'publish' ? 'publish' : 'subscribe', subject });
     }
   })();
   try {
     for (const need of needs.subscribe) {
-      nc.subscribe(need.subject, {
-        ...(need.queue ? { queue: need.queue } : {}),
-        callback: () => {},
-      }).unsubscribe();
+      nc.subscribe(need.subject, { callback: () => {} }).unsubscribe();
     }
     for (const subject of needs.publish) nc.publish(subject);
     await nc.flush();

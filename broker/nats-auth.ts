@@ -1,5 +1,5 @@
 /**
- * Least privilege on the bus (DESIGN §5.6): the permissions of each role, the
+ * Least privilege on the bus: the permissions of each role, the
  * nats-server configuration that enforces them, and the nkey credentials of
  * each role.
  *
@@ -22,7 +22,7 @@ import path from 'node:path';
 import { nkeys } from '@nats-io/transport-node';
 import { ErrorCode, KnatsError } from './errors.js';
 import { claimsToken, parseAgentIdentifiers } from './identifiers.js';
-import { AGENT_QUEUE, assertToken, frontendInboxPrefix, Subjects } from './subjects.js';
+import { assertToken, frontendInboxPrefix, Subjects } from './subjects.js';
 
 export type Role = 'frontend' | 'agent' | 'status';
 
@@ -87,17 +87,19 @@ export function frontendPermissions(prefix: string, frontendId?: string, workers
 }
 
 /**
- * An agent takes dials only as a member of the agents queue group (a plain
- * subscription would see every dial), plus its direct dial subject; it reads
- * its frames and presence; it publishes only frames to frontends, its own
- * heartbeats and dial replies. Without `agentId` the user is shared by all
- * agents (any agent may then read any agent's frames and heartbeat as any
- * agent); with it, only that agent's subjects.
+ * An agent takes dials only on its own dial subject (frontends choose the
+ * agent; there is no queue group whose share an agent could enlarge by
+ * subscribing many times); it reads its frames and presence; it publishes
+ * only frames to frontends, its own heartbeats and dial replies. Without
+ * `agentId` the user is shared by all agents (any agent may then read any
+ * agent's dials and frames and heartbeat as any agent); with it, only that
+ * agent's subjects.
  *
  * `grant` (identifiers text, per-agent users only): the identifiers this
  * agent may claim. Its heartbeats are then allowed only under the hash of
  * that set (frontends check claims against it, see identifiers.ts
- * claimsToken), and it joins the default-route queue only if granted.
+ * claimsToken), so it is offered destHost and default-route dials only as
+ * granted.
  */
 export function agentPermissions(prefix: string, agentId?: string, grant?: string): RolePermissions {
   const s = new Subjects(prefix);
@@ -113,8 +115,6 @@ export function agentPermissions(prefix: string, agentId?: string, grant?: strin
       s.presenceQuery(),
     ],
     subscribe: [
-      `${s.dialAny()} ${AGENT_QUEUE}`,
-      ...(granted && !granted.defaultRoute ? [] : [`${s.dialRoute()} ${AGENT_QUEUE}`]),
       agentId === undefined ? s.dialAgent('*') : s.dialAgent(agentId),
       agentId === undefined ? `${prefix}.ag.>` : s.agentTunnels(agentId),
       s.presenceAll(),

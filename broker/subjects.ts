@@ -1,9 +1,8 @@
 /**
  * Every NATS subject of the bus is built here and nowhere else.
  *
- *   P.dial.any               queue group of all agents (default strategy)
- *   P.dial.agent.<agentId>   one agent (destHost / identifier routing)
- *   P.dial.route             queue group of agents with default-route=true
+ *   P.dial.agent.<agentId>   dials for one agent, chosen by the frontend
+ *                            (every strategy); only that agent may read it
  *   P.presence.<role>.<id>.<claims>  heartbeats of agents and frontends; the
  *                            NATS user of a process may publish only on its own
  *                            (see broker/nats-auth.ts), so receivers take role,
@@ -13,9 +12,6 @@
  *   P.ag.<agentId>.<tid>     frames to an agent's end of a tunnel
  */
 import { ErrorCode, KnatsError } from './errors.js';
-
-/** Queue group name shared by agents on the dial subjects. */
-export const AGENT_QUEUE = 'agents';
 
 const TOKEN = /^[A-Za-z0-9_~-]+$/;
 
@@ -96,14 +92,8 @@ export class Subjects {
   constructor(prefix: string) {
     this.prefix = assertToken(prefix, 'subject prefix');
   }
-  dialAny(): string {
-    return `${this.prefix}.dial.any`;
-  }
   dialAgent(agentId: string): string {
     return `${this.prefix}.dial.agent.${agentId}`;
-  }
-  dialRoute(): string {
-    return `${this.prefix}.dial.route`;
   }
   /**
    * Where a process heartbeats: `claims` is the hash of its identifiers

@@ -180,6 +180,11 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
     return this.tunnels.get(id);
   }
 
+  /** Open tunnels with one peer. */
+  peerTunnels(peerId: string): number {
+    return this.byPeer.get(peerId)?.size ?? 0;
+  }
+
   /** A peer process stopped heartbeating or said goodbye: its tunnels cannot continue. */
   closePeer(peerId: string, reason: string): void {
     const set = this.byPeer.get(peerId);

@@ -2,7 +2,7 @@
  * `knats broker`: a local nats-server (or a cluster of them) for development,
  * with per-role authentication on by default.
  * `knats broker config`: a production nats-server configuration with
- * least-privilege permissions per role (DESIGN §5.6), see broker/nats-auth.ts.
+ * least-privilege permissions per role, see broker/nats-auth.ts.
  */
 
 import path from 'node:path';

@@ -16,7 +16,7 @@ import {
 import type { DialTimeline } from '../broker/dial-stages.js';
 import { ErrorCode, errorFromPeer, isKnatsError, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
-import { isToken, MAX_ID_LENGTH, type Subjects } from '../broker/subjects.js';
+import { isToken, type Subjects } from '../broker/subjects.js';
 import { noTracing, type TraceSpan, type Tracing, traced } from '../broker/tracing.js';
 import type { Tunnel } from '../broker/tunnel.js';
 import type { TunnelHost } from '../broker/tunnel-host.js';
@@ -28,8 +28,8 @@ export interface BusDialerOptions {
   readonly subjects: Subjects;
   readonly frontendId: string;
   readonly strategies: readonly ProxyStrategy[];
-  /** Agents whose identifiers match a destination host (destHost strategy). */
-  readonly agentsForHost: (host: string) => readonly string[];
+  /** The agents a strategy offers a dial to `host`, best first (FleetRoutes.agentsFor). */
+  readonly agentsFor: (strategy: ProxyStrategy, host: string) => readonly string[];
   /** The agent's TCP dial timeout; the bus request waits a little longer. */
   readonly dialTimeoutMs: number;
   /** An agent that has not acknowledged a dial within this is taken for dead. */
@@ -41,6 +41,15 @@ export interface BusDialerOptions {
   readonly logger: Logger;
   /** The peer id of an answered dial, so its heartbeats are tracked. */
   readonly onAgentUsed: (agentId: string) => void;
+  /** A dial answer refused as not from the agent it was sent to (or not a sane answer at all). */
+  readonly onBadReply?: (agentId: string, error: KnatsError) => void;
+  /**
+   * An agent let a dial down (not listening, no acknowledgement in time, or a refused answer): routing
+   * offers it dials last for a while.
+   */
+  readonly onAgentFailed?: (agentId: string) => void;
+  /** An agent gave a sane answer (a tunnel or an error of its own): it exists and reads its dials. */
+  readonly onAgentAnswered?: (agentId: string) => void;
   /** Spans of each dial; the tunnel's root span ends with the tunnel. Default: none. */
   readonly tracing?: Tracing;
 }
@@ -64,15 +73,19 @@ export interface DialOutcome {
   readonly strategy: ProxyStrategy;
 }
 
-/** How often one dial subject is asked again when the answering agent was draining. */
-const MAX_ATTEMPTS_PER_TARGET = 3;
-
 /** Margin over the agent's dial timeout for the bus round trip. */
 const BUS_MARGIN_MS = 1000;
+
+/** A refused answer is logged at most once per agent per this long (it is counted every time). */
+const BAD_REPLY_LOG_INTERVAL_MS = 60_000;
 
 export class BusDialer {
   private readonly options: BusDialerOptions;
   private pending = 0;
+  /** Dials in flight per agent: part of the load routing sees (a burst must not all pick one agent). */
+  private readonly pendingByAgent = new Map<string, number>();
+  /** When a refused answer of each agent was last logged (bounded: entries older than the interval go). */
+  private readonly badReplyLogged = new Map<string, number>();
 
   constructor(options: BusDialerOptions) {
     this.options = options;
@@ -80,6 +93,11 @@ export class BusDialer {
 
   get pendingDials(): number {
     return this.pending;
+  }
+
+  /** Dials this frontend is waiting on with `agentId`. */
+  pendingWith(agentId: string): number {
+    return this.pendingByAgent.get(agentId) ?? 0;
   }
 
   /**
@@ -138,38 +156,26 @@ export class BusDialer {
     // A bad address is answered here, without a bus round trip (the agent checks again: the bus is not trusted).
     const { host } = parseDialAddress(address);
     const route = span.child('knats.route', { 'knats.strategies': this.options.strategies.join(',') });
-    const targets = dialTargets(
-      this.options.strategies,
-      this.options.subjects,
-      this.options.agentsForHost,
-      host,
-    );
-    route.set({ 'knats.targets': targets.map((t) => t.subject).join(',') });
+    const targets = dialTargets(this.options.strategies, this.options.subjects, this.options.agentsFor, host);
+    route.set({ 'knats.targets': targets.map((t) => t.agentId).join(',') });
     route.end();
     timeline.mark('route');
     this.pending++;
     try {
-      for (const target of targets) {
-        for (let attempt = 1; attempt <= MAX_ATTEMPTS_PER_TARGET; attempt++) {
-          if (signal?.aborted) throw new KnatsError(ErrorCode.DialCancelled, 'client cancelled the dial');
-          const outcome = await this.attemptTraced(
-            target,
-            attempt,
-            address,
-            protocol,
-            log,
-            span,
-            timeline,
-            signal,
-          );
-          if (outcome === 'no-responders') break;
-          // A queue group has other members; a named agent does not.
-          if (outcome === 'retry') {
-            if (target.strategy === 'destHost') break;
-            continue;
-          }
-          return outcome;
-        }
+      // Each agent once: one that is gone, unresponsive, draining or answers wrongly passes the dial on.
+      for (const [index, target] of targets.entries()) {
+        if (signal?.aborted) throw new KnatsError(ErrorCode.DialCancelled, 'client cancelled the dial');
+        const outcome = await this.attemptTraced(
+          target,
+          index + 1,
+          address,
+          protocol,
+          log,
+          span,
+          timeline,
+          signal,
+        );
+        if (outcome !== 'next-agent') return outcome;
       }
       throw new KnatsError(ErrorCode.NoAgent, 'No agent available');
     } finally {
@@ -187,7 +193,7 @@ export class BusDialer {
     parent: TraceSpan,
     timeline: DialTimeline,
     signal: AbortSignal | undefined,
-  ): Promise<DialOutcome | 'no-responders' | 'retry'> {
+  ): Promise<DialOutcome | 'next-agent'> {
     const tunnelId = newTunnelId();
     const span = parent.child(
       'knats.bus_request',
@@ -199,11 +205,19 @@ export class BusDialer {
       },
       'client',
     );
-    return traced(
-      span,
-      this.attempt(tunnelId, target, address, protocol, log, span.traceparent, timeline, signal),
-      (outcome) => ({ 'knats.outcome': typeof outcome === 'string' ? outcome : 'open' }),
-    );
+    const agentId = target.agentId;
+    this.pendingByAgent.set(agentId, this.pendingWith(agentId) + 1);
+    try {
+      return await traced(
+        span,
+        this.attempt(tunnelId, target, address, protocol, log, span.traceparent, timeline, signal),
+        (outcome) => ({ 'knats.outcome': typeof outcome === 'string' ? outcome : 'open' }),
+      );
+    } finally {
+      const left = this.pendingWith(agentId) - 1;
+      if (left > 0) this.pendingByAgent.set(agentId, left);
+      else this.pendingByAgent.delete(agentId);
+    }
   }
 
   private async attempt(
@@ -215,7 +229,7 @@ export class BusDialer {
     traceparent: string | undefined,
     timeline: DialTimeline,
     signal: AbortSignal | undefined,
-  ): Promise<DialOutcome | 'no-responders' | 'retry'> {
+  ): Promise<DialOutcome | 'next-agent'> {
     const { host, subjects, frontendId } = this.options;
     const fields = { ...log.fields, tunnelId, frontendId, destination: address };
     const tunnelLogger = log.logger.child(fields);
@@ -246,18 +260,31 @@ export class BusDialer {
       if (first === 'unresponsive') {
         answer.catch(() => {}); // the abandoned request's late answer or timeout
         tunnelLogger.warn(
-          { subject: target.subject, ms: this.options.acceptTimeoutMs },
-          'agent did not acknowledge the dial; trying again',
+          { agentId: target.agentId, ms: this.options.acceptTimeoutMs },
+          'agent did not acknowledge the dial; trying the next agent',
         );
-        return 'retry';
+        this.options.onAgentFailed?.(target.agentId);
+        return 'next-agent';
       }
-      const reply = await answer;
-      if (!reply) return 'no-responders';
-      const response = decodeResponse(reply, tunnelId, target);
+      const reply = await answer.catch((err: unknown) => {
+        // An honest agent answers within the dial timeout the request gave it (a timeout is an answer with
+        // its code): silence past it and the margin after an acknowledgement is an agent that failed.
+        if (isKnatsError(err) && err.code === ErrorCode.DialTimeout)
+          this.options.onAgentFailed?.(target.agentId);
+        throw err;
+      });
+      // Nobody reads the agent's subject: it left since its last heartbeat (or never was).
+      if (!reply) {
+        this.options.onAgentFailed?.(target.agentId);
+        return 'next-agent';
+      }
+      const response = this.checkedResponse(reply, tunnelId, target);
+      if (!response) return 'next-agent';
+      this.options.onAgentAnswered?.(target.agentId);
       timeline.markAnswer(response.stageMicros ?? []);
-      const agentId = response.agentId;
-      // A draining agent may still get a dial that crossed its unsubscribe.
-      if (response.errorCode === ErrorCode.ShuttingDown) return 'retry';
+      const agentId = target.agentId;
+      // A draining agent may still get a dial that crossed its goodbye.
+      if (response.errorCode === ErrorCode.ShuttingDown) return 'next-agent';
       if (response.errorCode) {
         throw errorFromPeer(response.errorCode, response.errorMessage);
       }
@@ -282,6 +309,38 @@ export class BusDialer {
     } finally {
       tunnel.onAccepted = undefined;
       if (!tunnel.isOpen && !tunnel.isClosed) tunnel.end(undefined);
+    }
+  }
+
+  /**
+   * The agent's answer, or undefined when it is refused: counted every time,
+   * logged once per agent per minute (an agent that answers wrongly on
+   * purpose must not flood the log), and the dial moves on to the next agent.
+   */
+  private checkedResponse(
+    reply: Uint8Array,
+    tunnelId: string,
+    target: DialTarget,
+  ): BusDialResponse | undefined {
+    try {
+      return decodeResponse(reply, tunnelId, target);
+    } catch (err) {
+      const error = isKnatsError(err) ? err : new KnatsError(ErrorCode.BadPeerMessage, String(err));
+      this.options.onBadReply?.(target.agentId, error);
+      this.options.onAgentFailed?.(target.agentId);
+      const now = Date.now();
+      const last = this.badReplyLogged.get(target.agentId);
+      if (last === undefined || now - last >= BAD_REPLY_LOG_INTERVAL_MS) {
+        for (const [agentId, at] of this.badReplyLogged) {
+          if (now - at >= BAD_REPLY_LOG_INTERVAL_MS) this.badReplyLogged.delete(agentId);
+        }
+        this.badReplyLogged.set(target.agentId, now);
+        this.options.logger.warn(
+          { code: error.code, agentId: target.agentId, reason: error.message },
+          'dial answer refused; trying the next agent (logged once per agent per minute)',
+        );
+      }
+      return undefined;
     }
   }
 
@@ -316,11 +375,12 @@ export function newTunnelId(): string {
 }
 
 /**
- * The agent's answer, checked before any field is used: its agentId becomes
- * a subject token of every frame of the tunnel (an id nats.js refuses would
- * make each publish throw), so it must be a sane token, and the agent the
- * subject was addressed to when the dial named one; the tunnel id must be
- * the one asked for. A bad answer costs this dial, with BadPeerMessage.
+ * The agent's answer, checked before any field is used. Who answered is the
+ * agent the dial was sent to: only its credentials may read its dial subject
+ * and answer what it read. The id in the body must say the same (an answer
+ * naming another agent would have the frontend's frames, logs and metrics
+ * blame that one), and the tunnel id must be the one asked for. A bad answer
+ * throws BadPeerMessage (MalformedFrame when it does not decode).
  */
 function decodeResponse(reply: Uint8Array, tunnelId: string, target: DialTarget): BusDialResponse {
   let response: BusDialResponse;
@@ -329,28 +389,22 @@ function decodeResponse(reply: Uint8Array, tunnelId: string, target: DialTarget)
   } catch (err) {
     throw new KnatsError(ErrorCode.MalformedFrame, 'malformed dial response', { cause: err });
   }
-  if (!isToken(response.agentId)) {
+  if (response.agentId !== target.agentId) {
+    const named = isToken(response.agentId)
+      ? response.agentId
+      : `an invalid id of ${response.agentId.length} characters`;
     throw new KnatsError(
       ErrorCode.BadPeerMessage,
-      `dial response with an invalid agent id (${response.agentId.length} characters; must be 1 to ${MAX_ID_LENGTH} letters, digits, '_' or '-')`,
-    );
-  }
-  if (target.agentId !== undefined && response.agentId !== target.agentId) {
-    throw new KnatsError(
-      ErrorCode.BadPeerMessage,
-      `dial sent to agent ${target.agentId} answered by agent ${response.agentId}`,
+      `dial sent to agent ${target.agentId} answered as ${named}`,
     );
   }
   if (response.tunnelId !== tunnelId) {
-    throw new KnatsError(
-      ErrorCode.BadPeerMessage,
-      `agent ${response.agentId} answered for another tunnel id`,
-    );
+    throw new KnatsError(ErrorCode.BadPeerMessage, `agent ${target.agentId} answered for another tunnel id`);
   }
   if (response.protocolVersion < MIN_PROTOCOL_VERSION) {
     throw new KnatsError(
       ErrorCode.IncompatiblePeer,
-      `agent ${response.agentId} speaks bus protocol ${response.protocolVersion}, need >= ${MIN_PROTOCOL_VERSION}`,
+      `agent ${target.agentId} speaks bus protocol ${response.protocolVersion}, need >= ${MIN_PROTOCOL_VERSION}`,
     );
   }
   return response;

@@ -187,20 +187,27 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
   const { nc, host: tunnelHost, presence } = node;
   const busNode = node;
 
-  const routes = new FleetRoutes(presence);
+  const routes = new FleetRoutes(
+    presence,
+    Math.random,
+    (agentId) => tunnelHost.peerTunnels(agentId) + (dialer?.pendingWith(agentId) ?? 0),
+  );
   dialer = new BusDialer({
     nc,
     host: tunnelHost,
     subjects,
     frontendId: config.id,
     strategies: config.proxyStrategies,
-    agentsForHost: (host) => routes.agentsForHost(host),
+    agentsFor: (strategy, host) => routes.agentsFor(strategy, host),
     dialTimeoutMs: config.backendDialTimeoutMs,
     acceptTimeoutMs: config.dialAcceptTimeoutMs,
     maxPendingDials: config.maxPendingDials,
     busUnavailable: () => link.unavailableReason(),
     logger,
     onAgentUsed: (agentId) => presence.touch(agentId, 'agent'),
+    onBadReply: () => metrics.refusedDialAnswers.inc(),
+    onAgentFailed: (agentId) => routes.shun(agentId),
+    onAgentAnswered: (agentId) => routes.vouch(agentId),
     tracing,
   });
 

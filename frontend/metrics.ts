@@ -73,6 +73,11 @@ export function createFrontendMetrics(registry: Registry) {
       help: 'Number of dial failures observed, by reason',
       upstreamReason: upstreamServerDialReason,
     }),
+    refusedDialAnswers: new Counter({
+      name: 'knats_dial_answers_refused_total',
+      help: 'Dial answers refused as not from the agent the dial was sent to, or not a sane answer for it (the dial moved on to the next agent)',
+      registers,
+    }),
     grpcConnections: new Gauge({
       name: `${PREFIX}grpc_connections`,
       help: 'Number of current gRPC streams, by service method',

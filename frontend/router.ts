@@ -1,17 +1,24 @@
 /**
- * Routing strategies: which dial subjects to try, in order, for one dial.
- * Pure over the configured strategies, the destination host and a snapshot of
- * the agents known from presence.
+ * Routing strategies: which agents to try, in order, for one dial. The
+ * frontend chooses every agent itself, from its presence view, and sends the
+ * dial to that agent's own subject, which only that agent's credentials may
+ * read: no agent can take a share of the dials beyond what the frontend gives
+ * it (with a queue group, nats-server spreads messages per subscription, so
+ * an agent that opened 200 subscriptions received 200/201 of the dials).
  *
  * - destHost: agents whose host/ipv4/ipv6 identifier equals the destination
  *   host, then (beyond upstream) agents whose cidr contains it, most specific
- *   prefix first. Among equally specific agents the load is spread with the
- *   power of two choices (heartbeat load figures are a few seconds old, so
- *   "always the least loaded" would send a burst of dials to one agent).
- * - defaultRoute: the queue group of agents with default-route=true.
- * - default: the queue group of all agents.
- * A strategy with no candidate falls through to the next; "no responders"
- * on a subject does too (see BusDialer).
+ *   prefix first.
+ * - defaultRoute: agents that claim default-route=true.
+ * - default: every agent.
+ * Draining agents take no dials. Within a group the first pick is the better
+ * of two random agents by load: the larger of the open tunnels the agent
+ * reports and those this frontend has open or pending with it (heartbeats are
+ * a few seconds old and come from the agent, so a burst of dials, or an agent
+ * that reports no load, still gets only its share); the rest follow as
+ * fallbacks, at most MAX_AGENTS_PER_STRATEGY each, an agent tried once per dial.
+ * A strategy with no candidate falls through to the next; so does an agent
+ * that does not answer (see BusDialer).
  */
 import { BlockList, isIP } from 'node:net';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
@@ -46,11 +53,16 @@ export interface AgentCandidate {
   readonly load: number;
 }
 
+/** An agent's load as this frontend sees it now, from its reported load. */
+export type LoadOf = (agent: AgentCandidate) => number;
+
+const reportedLoad: LoadOf = (agent) => agent.load;
+
 export interface DialTarget {
   readonly strategy: ProxyStrategy;
+  /** The dial subject of `agentId`, which only that agent may read. */
   readonly subject: string;
-  /** The one agent listening on `subject` (destHost); absent for queue groups. */
-  readonly agentId?: string;
+  readonly agentId: string;
 }
 
 /** Specificity of an exact host/IP match: above any CIDR prefix length (max 128). */
@@ -58,8 +70,15 @@ const EXACT = 1000;
 
 const MAX_COMPILED = 2 * presenceLimits.maxPeers;
 
-/** At most this many agents are tried for one destHost dial (each may cost an accept timeout). */
-export const MAX_DESTHOST_AGENTS = 8;
+/** How long an agent that let a dial down is offered dials last (FleetRoutes.shun). */
+export const SHUN_MS = 10_000;
+
+/** Agents remembered as having answered a dial (FleetRoutes.vouch), and how many of them follow a first pick. */
+const MAX_VOUCHED = 64;
+const VOUCHED_FALLBACKS = 2;
+
+/** At most this many agents are tried per strategy for one dial (each may cost an accept timeout). */
+export const MAX_AGENTS_PER_STRATEGY = 8;
 
 /** One ipv4=/ipv6= address or cidr= network, shared by every agent that claims the same text. */
 interface AddressEntry {
@@ -78,7 +97,12 @@ export interface Routes {
   readonly hosts: ReadonlySet<string>;
   /** Addresses and networks, most specific first. */
   readonly addresses: readonly AddressEntry[];
+  /** default-route=true: a candidate of the defaultRoute strategy. */
+  readonly defaultRoute: boolean;
 }
+
+/** An agent without identifiers (or with ones this build cannot read): the default strategy only. */
+const NO_ROUTES: Routes = { hosts: new Set(), addresses: [], defaultRoute: false };
 
 const addressEntries = new Map<string, AddressEntry | null>();
 
@@ -116,7 +140,7 @@ export function compileRoutes(ids: AgentIdentifiers): Routes {
     }
   }
   addresses.sort((x, y) => y.score - x.score);
-  return { hosts: new Set(ids.host.map((h) => h.toLowerCase())), addresses };
+  return { hosts: new Set(ids.host.map((h) => h.toLowerCase())), addresses, defaultRoute: ids.defaultRoute };
 }
 
 /**
@@ -152,7 +176,7 @@ export function matchSpecificity(routes: Routes, destination: DialDestination): 
 }
 
 /**
- * Agents for destHost, best first, at most MAX_DESTHOST_AGENTS: the most
+ * Agents for destHost, best first, at most MAX_AGENTS_PER_STRATEGY: the most
  * specific group, with its first pick by the power of two choices, then the
  * rest as fallbacks.
  */
@@ -160,6 +184,7 @@ export function agentsForHost(
   agents: readonly AgentCandidate[],
   host: string,
   random: () => number = Math.random,
+  loadOf: LoadOf = reportedLoad,
 ): string[] {
   const scored: ScoredAgent[] = [];
   const destination = new DialDestination(host);
@@ -167,7 +192,7 @@ export function agentsForHost(
     const score = matchSpecificity(agent.routes, destination);
     if (score > 0) scored.push({ agent, score });
   }
-  return bestAgents(scored, random);
+  return bestAgents(scored, random, loadOf);
 }
 
 interface ScoredAgent {
@@ -176,7 +201,7 @@ interface ScoredAgent {
 }
 
 /** The agents that claim a destination, best first (see agentsForHost). */
-function bestAgents(scored: ScoredAgent[], random: () => number): string[] {
+function bestAgents(scored: ScoredAgent[], random: () => number, loadOf: LoadOf): string[] {
   if (scored.length === 0) return [];
   // Shuffle, then a stable sort by specificity keeps ties in random order.
   for (let i = scored.length - 1; i > 0; i--) {
@@ -186,33 +211,46 @@ function bestAgents(scored: ScoredAgent[], random: () => number): string[] {
   scored.sort((a, b) => b.score - a.score);
   const bestScore = scored[0]!.score;
   const tied = scored.filter((s) => s.score === bestScore).length;
-  if (tied >= 2 && scored[1]!.agent.load < scored[0]!.agent.load) {
+  if (tied >= 2 && loadOf(scored[1]!.agent) < loadOf(scored[0]!.agent)) {
     [scored[0], scored[1]] = [scored[1]!, scored[0]!];
   }
-  return scored.slice(0, MAX_DESTHOST_AGENTS).map((s) => s.agent.id);
+  return scored.slice(0, MAX_AGENTS_PER_STRATEGY).map((s) => s.agent.id);
 }
 
-/** The subjects to try, in order. */
+/**
+ * Up to MAX_AGENTS_PER_STRATEGY agents of a group in random order, the
+ * better of the first two by load first. Shuffles only the positions it
+ * returns, in place: the group is the table's own array, whose order does
+ * not matter, so a dial among 20,000 agents costs a few random numbers.
+ */
+function pickAgents(group: AgentCandidate[], random: () => number, loadOf: LoadOf): string[] {
+  const count = Math.min(group.length, MAX_AGENTS_PER_STRATEGY);
+  for (let i = 0; i < count; i++) {
+    const j = i + Math.floor(random() * (group.length - i));
+    [group[i], group[j]] = [group[j]!, group[i]!];
+  }
+  if (count >= 2 && loadOf(group[1]!) < loadOf(group[0]!)) [group[0], group[1]] = [group[1]!, group[0]!];
+  return group.slice(0, count).map((agent) => agent.id);
+}
+
+/**
+ * The agents to try, in order: each strategy's picks in the configured
+ * order, an agent that an earlier strategy already listed skipped (it was
+ * tried and did not take the dial).
+ */
 export function dialTargets(
   strategies: readonly ProxyStrategy[],
   subjects: Subjects,
-  destHostAgents: (host: string) => readonly string[],
+  agentsFor: (strategy: ProxyStrategy, host: string) => readonly string[],
   host: string,
 ): DialTarget[] {
   const targets: DialTarget[] = [];
+  const listed = new Set<string>();
   for (const strategy of strategies) {
-    switch (strategy) {
-      case 'destHost':
-        for (const agentId of destHostAgents(host)) {
-          targets.push({ strategy, subject: subjects.dialAgent(agentId), agentId });
-        }
-        break;
-      case 'defaultRoute':
-        targets.push({ strategy, subject: subjects.dialRoute() });
-        break;
-      case 'default':
-        targets.push({ strategy, subject: subjects.dialAny() });
-        break;
+    for (const agentId of agentsFor(strategy, host)) {
+      if (listed.has(agentId)) continue;
+      listed.add(agentId);
+      targets.push({ strategy, subject: subjects.dialAgent(agentId), agentId });
     }
   }
   return targets;
@@ -222,12 +260,13 @@ export function dialTargets(
 const compiledRoutes = new Map<string, Routes | null>();
 
 function routesOf(text: string): Routes | null {
+  if (!text) return NO_ROUTES;
   let routes = compiledRoutes.get(text);
   if (routes === undefined) {
     try {
       routes = compileRoutes(parseAgentIdentifiers(text));
     } catch {
-      routes = null; // an agent of a newer version with keys we do not know: not routable by destHost
+      routes = null; // an agent of a newer version with keys we do not know: the default strategy only
     }
     if (compiledRoutes.size >= MAX_COMPILED) compiledRoutes.clear();
     compiledRoutes.set(text, routes);
@@ -237,50 +276,128 @@ function routesOf(text: string): Routes | null {
 
 /**
  * Agents that take new dials, from presence. Identifiers arrive as text in
- * heartbeats; each distinct text is parsed and compiled once.
+ * heartbeats; each distinct text is parsed and compiled once. An agent known
+ * only from a dial (provisional: no heartbeat yet) is not offered dials.
  */
-export function candidatesFrom(
-  peers: readonly {
-    info: { id: string; role: string; identifiers: string; draining: boolean; openTunnels: number };
-  }[],
-): AgentCandidate[] {
+export function candidatesFrom(peers: readonly FleetPeer[]): AgentCandidate[] {
   const candidates: AgentCandidate[] = [];
-  for (const { info } of peers) {
-    if (info.role !== 'agent' || info.draining || !info.identifiers) continue;
-    const routes = routesOf(info.identifiers);
-    if (routes) candidates.push({ id: info.id, routes, load: info.openTunnels });
+  for (const { info, provisional } of peers) {
+    if (info.role !== 'agent' || info.draining || provisional) continue;
+    candidates.push({ id: info.id, routes: routesOf(info.identifiers) ?? NO_ROUTES, load: info.openTunnels });
   }
   return candidates;
+}
+
+/** A presence table entry, as routing reads it. */
+export interface FleetPeer {
+  readonly info: { id: string; role: string; identifiers: string; draining: boolean; openTunnels: number };
+  readonly provisional?: boolean;
 }
 
 /** The part of Presence the routing table reads. */
 export interface FleetView {
   /** Bumped whenever a peer comes, goes or beats (its load, draining or identifiers may have changed). */
   readonly version: number;
-  snapshot(): readonly {
-    info: { id: string; role: string; identifiers: string; draining: boolean; openTunnels: number };
-  }[];
+  snapshot(): readonly FleetPeer[];
 }
 
 /**
- * destHost routing over the live fleet, indexed when presence changes rather
- * than scanned per dial: agents by host name, and by each distinct address
- * or network entry (shared by every agent that claims it), so a dial looks
- * up its host and checks the few distinct entries, not every agent; and each
- * destination is scored once per table. Rebuilt lazily, on the first dial
- * after a change.
+ * Routing over the live fleet, indexed when presence changes rather than
+ * scanned per dial: every agent, the default-route agents, and for destHost
+ * agents by host name and by each distinct address or network entry (shared
+ * by every agent that claims it), so a dial looks up its host and checks the
+ * few distinct entries, not every agent; and each destination is scored once
+ * per table. Rebuilt lazily, on the first dial after a change.
  */
 export class FleetRoutes {
   private builtAt = -1;
+  private all: AgentCandidate[] = [];
+  private defaultRoute: AgentCandidate[] = [];
   private byHost = new Map<string, AgentCandidate[]>();
   private byEntry = new Map<AddressEntry, AgentCandidate[]>();
   /** Destinations already scored against this table (dials go to the same few hosts again and again). */
   private byDestination = new Map<string, ScoredAgent[]>();
+  /** Agents that answered a dial of this frontend lately, least recent first. */
+  private readonly vouched = new Map<string, true>();
+  private byId = new Map<string, AgentCandidate>();
+  /** Agents that let a dial down lately (silent, or a refused answer), until when: offered dials last. */
+  private readonly shunnedUntil = new Map<string, number>();
+  private readonly loadOf: LoadOf;
 
+  /**
+   * `localLoad`: the tunnels this frontend has open or being dialed with an
+   * agent, which it knows first-hand; an agent's load is the larger of that
+   * and what it reports.
+   */
   constructor(
     private readonly fleet: FleetView,
     private readonly random: () => number = Math.random,
-  ) {}
+    localLoad: (agentId: string) => number = () => 0,
+  ) {
+    this.loadOf = (agent) =>
+      this.shunned(agent.id) ? Number.MAX_SAFE_INTEGER : Math.max(agent.load, localLoad(agent.id));
+  }
+
+  /**
+   * An agent let a dial down (it did not acknowledge it in time, or answered
+   * wrongly): for SHUN_MS it is picked first only when both random choices
+   * are such agents, and stays a fallback otherwise. So an agent that drops
+   * the dials it gets costs a frontend about one accept timeout per SHUN_MS,
+   * not one per dial it is offered.
+   */
+  shun(agentId: string, now = Date.now()): void {
+    for (const [id, until] of this.shunnedUntil) if (until <= now) this.shunnedUntil.delete(id);
+    this.shunnedUntil.set(agentId, now + SHUN_MS);
+    this.vouched.delete(agentId);
+  }
+
+  private shunned(agentId: string): boolean {
+    const until = this.shunnedUntil.get(agentId);
+    return until !== undefined && until > Date.now();
+  }
+
+  /** The agents to offer a dial to `host` under `strategy`, best first. */
+  agentsFor(strategy: ProxyStrategy, host: string): string[] {
+    if (this.builtAt !== this.fleet.version) this.build();
+    switch (strategy) {
+      case 'destHost':
+        return this.agentsForHost(host);
+      case 'defaultRoute':
+        return this.withVouched(pickAgents(this.defaultRoute, this.random, this.loadOf), true);
+      case 'default':
+        return this.withVouched(pickAgents(this.all, this.random, this.loadOf), false);
+    }
+  }
+
+  /**
+   * An agent answered a dial of this frontend: it is real and reads its
+   * dial subject. Where heartbeats cannot be bound to credentials (shared
+   * agent users, no authentication), anyone can fill the table with agents
+   * that do not exist; the random picks may then all be such, and an agent
+   * that answered lately, tried right after the first pick, still takes
+   * the dial.
+   */
+  vouch(agentId: string): void {
+    this.vouched.delete(agentId);
+    this.vouched.set(agentId, true);
+    if (this.vouched.size > MAX_VOUCHED) this.vouched.delete(this.vouched.keys().next().value!);
+  }
+
+  /** `picks` with up to VOUCHED_FALLBACKS agents that answered lately right after the first. */
+  private withVouched(picks: string[], defaultRouteOnly: boolean): string[] {
+    if (picks.length === 0) return picks;
+    const fallbacks: string[] = [];
+    for (const agentId of this.vouched.keys()) {
+      const agent = this.byId.get(agentId);
+      if (!agent || (defaultRouteOnly && !agent.routes.defaultRoute)) continue;
+      if (this.shunned(agentId) || picks[0] === agentId) continue;
+      fallbacks.push(agentId);
+      if (fallbacks.length === VOUCHED_FALLBACKS) break;
+    }
+    if (fallbacks.length === 0) return picks;
+    const rest = picks.slice(1).filter((agentId) => !fallbacks.includes(agentId));
+    return [picks[0]!, ...fallbacks, ...rest];
+  }
 
   agentsForHost(host: string): string[] {
     if (this.builtAt !== this.fleet.version) this.build();
@@ -291,7 +408,7 @@ export class FleetRoutes {
       this.byDestination.set(host, scored);
     }
     // bestAgents shuffles in place: the remembered list stays as it is.
-    return bestAgents([...scored], this.random);
+    return bestAgents([...scored], this.random, this.loadOf);
   }
 
   private score(host: string): ScoredAgent[] {
@@ -312,12 +429,15 @@ export class FleetRoutes {
     this.byHost = new Map();
     this.byEntry = new Map();
     this.byDestination = new Map();
+    this.all = candidatesFrom(this.fleet.snapshot());
+    this.byId = new Map(this.all.map((agent) => [agent.id, agent]));
+    this.defaultRoute = this.all.filter((agent) => agent.routes.defaultRoute);
     const add = <K>(map: Map<K, AgentCandidate[]>, key: K, agent: AgentCandidate) => {
       const list = map.get(key);
       if (list) list.push(agent);
       else map.set(key, [agent]);
     };
-    for (const agent of candidatesFrom(this.fleet.snapshot())) {
+    for (const agent of this.all) {
       for (const host of agent.routes.hosts) add(this.byHost, host, agent);
       for (const entry of agent.routes.addresses) add(this.byEntry, entry, agent);
     }

@@ -198,3 +198,21 @@ export async function fetchText(port: number, path: string): Promise<{ status: n
   const res = await fetch(`http://127.0.0.1:${port}${path}`);
   return { status: res.status, body: await res.text() };
 }
+
+/**
+ * Sum of the samples matching `selector` (`name` or `name{label="v",...}`);
+ * labels not named in the selector (such as role) are ignored.
+ */
+export async function metric(healthPort: number, selector: string): Promise<number> {
+  const [, name, wanted = ''] = /^([^{]+)(?:\{(.*)\})?$/.exec(selector)!;
+  const labels = wanted ? wanted.split(',') : [];
+  const { body } = await fetchText(healthPort, '/metrics');
+  let total = 0;
+  for (const line of body.split('\n')) {
+    const sample = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})? (\S+)$/.exec(line);
+    if (!sample || sample[1] !== name) continue;
+    const have = (sample[2] ?? '').split(',');
+    if (labels.every((l) => have.includes(l))) total += Number(sample[3]);
+  }
+  return total;
+}

@@ -22,14 +22,14 @@ import {
   type PresenceInfo,
   presenceCodec,
 } from '../../broker/bus-messages.js';
-import { encodeBlocked, encodeData, encodePing } from '../../broker/codec.js';
+import { encodeAccepted, encodeBlocked, encodeData, encodePing } from '../../broker/codec.js';
 import { claimsToken } from '../../broker/identifiers.js';
 import { startLocalServer } from '../../broker/local-server.js';
 import { presenceLimits } from '../../broker/presence.js';
 import { Subjects } from '../../broker/subjects.js';
 import type { RunningFrontend } from '../../frontend/frontend.js';
 import { type Destination, echoServer } from '../helpers/destinations.js';
-import { cliPath, eventually, Fleet, fetchText } from '../helpers/fleet.js';
+import { cliPath, eventually, Fleet, fetchText, metric } from '../helpers/fleet.js';
 import {
   assertSubscribeAllowed,
   assertSubscribeRefused,
@@ -281,6 +281,10 @@ describe('attacker suite: a malicious agent with its own credentials against rea
   });
 
   it('cannot claim identifiers it was not granted, so it attracts no dial for another host', async () => {
+    // Out of the table first (a goodbye under its own subject): only a heartbeat the frontends accept
+    // could bring it back, and the stolen claims below must not.
+    const granted = subjects.presence('agent', 'agA', claimsToken('host=a.example'));
+    attacker.publish(granted, heartbeat({ id: 'agA', identifiers: 'host=a.example', alive: false }));
     let dialsAttracted = 0;
     const sub = attacker.subscribe(subjects.dialAgent('agA'), {
       callback: () => {
@@ -296,7 +300,7 @@ describe('attacker suite: a malicious agent with its own credentials against rea
       'heartbeat under the hash of ungranted identifiers refused by the server',
     );
     // Under its granted subject, the claims do not hash to the subject's token: dropped.
-    attacker.publish(subjects.presence('agent', 'agA', claimsToken('host=a.example')), body);
+    attacker.publish(granted, body);
     await attacker.flush();
     await new Promise((r) => setTimeout(r, 300));
     for (let i = 0; i < 3; i++) await freshDial('a stolen identifier claim');
@@ -305,9 +309,10 @@ describe('attacker suite: a malicious agent with its own credentials against rea
     await survived('stolen identifiers');
   });
 
-  it('bad dial replies (agentId "a b" or 900 KB, another tunnel id) cost only that dial; frames after them are harmless', async () => {
+  it('bad dial answers (agB\'s id, agentId "a b" or 900 KB, another tunnel id) are refused, counted, and the dial moves on to agB', async () => {
     const answered: string[] = [];
     const replies: ((request: { tunnelId: string }) => Uint8Array)[] = [
+      (r) => reply(r.tunnelId, 'agB'),
       (r) => reply(r.tunnelId, 'a b'),
       (r) => reply(r.tunnelId, 'x'.repeat(900 * 1024)),
       () => reply('someothertunnel', 'agA'),
@@ -322,68 +327,142 @@ describe('attacker suite: a malicious agent with its own credentials against rea
         initialWindow: 1 << 20,
       });
     }
-    // Join the agents' queue group: about every other dial comes to the attacker.
-    const sub = attacker.subscribe(subjects.dialAny(), {
-      queue: 'agents',
+    const sub = attacker.subscribe(subjects.dialAgent('agA'), {
       callback: (_err, msg) => {
         const request = dialRequestCodec.decode(msg.data);
         const make = replies[answered.length % replies.length]!;
         answered.push(request.tunnelId);
         msg.respond(make(request));
-        // Then frames on the frontend's end of that tunnel: BLOCKED makes a frontend answer with a WINDOW
-        // to the agent subject built from the reply's agentId.
+        // Then frames on the frontend's end of that tunnel: BLOCKED makes a frontend answer with a WINDOW.
         const frontendEnd = subjects.frontendTunnel(request.frontendId, request.tunnelId);
         attacker.publish(frontendEnd, encodeBlocked(0));
         attacker.publish(frontendEnd, encodeData(1, Buffer.from('injected')));
       },
     });
-    await attacker.flush();
-    const failures: string[] = [];
-    for (let i = 0; i < 60 && answered.length < 6; i++) {
-      const client = new ProxyStreamClient(`unix:${uds}`);
-      const dial = await client.dial(echo.address);
-      if (dial.error) failures.push(dial.error);
-      client.close();
-    }
-    sub.unsubscribe();
-    await attacker.flush();
-    assert.ok(answered.length >= 3, `the attacker answered ${answered.length} dials`);
-    assert.equal(failures.length, answered.length, `every dial the attacker answered failed: ${failures}`);
-    for (const error of failures) assert.match(error, /KNATS_BAD_PEER_MESSAGE/);
-    await survived('bad dial replies');
-    await freshDial('bad dial replies');
-  });
-
-  it("a dial sent to the attacker by name cannot be answered in agB's name", async () => {
-    const sub = attacker.subscribe(subjects.dialAgent('agA'), {
-      callback: (_err, msg) => {
-        const request = dialRequestCodec.decode(msg.data);
-        msg.respond(
-          dialResponseCodec.encode({
-            protocolVersion: PROTOCOL_VERSION,
-            tunnelId: request.tunnelId,
-            agentId: 'agB',
-            errorCode: '',
-            errorMessage: '',
-            initialWindow: 1 << 20,
-          }),
-        );
-      },
-    });
-    // A proper heartbeat with its granted identifiers: destHost dials for a.example go to agA by name.
+    // A proper heartbeat with its granted identifiers: destHost dials for a.example go to agA first.
     attacker.publish(
       subjects.presence('agent', 'agA', claimsToken('host=a.example')),
       heartbeat({ id: 'agA', identifiers: 'host=a.example' }),
     );
     await attacker.flush();
     await new Promise((r) => setTimeout(r, 300));
-    const client = new ProxyStreamClient(`unix:${uds}`);
-    const dial = await client.dial('a.example:443');
-    client.close();
+    const refusedBefore = await metric(frontend.healthPort, 'knats_dial_answers_refused_total');
+    for (let i = 0; i < replies.length; i++) {
+      const client = new ProxyStreamClient(`unix:${uds}`);
+      // a.example resolves nowhere: agB, which the dial moves on to, answers with its own DNS failure.
+      const dial = await client.dial('a.example:443');
+      client.close();
+      assert.notEqual(dial.error, '', 'no tunnel from a refused answer');
+      assert.doesNotMatch(
+        dial.error,
+        /KNATS_BAD_PEER_MESSAGE/,
+        `the dial moved on instead of failing: ${dial.error}`,
+      );
+    }
     sub.unsubscribe();
-    assert.match(dial.error, /KNATS_BAD_PEER_MESSAGE.*sent to agent agA answered by agent agB/);
-    await survived('a reply in another agent name');
+    await attacker.flush();
+    assert.equal(answered.length, replies.length, 'every destHost dial for a.example was offered to agA');
+    const refused = (await metric(frontend.healthPort, 'knats_dial_answers_refused_total')) - refusedBefore;
+    assert.equal(refused, replies.length, 'each refusal counted');
+    await survived('bad dial answers');
+    await freshDial('bad dial answers');
   });
+
+  for (const mode of [
+    'drops them',
+    'acknowledges them and answers nothing',
+    'answers them as agB',
+  ] as const) {
+    it(`an agent with 200 subscriptions gets one dial, not the lot, when it ${mode}`, async () => {
+      // The queue groups of earlier releases, where nats-server spread dials per subscription: gone.
+      await assertSubscribeRefused(attacker, `${subjects.prefix}.dial.any`, 'agents');
+      await assertSubscribeRefused(attacker, `${subjects.prefix}.dial.route`, 'agents');
+      // A frontend of its own per mode: what it learns about agA (FleetRoutes.shun) starts fresh.
+      const feUds = fleet.socketPath();
+      const fe2 = await fleet.spawnFrontend(feUds, [
+        '--server-id',
+        'fe2',
+        '--nats-nkey',
+        seed('frontend-fe2'),
+        '--proxy-strategies',
+        'default',
+        '--backend-dial-timeout',
+        '2s',
+      ]);
+      const received = new Set<string>();
+      const subs = Array.from({ length: 200 }, () =>
+        attacker.subscribe(subjects.dialAgent('agA'), {
+          callback: (_err, msg) => {
+            const request = dialRequestCodec.decode(msg.data);
+            if (received.has(request.tunnelId)) return; // every subscription gets a copy: act once
+            received.add(request.tunnelId);
+            if (mode === 'acknowledges them and answers nothing') {
+              attacker.publish(
+                subjects.frontendTunnel(request.frontendId, request.tunnelId),
+                encodeAccepted(),
+              );
+            } else if (mode === 'answers them as agB') {
+              msg.respond(
+                dialResponseCodec.encode({
+                  protocolVersion: PROTOCOL_VERSION,
+                  tunnelId: request.tunnelId,
+                  agentId: 'agB',
+                  errorCode: '',
+                  errorMessage: '',
+                  initialWindow: 1 << 20,
+                }),
+              );
+            }
+          },
+        }),
+      );
+      // Idle and willing, as far as its heartbeat says.
+      attacker.publish(
+        subjects.presence('agent', 'agA', claimsToken('host=a.example')),
+        heartbeat({ id: 'agA', identifiers: 'host=a.example', openTunnels: 0 }),
+      );
+      await attacker.flush();
+      try {
+        await eventually(
+          async () => (await fetchText(fe2.healthPort, '/readyz')).status === 200,
+          'fe2 ready',
+        );
+        await new Promise((r) => setTimeout(r, 300));
+        const failures: string[] = [];
+        const dials = 12;
+        for (let i = 0; i < dials; i++) {
+          const client = new ProxyStreamClient(`unix:${feUds}`);
+          try {
+            const dial = await client.dial(echo.address);
+            if (dial.error) failures.push(dial.error);
+            else {
+              const payload = randomBytes(1024);
+              await client.sendAll(dial.connectID, payload);
+              await client.waitBytes(dial.connectID, payload.length, 10_000);
+              assert.ok(client.dataOf(dial.connectID).equals(payload), 'a tunnel that opened is byte-exact');
+            }
+          } finally {
+            client.close();
+          }
+        }
+        // Half of the first dials are its share; after the first one it let down, it is offered dials last.
+        assert.ok(
+          received.size >= 1 && received.size <= 2,
+          `agA received ${received.size} of ${dials} dials`,
+        );
+        if (mode === 'acknowledges them and answers nothing') {
+          assert.equal(failures.length, received.size, `only the dials agA held failed: ${failures}`);
+          for (const error of failures) assert.match(error, /KNATS_DIAL_TIMEOUT/);
+        } else {
+          assert.deepEqual(failures, [], 'every dial moved on to agB');
+        }
+      } finally {
+        for (const sub of subs) sub.unsubscribe();
+        fe2.child.kill('SIGKILL');
+      }
+      await survived(`an agent that ${mode}`);
+    });
+  }
 
   it("a heartbeat flood on the attacker's own subject costs only its own heartbeats", async () => {
     // 4 KiB of identifiers that do not match the granted claims: each one is costly to read (decode, hash)
@@ -544,7 +623,8 @@ describe('attacker suite: where identity cannot be bound (shared credentials, no
     const state = frontend.debugState();
     assert.equal(state.agents, presenceLimits.maxPeers);
     assert.equal(state.incompatiblePeers, presenceLimits.maxIncompatible);
-    // destHost picks fakes first (none answers): at most MAX_DESTHOST_AGENTS of them, then the default queue.
+    // destHost picks fakes first (none listens): at most MAX_AGENTS_PER_STRATEGY of them, then default: a
+    // random pick (most likely a fake too), then the agent that answered this frontend's last dial.
     const client = new ProxyStreamClient(`unix:${frontend.uds}`);
     const dial = await client.dial(echo.address);
     client.close();

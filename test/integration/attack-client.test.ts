@@ -60,6 +60,7 @@ describe('attacks of a malicious client', () => {
   let connectUds: string;
   let connectHealthPort: number;
   let agent: RunningAgent;
+  let clusterAgent: RunningAgent;
   let clusterUds: string;
   let nc: NatsConnection;
 
@@ -84,7 +85,7 @@ describe('attacks of a malicious client', () => {
     connectUds = connectFe.uds;
     connectHealthPort = connectFe.healthPort;
     // Prefix "cluster": only cluster service names (and the victim's echo) may be dialed.
-    await fleet.agent([
+    clusterAgent = await fleet.agent([
       '--subject-prefix',
       'cluster',
       '--allow-destinations',
@@ -129,7 +130,7 @@ describe('attacks of a malicious client', () => {
 
   it('the agent refuses the NUL host on its own too (a dial request straight on the bus)', async () => {
     const reply = await nc.request(
-      new Subjects('cluster').dialAny(),
+      new Subjects('cluster').dialAgent(clusterAgent.id),
       dialRequestCodec.encode({
         protocolVersion: PROTOCOL_VERSION,
         tunnelId: 'nul-attack-1',
@@ -285,8 +286,9 @@ describe('attacks of a malicious client', () => {
     const hanging = await hangingPort();
     const target = `127.0.0.1:${hanging.port}`;
     const message = `\x1b[2J${'x'.repeat(300 * 1024)}`;
-    // A forged answer on the bus, faster than the real agent (whose dial to `target` hangs).
-    const forged = nc.subscribe(new Subjects('knats').dialAny(), {
+    // A forged answer on the bus (this server has no permissions: anyone may read an agent's dials), in the
+    // agent's name and faster than the real agent (whose dial to `target` hangs).
+    const forged = nc.subscribe(new Subjects('knats').dialAgent(agent.id), {
       callback: (_err, msg) => {
         const request = dialRequestCodec.decode(msg.data);
         if (request.address !== target) return;
@@ -294,7 +296,7 @@ describe('attacks of a malicious client', () => {
           dialResponseCodec.encode({
             protocolVersion: PROTOCOL_VERSION,
             tunnelId: request.tunnelId,
-            agentId: 'forger',
+            agentId: agent.id,
             errorCode: 'constructor',
             errorMessage: message,
             initialWindow: 0,

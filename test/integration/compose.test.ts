@@ -38,7 +38,7 @@ import type { NatsSettings } from '../../broker/connection.js';
 import { ErrorCode, KnatsError } from '../../broker/errors.js';
 import { findNatsServer, freePort, type LocalServer, startLocalServer } from '../../broker/local-server.js';
 import { silentLogger } from '../../broker/logging.js';
-import { AGENT_QUEUE, Subjects } from '../../broker/subjects.js';
+import { Subjects } from '../../broker/subjects.js';
 import { brokerFlags } from '../../cli/broker-command.js';
 import { agentConfig, frontendConfig, natsSettings } from '../../cli/config.js';
 import { dialFlags } from '../../cli/dial-command.js';
@@ -2393,15 +2393,13 @@ describe('deploy/nats on a real nats-server, over TLS', {
           ['sub', subjects.presenceAll()],
           ['sub', subjects.presenceQuery()],
           ['sub', '_INBOX.abc.*'],
-          ['pub', subjects.dialAny()],
-          ['pub', subjects.dialRoute()],
           ['pub', subjects.dialAgent(agentId)],
           ['pub', subjects.agentTunnel(agentId, 't1')],
           ['pub', subjects.presence('frontend', frontendId, 'c')],
           ['pub', subjects.presenceQuery()],
         ],
         denied: [
-          ['sub', subjects.dialAny(), AGENT_QUEUE],
+          ['sub', subjects.dialAgent(agentId)],
           ['sub', subjects.agentTunnels(agentId)],
           ['sub', 'other.>'],
           ['pub', subjects.frontendTunnel(frontendId, 't1')],
@@ -2412,8 +2410,6 @@ describe('deploy/nats on a real nats-server, over TLS', {
       {
         user: agent.config.nats.user ?? '',
         allowed: [
-          ['sub', subjects.dialAny(), AGENT_QUEUE],
-          ['sub', subjects.dialRoute(), AGENT_QUEUE],
           ['sub', subjects.dialAgent(agentId)],
           ['sub', subjects.agentTunnels(agentId)],
           ['sub', subjects.presenceAll()],
@@ -2423,14 +2419,14 @@ describe('deploy/nats on a real nats-server, over TLS', {
           ['pub', subjects.presenceQuery()],
         ],
         denied: [
-          // outside the queue group an agent would see every dial
-          ['sub', subjects.dialAny()],
-          ['sub', subjects.dialRoute(), 'eavesdroppers'],
+          // the queue groups of earlier releases, whose share any member could take by subscribing many times
+          ['sub', `${subjects.prefix}.dial.any`, 'agents'],
+          ['sub', `${subjects.prefix}.dial.route`, 'agents'],
           ['sub', subjects.agentTunnels(otherAgent)],
           ['sub', subjects.dialAgent(otherAgent)],
           ['sub', subjects.frontendTunnels(frontendId)],
           ['sub', '_INBOX.>'],
-          ['pub', subjects.dialAny()],
+          ['pub', subjects.dialAgent(otherAgent)],
           ['pub', subjects.agentTunnel(otherAgent, 't1')],
           ['pub', subjects.presence('agent', otherAgent, 'c')],
           ['pub', subjects.presence('frontend', frontendId, 'c')],
@@ -2445,7 +2441,7 @@ describe('deploy/nats on a real nats-server, over TLS', {
         denied: [
           ['sub', subjects.frontendTunnels(frontendId)],
           ['pub', subjects.presence('agent', agentId, 'c')],
-          ['pub', subjects.dialAny()],
+          ['pub', subjects.dialAgent(agentId)],
         ],
       },
     ];

@@ -27,7 +27,7 @@ import {
   sha256,
   shaServer,
 } from '../helpers/destinations.js';
-import { agentArgs, cliPath, eventually, Fleet, fetchText } from '../helpers/fleet.js';
+import { agentArgs, cliPath, eventually, Fleet, fetchText, metric } from '../helpers/fleet.js';
 
 const run = promisify(execFile);
 
@@ -62,24 +62,6 @@ async function connectFrontend(
   const frontend = await startFrontend({ ...config, ...overrides, logger });
   fleet.frontends.push(frontend);
   return Object.assign(frontend, { uds });
-}
-
-/**
- * Sum of the samples matching `selector` (`name` or `name{label="v",...}`);
- * labels not named in the selector (such as role) are ignored.
- */
-async function metric(healthPort: number, selector: string): Promise<number> {
-  const [, name, wanted = ''] = /^([^{]+)(?:\{(.*)\})?$/.exec(selector)!;
-  const labels = wanted ? wanted.split(',') : [];
-  const { body } = await fetchText(healthPort, '/metrics');
-  let total = 0;
-  for (const line of body.split('\n')) {
-    const sample = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})? (\S+)$/.exec(line);
-    if (!sample || sample[1] !== name) continue;
-    const have = (sample[2] ?? '').split(',');
-    if (labels.every((l) => have.includes(l))) total += Number(sample[3]);
-  }
-  return total;
 }
 
 /** socat from a loopback port to the frontend's Unix socket (curl cannot CONNECT over a Unix socket). */

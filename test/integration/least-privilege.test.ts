@@ -1,5 +1,5 @@
 /**
- * Least privilege on the bus (DESIGN §5.6) against real nats-server processes:
+ * Least privilege on the bus against real nats-server processes:
  * the configuration printed by `knats broker config`, the credentials of the
  * local `knats broker`, and every authenticated-NATS flag end to end.
  */

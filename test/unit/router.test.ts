@@ -9,7 +9,7 @@ import {
   compileRoutes,
   DialDestination,
   dialTargets,
-  MAX_DESTHOST_AGENTS,
+  MAX_AGENTS_PER_STRATEGY,
   matchSpecificity,
 } from '../../frontend/router.js';
 
@@ -72,11 +72,11 @@ describe('destHost matching', () => {
     assert.equal(firsts.get('c') ?? 0, 0);
   });
 
-  it('tries at most MAX_DESTHOST_AGENTS agents for one dial, the most specific first', () => {
+  it('tries at most MAX_AGENTS_PER_STRATEGY agents for one dial, the most specific first', () => {
     const agents = Array.from({ length: 50 }, (_, i) => agent(`wide${i}`, 'cidr=0.0.0.0/0'));
     agents.push(agent('exact', 'ipv4=10.1.2.3'));
     const order = agentsForHost(agents, '10.1.2.3');
-    assert.equal(order.length, MAX_DESTHOST_AGENTS);
+    assert.equal(order.length, MAX_AGENTS_PER_STRATEGY);
     assert.equal(order[0], 'exact');
   });
 
@@ -99,9 +99,10 @@ describe('destHost matching', () => {
     assert.ok(perDialMs < 50, `${perDialMs.toFixed(1)} ms per dial`);
   });
 
-  it('builds candidates from presence, skipping draining agents and frontends', () => {
-    const peer = (id: string, role: string, identifiers: string, draining = false) => ({
+  it('builds candidates from presence, skipping draining agents, frontends and agents known only from a dial', () => {
+    const peer = (id: string, role: string, identifiers: string, draining = false, provisional = false) => ({
       info: { id, role, identifiers, draining, openTunnels: 0 },
+      provisional,
     });
     const list = candidatesFrom([
       peer('a', 'agent', 'host=x'),
@@ -109,26 +110,42 @@ describe('destHost matching', () => {
       peer('f', 'frontend', ''),
       peer('c', 'agent', ''),
       peer('d', 'agent', 'future-key=1'),
+      peer('e', 'agent', '', false, true),
     ]);
     assert.deepEqual(
       list.map((c) => c.id),
-      ['a'],
+      ['a', 'c', 'd'],
     );
+    // Without identifiers (or with ones this build cannot read): the default strategy only.
+    assert.equal(list[1]!.routes.hosts.size + list[2]!.routes.addresses.length, 0);
+    assert.ok(!list[2]!.routes.defaultRoute);
   });
 });
 
 describe('strategy order', () => {
   const subjects = new Subjects('p');
-  it('tries strategies in the configured order and skips destHost without a match', () => {
-    const none = () => [];
+  const picks: Record<string, string[]> = {
+    destHost: [],
+    defaultRoute: ['r1', 'a1'],
+    default: ['a1', 'a2', 'r1'],
+  };
+  it('tries strategies in the configured order, each agent once, always by its own subject', () => {
+    const targets = dialTargets(['destHost', 'defaultRoute', 'default'], subjects, (s) => picks[s]!, 'h');
     assert.deepEqual(
-      dialTargets(['destHost', 'defaultRoute', 'default'], subjects, none, 'h').map((t) => t.subject),
-      ['p.dial.route', 'p.dial.any'],
+      targets.map((t) => [t.strategy, t.subject]),
+      [
+        ['defaultRoute', 'p.dial.agent.r1'],
+        ['defaultRoute', 'p.dial.agent.a1'],
+        ['default', 'p.dial.agent.a2'],
+      ],
     );
     assert.deepEqual(
-      dialTargets(['destHost', 'default'], subjects, () => ['a1', 'a2'], 'h').map((t) => t.subject),
-      ['p.dial.agent.a1', 'p.dial.agent.a2', 'p.dial.any'],
+      targets.map((t) => t.agentId),
+      ['r1', 'a1', 'a2'],
     );
-    assert.deepEqual(dialTargets(['destHost'], subjects, none, 'h'), []);
+    assert.deepEqual(
+      dialTargets(['destHost'], subjects, (s) => picks[s]!, 'h'),
+      [],
+    );
   });
 });
