@@ -116,6 +116,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
       identifiers: config.identifiers.text,
       proxyStrategies: '',
       isDraining: () => draining,
+      takesDials: () => subscribed,
       metrics: busMetrics,
       link,
       needs: () => agentNeeds(subjects, config.id, config.identifiers.text),
@@ -323,6 +324,7 @@ export async function startAgent(config: AgentConfig): Promise<RunningAgent> {
   // Make sure the server has our subscriptions before we report ready.
   await nc.flush();
   subscribed = true;
+  presence.beat(); // taking dials now: tell the fleet at once, not at the next heartbeat
   logger.info({ identifiers: config.identifiers.text, version: VERSION }, 'agent ready');
 
   return {

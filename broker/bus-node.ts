@@ -32,6 +32,11 @@ export interface BusNodeOptions {
   readonly identifiers: string;
   readonly proxyStrategies: string;
   readonly isDraining: () => boolean;
+  /**
+   * False while the process cannot take dials yet (an agent before it reads its dial subject): its
+   * heartbeats then say draining, so no frontend chooses it. Default: always true.
+   */
+  readonly takesDials?: () => boolean;
   /** Created before joining, so /metrics and /readyz answer while the bus is still out of reach. */
   readonly metrics: BusMetrics;
   readonly link: BusLink;
@@ -140,7 +145,7 @@ export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
         identifiers: options.identifiers,
         version: VERSION,
         openTunnels: tunnelHost.size,
-        draining: options.isDraining(),
+        draining: options.isDraining() || options.takesDials?.() === false,
         uptimeMs: Date.now() - startedAt,
         bytesIn: bytes.in,
         bytesOut: bytes.out,

@@ -203,6 +203,18 @@ export class Presence {
     return [...this.peers.values()];
   }
 
+  /**
+   * Resolves once a peer of `role` that takes dials is known, or after
+   * `timeoutMs`: the answers to our query at start take a round trip, and a
+   * process that routes by presence should not serve before they arrive.
+   */
+  async untilKnown(role: PresenceInfo['role'], timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.count(role, { excludeDraining: true }) === 0 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+  }
+
   /** Counts live peers of a role (optionally only those taking new dials). */
   count(role: PresenceInfo['role'], { excludeDraining = false } = {}): number {
     let n = 0;

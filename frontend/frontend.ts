@@ -211,6 +211,8 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
     tracing,
   });
 
+  // The fleet answers our presence query within a round trip: dials that came before would find no agent.
+  await presence.untilKnown('agent', FIRST_PRESENCE_WAIT_MS);
   const doorDeps: DoorDeps = { dialer, metrics, logger, config, accepting: () => !draining };
   const servingDoor = config.mode === 'grpc' ? grpcDoor(doorDeps) : connectDoor(doorDeps);
   try {
@@ -304,6 +306,13 @@ interface DoorDeps {
   readonly config: FrontendConfig;
   readonly accepting: () => boolean;
 }
+
+/**
+ * How long a starting frontend waits for its first agent before it opens its
+ * doors: agents answer the presence query at once, so a fleet with agents is
+ * known in a few milliseconds; a fleet without any costs this much start time.
+ */
+const FIRST_PRESENCE_WAIT_MS = 500;
 
 /** A front door's listeners, whatever its protocol: the frontend wires and stops them alike. */
 interface ServingDoor {

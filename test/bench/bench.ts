@@ -110,6 +110,7 @@ interface Sizes {
   noisyRoundTrips: number;
   noisyRepeats: number;
   churnCycles: number;
+  balanceDials: number;
 }
 
 const QUICK: Sizes = {
@@ -129,6 +130,7 @@ const QUICK: Sizes = {
   noisyRoundTrips: 20,
   noisyRepeats: 1,
   churnCycles: 1000,
+  balanceDials: 300,
 };
 
 const FULL: Sizes = {
@@ -148,6 +150,7 @@ const FULL: Sizes = {
   noisyRoundTrips: 200,
   noisyRepeats: 3,
   churnCycles: 100_000,
+  balanceDials: 300,
 };
 
 function parseArgs(argv: string[]): Options {
@@ -1471,6 +1474,44 @@ class Bench {
       met: left === 0,
       extra: { openBefore },
     });
+  }
+
+  // ---- 7. balance ----
+
+  /**
+   * Tunnels per agent when frontends choose the agent: two more agents join
+   * (three in all), the gRPC door opens `balanceDials` idle tunnels, each
+   * agent's open tunnels are read from its own /debug/state. Last, since
+   * the extra agents would change what the scenarios above measure.
+   */
+  async balance(): Promise<void> {
+    const { fleet } = this;
+    const dials = this.sizes.balanceDials;
+    progress('balance: two more agents');
+    const extra = await Promise.all([fleet.startAgent(), fleet.startAgent()]);
+    try {
+      const agents = [fleet.agent, ...extra];
+      const before = await this.openTunnels(agents);
+      // Every frontend knows the new agents after one heartbeat.
+      await sleep(3000);
+      progress(`balance: ${dials} idle gRPC tunnels over 3 agents`);
+      await this.openIdle('grpc', dials);
+      const open = await this.openTunnels(agents);
+      await this.closeIdle();
+      const perAgent = open.map((n, i) => n - before[i]!);
+      const ratio = Math.max(...perAgent) / Math.max(1, Math.min(...perAgent));
+      this.add({
+        scenario: 'balance',
+        figure: `tunnels per agent, ${dials} dials over 3 agents: max/min`,
+        value: round(ratio, 2),
+        unit: 'x',
+        target: '<= 1.2x',
+        met: ratio <= 1.2,
+        extra: { perAgent },
+      });
+    } finally {
+      await Promise.all(extra.map((agent) => stopProc(agent.proc)));
+    }
   }
 }
 

@@ -147,7 +147,7 @@ export interface NoisyResult {
 
 // ---- results ----
 
-export const SCENARIOS = ['throughput', 'roundtrip', 'dial', 'many', 'noisy', 'churn'] as const;
+export const SCENARIOS = ['throughput', 'roundtrip', 'dial', 'many', 'noisy', 'churn', 'balance'] as const;
 export type Scenario = (typeof SCENARIOS)[number];
 
 /** What the CONNECT rows say while the frontend has no --mode http-connect. */

@@ -160,10 +160,10 @@ describe('wrong credentials: the permission check at start', () => {
       () => logs.find((l) => l.code === 'KNATS_BUS_PERMISSION'),
       'a permission error in the log',
     );
-    assert.match(String(refusal.refused), /subscribe knats\.dial\.any \(queue agents\)/);
+    assert.match(String(refusal.refused), /subscribe knats\.dial\.agent\.ag1/);
     const ready = await fetchText(healthPort, '/readyz');
     assert.equal(ready.status, 503);
-    assert.match(ready.body, /NATS permission denied: .*subscribe knats\.dial\.any \(queue agents\)/);
+    assert.match(ready.body, /NATS permission denied: .*subscribe knats\.dial\.agent\.ag1/);
     await new Promise((r) => setTimeout(r, 1000));
     assert.equal(logs.filter((l) => l.msg === 'agent ready').length, 0, 'never reports ready');
     assert.equal((await fetchText(healthPort, '/readyz')).status, 503);
