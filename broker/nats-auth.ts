@@ -95,7 +95,7 @@ export function frontendPermissions(prefix: string, frontendId?: string, workers
  * agent's dials and frames and heartbeat as any agent); with it, only that
  * agent's subjects.
  *
- * `grant` (identifiers text, per-agent users only): the identifiers this
+ * `grant` (identifiers text; for a shared user only the empty set): the identifiers this
  * agent may claim. Its heartbeats are then allowed only under the hash of
  * that set (frontends check claims against it, see identifiers.ts
  * claimsToken), so it is offered destHost and default-route dials only as
@@ -104,7 +104,8 @@ export function frontendPermissions(prefix: string, frontendId?: string, workers
 export function agentPermissions(prefix: string, agentId?: string, grant?: string): RolePermissions {
   const s = new Subjects(prefix);
   if (agentId !== undefined) assertToken(agentId, 'agent id');
-  if (grant !== undefined && agentId === undefined) {
+  // A shared user is every agent: it can be granted no identifiers (--require-grants), not some.
+  if (grant && agentId === undefined) {
     throw new KnatsError(ErrorCode.BadConfig, 'identifiers can be granted only to a per-agent user');
   }
   const granted = grant === undefined ? undefined : parseAgentIdentifiers(grant);
@@ -197,7 +198,11 @@ function userBlock(prefix: string, user: AuthUser, indent: string): string[] {
   const label = [
     user.role,
     user.id,
-    user.grant === undefined ? '' : `may claim ${JSON.stringify(user.grant)}`,
+    user.grant === undefined
+      ? ''
+      : user.grant
+        ? `may claim ${JSON.stringify(user.grant)}`
+        : 'may claim no identifiers',
     user.workers
       ? `and its workers ${frontendWorkerId(user.id ?? '', 1)}..${frontendWorkerId(user.id ?? '', user.workers)}`
       : '',

@@ -77,8 +77,17 @@ export const brokerConfigFlags: FlagSpec[] = [
       'comma-separated; ID=UPUBKEY uses an existing public nkey). Replaces the shared agent user, ' +
       'so every agent then needs its own (--agent-id ID). ?IDENTIFIERS grants the identifiers the ' +
       "agent may claim, e.g. 'agA?host=a.example&cidr=10.0.0.0/8' (it must run with exactly these " +
-      '--agent-identifiers; without a grant it may claim any)',
+      '--agent-identifiers; without a grant it may claim any, or none with --require-grants)',
     placeholder: 'ID[=NKEY][?IDENTIFIERS]',
+  },
+  {
+    name: 'require-grants',
+    kind: 'bool',
+    default: false,
+    help:
+      'agents without an identifier grant (an --agent ID without ?IDENTIFIERS, or the shared agent user) ' +
+      'may claim no identifiers: they take default dials only, so destHost and default-route dials go ' +
+      'only to agents granted them',
   },
   {
     name: 'frontend',
@@ -335,7 +344,11 @@ export async function brokerConfig(
   if (flags.positionals.length) throw bad(`unexpected argument ${JSON.stringify(flags.positionals[0])}`);
   const prefixes = prefixesOf(flags, 'prefix');
   const stateDir = path.resolve(flags.string('state-dir') ?? DEFAULT_STATE_DIR);
-  const agents = idsOf(flags, 'agent');
+  // With --require-grants an agent without a grant is granted no identifiers (the empty set).
+  const ungranted = flags.bool('require-grants') ? '' : undefined;
+  const agents = idsOf(flags, 'agent').map((agent) =>
+    agent.grant === undefined && ungranted !== undefined ? { ...agent, grant: ungranted } : agent,
+  );
   const frontends = idsOf(flags, 'frontend');
   const frontendWorkers = flags.int('frontend-workers');
   if (frontendWorkers < 0 || frontendWorkers > MAX_FRONTEND_WORKERS) {
@@ -391,9 +404,14 @@ export async function brokerConfig(
     };
     for (const role of ['frontend', 'agent', 'status'] as const) {
       const perProcess = role === 'agent' ? agents : role === 'frontend' ? frontends : [];
-      for (const nkey of sharedKeys[role]) await add(role, { nkey });
+      for (const nkey of sharedKeys[role])
+        await add(role, {
+          nkey,
+          ...(role === 'agent' && ungranted !== undefined ? { grant: ungranted } : {}),
+        });
       // The shared user is generated unless keys were given or per-process users replace it.
-      if (sharedKeys[role].length === 0 && perProcess.length === 0) await add(role);
+      const sharedGrant = role === 'agent' && ungranted !== undefined ? { grant: ungranted } : {};
+      if (sharedKeys[role].length === 0 && perProcess.length === 0) await add(role, sharedGrant);
       for (const user of perProcess) await add(role, user);
     }
     auth.push({ prefix, users });
@@ -408,7 +426,7 @@ export async function brokerConfig(
       ...usageLines(
         'URL',
         credentials,
-        new Map(agents.flatMap((a) => (a.grant === undefined ? [] : [[a.id, a.grant] as const]))),
+        new Map(agents.flatMap((a) => (a.grant ? [[a.id, a.grant] as const] : []))),
         frontendWorkers,
       ),
     );

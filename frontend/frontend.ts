@@ -140,6 +140,8 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
     maxBuffered: node?.host.maxBuffered() ?? 0,
     receiveBudgetInUse: node?.host.budget.inUse ?? 0,
     agents: node?.presence.count('agent') ?? 0,
+    /** Agents routing may choose: not draining (an agent says so until it reads its dial subject). */
+    agentsTakingDials: liveAgents(),
     incompatiblePeers: node?.presence.incompatibleCount ?? 0,
     rejectedHeartbeats: node?.presence.rejectedHeartbeats ?? 0,
     draining,

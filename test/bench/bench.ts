@@ -1492,8 +1492,11 @@ class Bench {
     try {
       const agents = [fleet.agent, ...extra];
       const before = await this.openTunnels(agents);
-      // Every frontend knows the new agents after one heartbeat.
-      await sleep(3000);
+      for (let i = 0; i < 100; i++) {
+        const state = JSON.parse((await httpGet(fleet.grpcFrontend.adminPort, '/debug/state')).body);
+        if (state.agentsTakingDials === 3) break;
+        await sleep(50);
+      }
       progress(`balance: ${dials} idle gRPC tunnels over 3 agents`);
       await this.openIdle('grpc', dials);
       const open = await this.openTunnels(agents);

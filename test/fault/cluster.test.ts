@@ -12,7 +12,7 @@ import {
   sha256,
   shaServer,
 } from '../helpers/destinations.js';
-import { agentArgs, Fleet, frontendArgs } from '../helpers/fleet.js';
+import { agentArgs, eventually, Fleet, frontendArgs } from '../helpers/fleet.js';
 import { ProxyStreamClient } from '../helpers/proxy-client.js';
 
 const MiB = 1024 * 1024;
@@ -38,6 +38,7 @@ describe('a 3-node NATS cluster loses the node a frontend is connected to', () =
       agents.push(await startAgent({ ...ac, logger: silentLogger() }));
     }
     web = await httpServer('web');
+    await eventually(() => frontend.debugState().agentsTakingDials === 2, 'both agents known');
   });
   after(async () => {
     await frontend.stop({ immediate: true });

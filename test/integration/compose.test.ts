@@ -2482,7 +2482,10 @@ describe('deploy/nats on a real nats-server, over TLS', {
         );
         const agent: RunningAgent = await startAgent({ ...config, logger: silentLogger() });
         try {
-          await eventually(() => frontend.debugState().agents === 1, `${service} known to the frontend`);
+          await eventually(
+            () => frontend.debugState().agentsTakingDials === 1,
+            `${service} known to the frontend`,
+          );
           await getThroughSocket(uds, web, service);
           // And the client's own `knats dial` line, the real CLI, a request on its stdin.
           const dialCmd = report.services.get('client')?.checked.find((c) => c.kind === 'dial');

@@ -14,6 +14,7 @@ import { connect, type NatsConnection, nkeys } from '@nats-io/transport-node';
 import { pino } from 'pino';
 import { startAgent } from '../../agent/agent.js';
 import { connectionOptions, type NatsSettings } from '../../broker/connection.js';
+import { claimsToken } from '../../broker/identifiers.js';
 import { startLocalServer } from '../../broker/local-server.js';
 import { agentConfig, frontendConfig } from '../../cli/config.js';
 import { collectFleet } from '../../cli/status-command.js';
@@ -126,6 +127,55 @@ describe('least privilege: the configuration of `knats broker config` on a real 
     await echo.close();
     await fleet.stop();
     rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('--require-grants: agents without a grant, per-agent or shared, may claim no identifiers; granted ones theirs', async () => {
+    const grantsDir = mkdtempSync(join(tmpdir(), 'knats-grants-'));
+    const server = await startLocalServer({
+      extraConfig: brokerConfigCli(
+        [
+          '--prefix',
+          'g',
+          '--agent',
+          'plain',
+          '--agent',
+          'named?host=n.example',
+          '--require-grants',
+          '--state-dir',
+          'state',
+        ],
+        grantsDir,
+      ),
+    });
+    const shared = await startLocalServer({
+      extraConfig: brokerConfigCli(['--prefix', 's', '--require-grants', '--state-dir', 'state'], grantsDir),
+    });
+    const connections: NatsConnection[] = [];
+    const user = async (url: string, prefix: string, name: string) => {
+      const nc = await connectWith({
+        servers: [url],
+        nkeyFile: join(grantsDir, 'state', prefix, `${name}.nk`),
+      });
+      connections.push(nc);
+      return nc;
+    };
+    try {
+      const plain = await user(server.url, 'g', 'agent-plain');
+      await assertPublishAllowed(plain, `g.presence.agent.plain.${claimsToken('')}`);
+      await assertPublishRefused(plain, `g.presence.agent.plain.${claimsToken('host=n.example')}`);
+      await assertPublishRefused(plain, `g.presence.agent.plain.${claimsToken('default-route=true')}`);
+      const named = await user(server.url, 'g', 'agent-named');
+      await assertPublishAllowed(named, `g.presence.agent.named.${claimsToken('host=n.example')}`);
+      await assertPublishRefused(named, `g.presence.agent.named.${claimsToken('')}`);
+      const anyAgent = await user(shared.url, 's', 'agent');
+      await assertPublishAllowed(anyAgent, `s.presence.agent.someone.${claimsToken('')}`);
+      await assertPublishRefused(anyAgent, `s.presence.agent.someone.${claimsToken('cidr=0.0.0.0/0')}`);
+    } finally {
+      await Promise.all(connections.map((nc) => nc.close()));
+      await server.stop();
+      await shared.stop();
+      rmSync(grantsDir, { recursive: true, force: true });
+    }
   });
 
   it('writes one seed per role and agent, readable only by the owner, and no secret into the config', () => {
