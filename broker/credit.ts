@@ -118,6 +118,10 @@ export class ReceiveCredit {
   get consumed(): number {
     return this.consumedBytes;
   }
+  /** The window the peer is granted now: the minimum plus what this tunnel borrowed. */
+  get window(): number {
+    return this.settings.minWindow + this.borrowedBytes;
+  }
   /** Bytes received and not yet consumed by the local sink. */
   get buffered(): number {
     return this.receivedBytes - this.consumedBytes;

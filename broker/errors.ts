@@ -39,6 +39,8 @@ export const ErrorCode = {
   ConnectionReset: 'KNATS_CONNECTION_RESET',
   /** The peer process stopped heartbeating or no longer knows the tunnel. */
   PeerGone: 'KNATS_PEER_GONE',
+  /** Bytes waited to move in a tunnel and none moved either way for --stalled-tunnel-timeout: aborted on both ends. */
+  TunnelStalled: 'KNATS_TUNNEL_STALLED',
   /** The dial succeeded on the agent but the frontend never confirmed it. */
   ConfirmTimeout: 'KNATS_CONFIRM_TIMEOUT',
   /** Our own NATS connection was lost for longer than the liveness window. */
@@ -110,6 +112,7 @@ const presentationTable: Record<ErrorCode, ErrorPresentation> = {
   KNATS_CONNECTION_RESET: { httpStatus: 502, reason: 'connection_reset' },
   KNATS_PEER_GONE: { httpStatus: 502, reason: 'peer_gone' },
   KNATS_CONFIRM_TIMEOUT: { httpStatus: 504, reason: 'confirm_timeout' },
+  KNATS_TUNNEL_STALLED: { httpStatus: 504, reason: 'tunnel_stalled' },
   KNATS_BUS_LOST: { httpStatus: 503, reason: 'bus_lost' },
   KNATS_BUS_UNAVAILABLE: { httpStatus: 503, reason: 'bus_unavailable' },
   KNATS_BUS_PERMISSION: { httpStatus: 503, reason: 'bus_permission' },

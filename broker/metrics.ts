@@ -107,6 +107,11 @@ export function createBusMetrics(): BusMetrics {
   counterFromHost('knats_bus_frames_in_total', 'Tunnel frames received from the bus', (h) => h.framesIn);
   counterFromHost('knats_bus_frames_out_total', 'Tunnel frames published to the bus', (h) => h.framesOut);
   counterFromHost(
+    'knats_tunnels_stalled_total',
+    'Tunnels this process aborted because bytes waited and none moved for --stalled-tunnel-timeout',
+    (h) => h.stalledTunnels,
+  );
+  counterFromHost(
     'knats_unknown_tunnel_frames_total',
     'Frames for tunnels this process does not know',
     (h) => h.unknownTunnelFrames,

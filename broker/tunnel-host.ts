@@ -23,6 +23,12 @@ export interface TunnelHostTiming {
   readonly busLostMs: number;
   /** How long a clean close may wait without any new credit to flush its last bytes. */
   readonly lingerMs: number;
+  /**
+   * A tunnel whose bytes wait to move (for credit, or for the local side to
+   * take them) while none moves either way for this long is aborted with
+   * KNATS_TUNNEL_STALLED (--stalled-tunnel-timeout); 0: never.
+   */
+  readonly stalledTimeoutMs: number;
 }
 
 export const defaultTunnelHostTiming: TunnelHostTiming = {
@@ -31,6 +37,7 @@ export const defaultTunnelHostTiming: TunnelHostTiming = {
   confirmTimeoutMs: 10_000,
   busLostMs: 6_000,
   lingerMs: 30_000,
+  stalledTimeoutMs: 5 * 60_000,
 };
 
 export interface TunnelHostOptions {
@@ -67,6 +74,7 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
   private readonly ticker: NodeJS.Timeout;
   private lastIdleSweep = Date.now();
   private lastBlockedProbe = Date.now();
+  private lastStalledSweep = Date.now();
   private disconnectedSince = 0;
   private stopped = false;
   private closedBytesIn = 0;
@@ -76,6 +84,8 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
   framesIn = 0;
   framesOut = 0;
   unknownTunnelFrames = 0;
+  /** Tunnels this process aborted for the stalled-tunnel timeout. */
+  stalledTunnels = 0;
 
   constructor(options: TunnelHostOptions) {
     this.options = options;
@@ -319,12 +329,45 @@ export class TunnelHost implements FramePublisher, TunnelHostHooks {
         );
       }
     }
+    const stalledMs = timing.stalledTimeoutMs;
+    if (stalledMs > 0 && now - this.lastStalledSweep >= Math.min(1000, Math.max(TICK_MS, stalledMs / 4))) {
+      this.lastStalledSweep = now;
+      for (const tunnel of [...this.tunnels.values()]) {
+        if (!tunnel.isOpen || !tunnel.hasBytesWaiting || now - tunnel.lastMovedAt < stalledMs) continue;
+        this.work(tunnel, () => this.abortStalled(tunnel, now - tunnel.lastMovedAt));
+      }
+    }
     if (now - this.lastIdleSweep >= timing.idleProbeMs / 2) {
       this.lastIdleSweep = now;
       for (const tunnel of [...this.tunnels.values()]) {
         if (now - tunnel.lastPeerFrameAt > timing.idleProbeMs) this.work(tunnel, () => tunnel.probe());
       }
     }
+  }
+
+  /**
+   * Bytes wait and none moved for the stalled timeout: a side that stopped
+   * reading, or a client that left behind unread bytes (its FIN or reset sits
+   * behind them, so nothing else would ever tell). Both ends are aborted: the
+   * peer gets CLOSE with the code, the local side a reset (or the code).
+   */
+  private abortStalled(tunnel: Tunnel, stalledMs: number): void {
+    this.stalledTunnels++;
+    tunnel.logger.warn(
+      {
+        code: ErrorCode.TunnelStalled,
+        stalledMs,
+        bufferedIn: tunnel.bufferedIn,
+        bufferedOut: tunnel.bufferedOut,
+      },
+      'tunnel stalled: bytes wait and none moved; aborting it',
+    );
+    tunnel.fail(
+      new KnatsError(
+        ErrorCode.TunnelStalled,
+        `no byte moved for ${stalledMs} ms while ${tunnel.bufferedOut} bytes waited to be sent and ${tunnel.bufferedIn} to be written (--stalled-tunnel-timeout ${this.options.timing.stalledTimeoutMs} ms)`,
+      ),
+    );
   }
 
   /** One tunnel's timer work: a throw fails that tunnel, the others carry on. */

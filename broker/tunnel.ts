@@ -37,7 +37,15 @@
  *   a lost frame always closes the tunnel with KNATS_SEQUENCE_GAP;
  * - bounded memory: the peer may never exceed our grant (else
  *   KNATS_CREDIT_VIOLATION), and we never hold more than one local read
- *   beyond our send credit before pausing the local source.
+ *   beyond our send credit before pausing the local source. Credit counts
+ *   bytes, so frames are bounded too: an empty DATA frame is malformed (our
+ *   senders never send one; FIN is its own frame type), and the local side
+ *   is handed at most a window's eighth of per-chunk cost (CHUNK_COST_BYTES
+ *   each) it has not written yet; frames beyond that wait here, small ones
+ *   copied together (coalesced), so a flood of 1-byte frames at a local side
+ *   that does not read costs about its bytes, not a message per byte;
+ * - nothing stalls for ever: `lastMovedAt` and `hasBytesWaiting` let the
+ *   host abort a tunnel whose bytes wait while none moves (stalled timeout).
  *
  * The tunnel owns no timers; its TunnelHost drives the periodic work
  * (BLOCKED resends, confirm timeouts, idle probes) for all tunnels at once.
@@ -112,6 +120,20 @@ export interface TunnelOptions {
 type State = 'opening' | 'open' | 'closed';
 
 /**
+ * What one chunk in a local side's hands costs beyond its bytes: the door's
+ * message or write request, its callback and Buffer views (measured before
+ * this bound: about 420 bytes per DATA message queued toward a gRPC client
+ * that does not read, 1.7 million frames in 720 MiB). Chunks handed over and
+ * not yet reported done may cost at most an eighth of the tunnel's window.
+ */
+export const CHUNK_COST_BYTES = 512;
+/** Fewest chunks a local side may hold, whatever the window. */
+const MIN_CHUNKS_IN_HAND = 4;
+/** Payloads below this wait copied into a coalescing buffer of this size (not as views pinning NATS reads). */
+const COALESCE_BYTES = 16 * 1024;
+const COALESCE_BELOW = 8 * 1024;
+
+/**
  * What ends our sending direction once the bytes waiting for credit are out:
  * nothing yet, a FIN (local EOF, the tunnel stays open the other way) or a
  * clean CLOSE (the whole tunnel).
@@ -153,8 +175,24 @@ export class Tunnel {
   private sendEnd: SendEnd = 'none';
   private finSent = false;
   private finReceived = false;
-  /** Peer bytes (and its FIN) that arrived before the local side was attached (bounded by our grant). */
-  private earlyIn: Buffer[] = [];
+  /**
+   * Peer bytes not yet handed to the local side, in order: before it is
+   * attached, and while it holds as many chunks as it may (canDeliver).
+   * Bounded by our grant; small payloads are copied into `coalesce`.
+   */
+  private held: Buffer[] = [];
+  /** The last entry of `held` while it still takes small payloads, filled up to `coalesceUsed`. */
+  private coalesce: Buffer | undefined;
+  private coalesceUsed = 0;
+  /** A drain of `held` is running (a local side may report done from inside deliver). */
+  private draining = false;
+  /** End offsets, in bytes handed to the local side, of the chunks it has not reported done yet. */
+  private inHandEnds: number[] = [];
+  private inHandHead = 0;
+  private handedBytes = 0;
+  private doneBytes = 0;
+  /** Last time bytes moved either way (read locally, sent, received from the peer, written locally). */
+  lastMovedAt = Date.now();
   /** How the tunnel ended, for an adapter that attaches after the end. */
   private endError: KnatsError | undefined;
   private localPaused = false;
@@ -215,6 +253,14 @@ export class Tunnel {
   get bufferedOut(): number {
     return this.pendingOutBytes;
   }
+  /** Bytes wait to move in some direction: for send credit, or to be taken by the local side. */
+  get hasBytesWaiting(): boolean {
+    return this.pendingOutBytes > 0 || this.receive.buffered > 0;
+  }
+  /** Chunks handed to the local side and not yet reported done. */
+  get chunksInHand(): number {
+    return this.inHandEnds.length - this.inHandHead;
+  }
   /** The local source is paused for want of send credit. */
   get isLocalPaused(): boolean {
     return this.localPaused;
@@ -251,11 +297,15 @@ export class Tunnel {
    */
   attach(local: TunnelLocalSide): void {
     this.local = local;
-    const early = this.earlyIn;
-    this.earlyIn = [];
-    for (const chunk of early) this.deliverLocally(chunk);
-    if (this.state === 'closed') local.finish(this.endError);
-    else if (this.finReceived) this.onPeerFinDelivered();
+    if (this.state === 'closed') {
+      // A clean end kept the early bytes (an abort dropped them): all of them go before the end.
+      this.drainHeld(true);
+      local.finish(this.endError);
+    } else if (this.finReceived) {
+      this.onPeerFinDelivered();
+    } else {
+      this.drainHeld(false);
+    }
   }
 
   /**
@@ -276,6 +326,7 @@ export class Tunnel {
    */
   write(chunk: Buffer, headroom = false): void {
     if (this.state !== 'open' || this.sendEnd !== 'none' || chunk.length === 0) return;
+    this.lastMovedAt = Date.now();
     if (this.pendingOutBytes === 0) {
       const rest = this.transmit(chunk, headroom);
       // Once part of it went, the bytes in front of the rest belong to a published frame.
@@ -314,6 +365,7 @@ export class Tunnel {
       else frame = encodeDataInPlace(seq, payload);
       this.publish(frame);
       headroom = false;
+      this.lastMovedAt = Date.now();
       this.send.onSent(n);
       this.bytesOut += n;
       chunk = chunk.subarray(n);
@@ -474,6 +526,11 @@ export class Tunnel {
   }
 
   private onData(seq: number, payload: Buffer): void {
+    if (payload.length === 0) {
+      // Credit counts bytes: a frame without any would cost us a message per frame for free.
+      this.fail(new KnatsError(ErrorCode.MalformedFrame, 'peer sent an empty DATA frame'));
+      return;
+    }
     if (!this.acceptSeq(seq)) return;
     if (!this.receive.onReceived(payload.length)) {
       this.fail(
@@ -482,8 +539,63 @@ export class Tunnel {
       return;
     }
     this.bytesIn += payload.length;
-    if (this.local) this.deliverLocally(payload);
-    else this.earlyIn.push(payload);
+    this.lastMovedAt = Date.now();
+    if (this.local && this.held.length === 0 && this.canDeliver()) this.handOver(payload);
+    else this.hold(payload);
+  }
+
+  /** The local side may take one more chunk: those in its hands cost at most an eighth of the window. */
+  private canDeliver(): boolean {
+    const chunks = Math.max(MIN_CHUNKS_IN_HAND, Math.floor(this.receive.window / 8 / CHUNK_COST_BYTES));
+    return this.chunksInHand < chunks;
+  }
+
+  private hold(payload: Buffer): void {
+    if (payload.length >= COALESCE_BELOW) {
+      this.sealCoalesce();
+      this.held.push(payload);
+      return;
+    }
+    let buffer = this.coalesce;
+    if (!buffer || buffer.length - this.coalesceUsed < payload.length) {
+      this.sealCoalesce();
+      buffer = Buffer.allocUnsafeSlow(COALESCE_BYTES);
+      this.coalesce = buffer;
+      this.coalesceUsed = 0;
+      this.held.push(buffer);
+    }
+    payload.copy(buffer, this.coalesceUsed);
+    this.coalesceUsed += payload.length;
+  }
+
+  /** The coalescing buffer takes no more: its entry becomes the bytes it holds (copied out if mostly empty). */
+  private sealCoalesce(): void {
+    const buffer = this.coalesce;
+    if (!buffer) return;
+    this.coalesce = undefined;
+    const used = buffer.subarray(0, this.coalesceUsed);
+    this.held[this.held.length - 1] = this.coalesceUsed < buffer.length / 2 ? Buffer.from(used) : used;
+  }
+
+  /** Hands held bytes to the local side, in order, as far as it may take them (`all`: every one, at an end). */
+  private drainHeld(all: boolean): void {
+    if (!this.local || this.draining) return;
+    this.draining = true;
+    try {
+      while (this.held.length > 0 && (all || this.canDeliver())) {
+        if (this.held.length === 1) this.sealCoalesce();
+        this.handOver(this.held.shift()!);
+      }
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  private handOver(chunk: Buffer): void {
+    this.handedBytes += chunk.length;
+    // Recorded first: a local side may report it done from inside deliver.
+    this.inHandEnds.push(this.handedBytes);
+    this.local!.deliver(chunk, this.onConsumed);
   }
 
   private onPeerFin(seq: number): void {
@@ -494,6 +606,8 @@ export class Tunnel {
 
   /** Every byte before the peer's FIN went to the local side: end its writing, or the whole tunnel. */
   private onPeerFinDelivered(): void {
+    // Everything before the FIN goes to the local side first (held bytes are within our grant).
+    this.drainHeld(true);
     if (!this.local?.shutdownWrite) {
       this.close();
       return;
@@ -502,14 +616,22 @@ export class Tunnel {
     if (this.finSent) this.end(undefined);
   }
 
-  private deliverLocally(chunk: Buffer): void {
-    this.local!.deliver(chunk, this.onConsumed);
-  }
-
   private readonly onConsumed = (bytes: number): void => {
     if (this.state === 'closed') return;
+    this.doneBytes += bytes;
+    const ends = this.inHandEnds;
+    while (this.inHandHead < ends.length && ends[this.inHandHead]! <= this.doneBytes) this.inHandHead++;
+    if (this.inHandHead === ends.length) {
+      ends.length = 0;
+      this.inHandHead = 0;
+    } else if (this.inHandHead >= 1024) {
+      this.inHandEnds = ends.slice(this.inHandHead);
+      this.inHandHead = 0;
+    }
+    if (bytes > 0) this.lastMovedAt = Date.now();
     this.receive.onConsumed(bytes);
     this.grantMore();
+    this.drainHeld(false);
   };
 
   private grantMore = (): void => {
@@ -536,7 +658,10 @@ export class Tunnel {
 
   private onPeerClose(lastSeq: number, code: string, message: string): void {
     if (!this.checkPeerSeq(lastSeq)) return;
-    this.end(code ? errorFromPeer(code, message) : undefined);
+    const err = code ? errorFromPeer(code, message) : undefined;
+    // A clean close delivers every byte before it.
+    if (!err) this.drainHeld(true);
+    this.end(err);
   }
 
   // ---- housekeeping driven by the host -------------------------------------
@@ -568,8 +693,13 @@ export class Tunnel {
     this.pendingOut = [];
     this.pendingOutHeadroom = [];
     this.pendingOutBytes = 0;
-    // A clean end before the adapter attached keeps the early bytes for it (still bounded by our grant).
-    if (err) this.earlyIn = [];
+    // A clean end hands over what is held (kept for an adapter that attaches later); an abort drops it.
+    if (err) {
+      this.held = [];
+      this.coalesce = undefined;
+    } else {
+      this.drainHeld(true);
+    }
     if (this.localPaused) {
       this.localPaused = false;
       this.hooks.blockedChanged(this, false);

@@ -15,7 +15,7 @@ import { frontendWorkerId, MAX_FRONTEND_WORKERS } from '../broker/nats-auth.js';
 import { defaultPresenceSettings } from '../broker/presence.js';
 import { assertToken, idToken } from '../broker/subjects.js';
 import { tracingSettings } from '../broker/tracing.js';
-import { defaultTunnelHostTiming } from '../broker/tunnel-host.js';
+import { defaultTunnelHostTiming, type TunnelHostTiming } from '../broker/tunnel-host.js';
 import type { FrontendConfig } from '../frontend/frontend.js';
 import { type ProxyStrategy, parseStrategies } from '../frontend/router.js';
 import { parseCipherSuites, parseTlsMinVersion } from '../frontend/tls.js';
@@ -101,6 +101,13 @@ const tunnelFlags: FlagSpec[] = [
     kind: 'duration',
     default: `${defaultPresenceSettings.heartbeatMs}ms`,
     help: 'presence heartbeat interval; a peer silent for 3 intervals is gone',
+    placeholder: 'DUR',
+  },
+  {
+    name: 'stalled-tunnel-timeout',
+    kind: 'duration',
+    default: `${defaultTunnelHostTiming.stalledTimeoutMs / 60_000}m`,
+    help: 'a tunnel whose bytes wait while none moves either way for this long is aborted on both ends (0: never); idle tunnels are never touched',
     placeholder: 'DUR',
   },
 ];
@@ -371,6 +378,10 @@ function creditSettings(flags: FlagReader): CreditSettings {
   return { window, minWindow: defaultCreditSettings.minWindow, budget };
 }
 
+function tunnelHostTiming(flags: FlagReader): TunnelHostTiming {
+  return { ...defaultTunnelHostTiming, stalledTimeoutMs: flags.duration('stalled-tunnel-timeout') };
+}
+
 function presenceSettings(flags: FlagReader) {
   const heartbeatMs = flags.duration('heartbeat-interval');
   if (heartbeatMs < 100) throw bad('--heartbeat-interval: at least 100ms');
@@ -503,7 +514,7 @@ export function frontendConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
       maxPendingDials,
       maxPendingDialsPerStream,
       credit: creditSettings(flags),
-      timing: defaultTunnelHostTiming,
+      timing: tunnelHostTiming(flags),
       presence: presenceSettings(flags),
       tracing: tracingSettings(flags.string('otlp-endpoint'), env),
     },
@@ -553,7 +564,7 @@ export function agentConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Co
       enableProfiling: flags.bool('enable-profiling'),
       gracefulShutdownTimeoutMs: flags.duration('graceful-shutdown-timeout'),
       credit: creditSettings(flags),
-      timing: defaultTunnelHostTiming,
+      timing: tunnelHostTiming(flags),
       presence: presenceSettings(flags),
       tracing: tracingSettings(flags.string('otlp-endpoint'), env),
     },

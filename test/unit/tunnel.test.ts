@@ -287,3 +287,74 @@ describe('tunnel end of stream', () => {
     assert.equal(h.tunnel.finishOverdue, true);
   });
 });
+
+describe('tunnel frames are bounded, not only bytes', () => {
+  it('an empty DATA frame is malformed: the tunnel closes with the code, the peer is told', () => {
+    const h = harness();
+    h.tunnel.handleFrame(encodeData(1, Buffer.alloc(0)));
+    assert.equal(h.finished?.err?.code, ErrorCode.MalformedFrame);
+    const close = h.sent.at(-1)!;
+    assert.ok(close.type === FrameType.Close && close.code === ErrorCode.MalformedFrame);
+  });
+
+  it('1-byte frames at a local side that takes nothing: a few chunks in its hands, the rest coalesced, all in order', () => {
+    const h = harness(1 << 20, { halfClose: true });
+    const window = h.tunnel.initialWindow;
+    const expected = Buffer.alloc(window);
+    for (let i = 0; i < window; i++) {
+      expected[i] = i & 0xff;
+      h.tunnel.handleFrame(encodeData(i + 1, expected.subarray(i, i + 1)));
+    }
+    assert.equal(h.finished, undefined, 'within its grant');
+    // The window's eighth at CHUNK_COST_BYTES each: 16 chunks for 64 KiB.
+    assert.equal(h.delivered.length, 16);
+    assert.equal(h.tunnel.chunksInHand, 16);
+    assert.equal(h.tunnel.bufferedIn, window);
+    // The local side writes what it has: the held bytes follow in a few large chunks.
+    while (h.pendingDone.length > 0) h.pendingDone.shift()!();
+    assert.ok(
+      h.delivered.length < 16 + 8,
+      `${h.delivered.length} chunks delivered for ${window} 1-byte frames`,
+    );
+    assert.ok(Buffer.concat(h.delivered).equals(expected), 'byte-exact, in order');
+    assert.equal(h.tunnel.bufferedIn, 0);
+  });
+
+  it('a FIN or clean close behind held bytes hands them all over first', () => {
+    const fin = harness(1 << 20, { halfClose: true });
+    for (let seq = 1; seq <= 100; seq++) fin.tunnel.handleFrame(encodeData(seq, Buffer.from([seq])));
+    assert.ok(fin.delivered.length < 100);
+    fin.tunnel.handleFrame(encodeFin(101));
+    assert.equal(Buffer.concat(fin.delivered).length, 100);
+    assert.equal(fin.events.at(-1), 'shutdownWrite');
+    const close = harness(1 << 20);
+    for (let seq = 1; seq <= 100; seq++) close.tunnel.handleFrame(encodeData(seq, Buffer.from([seq])));
+    close.tunnel.handleFrame(encodeClose(100, '', ''));
+    assert.equal(Buffer.concat(close.delivered).length, 100);
+    assert.equal(close.finished?.err, undefined);
+  });
+
+  it('bytes before the local side attaches wait coalesced and are handed over on attach', () => {
+    const h = harness(1 << 20, { detached: true });
+    for (let seq = 1; seq <= 1000; seq++) h.tunnel.handleFrame(encodeData(seq, Buffer.from([seq & 0xff])));
+    h.attach();
+    while (h.pendingDone.length > 0) h.pendingDone.shift()!();
+    assert.equal(Buffer.concat(h.delivered).length, 1000);
+    assert.ok(h.delivered.length <= 2, `${h.delivered.length} chunks for 1000 1-byte frames`);
+  });
+
+  it('says whether bytes wait, and when bytes last moved', () => {
+    const h = harness(1000);
+    assert.equal(h.tunnel.hasBytesWaiting, false);
+    const before = h.tunnel.lastMovedAt;
+    h.tunnel.write(Buffer.alloc(1500, 1));
+    assert.equal(h.tunnel.hasBytesWaiting, true, 'a read waits for credit');
+    assert.ok(h.tunnel.lastMovedAt >= before);
+    h.tunnel.handleFrame(encodeWindow(1500));
+    assert.equal(h.tunnel.hasBytesWaiting, false);
+    h.tunnel.handleFrame(encodeData(1, Buffer.from('x')));
+    assert.equal(h.tunnel.hasBytesWaiting, true, 'a byte the local side has not written');
+    h.pendingDone.shift()!();
+    assert.equal(h.tunnel.hasBytesWaiting, false);
+  });
+});
