@@ -31,7 +31,7 @@
  *      never re-opens them.
  * Addresses are matched where a socket really goes: the unspecified addresses 0.0.0.0 and ::
  * are 127.0.0.1 and ::1 (the kernel connects them to loopback), an IPv4-mapped address
- * (::ffff:a.b.c.d) and a NAT64 address of the well-known prefix (64:ff9b::a.b.c.d) are the
+ * (::ffff:a.b.c.d) and a NAT64 address (64:ff9b::a.b.c.d, or 64:ff9b:1::/48 of RFC 8215) are the
  * IPv4 address they carry.
  * Names are checked before the DNS lookup (a denied name is not even resolved) and every
  * address the lookup returns is checked after it; the dial then goes to a checked
@@ -335,12 +335,26 @@ function exactlyAllowed(
 }
 
 const NAT64_PREFIX = 0x64ff9bn << 96n;
+/** RFC 8215's local-use NAT64 prefix 64:ff9b:1::/48, as its first 48 bits. */
+const NAT64_LOCAL_USE_PREFIX = 0x64ff9b0001n;
+
+/**
+ * A NAT64 address: the well-known 64:ff9b::/96, or one in the local-use
+ * 64:ff9b:1::/48 read with the /96 layout (the IPv4 address in the last 32
+ * bits), which is how translators are set up inside it (e.g. 64:ff9b:1:ab::/96).
+ */
+function isNat64(ip: IpAddress): boolean {
+  return (
+    ip.family === 6 && (ip.bits >> 32n === NAT64_PREFIX >> 32n || ip.bits >> 80n === NAT64_LOCAL_USE_PREFIX)
+  );
+}
 
 /**
  * Where a socket to `text` really goes, for matching: the unspecified
  * addresses are loopback (Linux connects 0.0.0.0 to 127.0.0.1 and :: to
- * ::1), and a NAT64 address of the well-known prefix 64:ff9b::/96 reaches
- * the IPv4 address it carries. `shown` is that address as an allow entry
+ * ::1), and a NAT64 address of the well-known prefix 64:ff9b::/96 or of
+ * the local-use prefix 64:ff9b:1::/48 (RFC 8215) reaches the IPv4 address
+ * it carries. `shown` is that address as an allow entry
  * would name it; `note` explains a rewrite in messages.
  */
 interface DestinationIp {
@@ -357,7 +371,7 @@ function destinationIp(text: string, parsed = parseIp(text)): DestinationIp | un
     const ip: IpAddress = parsed.family === 4 ? { family: 4, bits: 0x7f000001n } : { family: 6, bits: 1n };
     return { text, ip, shown, note: ` (the unspecified address connects to ${shown})` };
   }
-  if (parsed.family === 6 && parsed.bits >> 32n === NAT64_PREFIX >> 32n) {
+  if (isNat64(parsed)) {
     const bits = parsed.bits & 0xffffffffn;
     const shown = formatIpv4(bits);
     return { text, ip: { family: 4, bits }, shown, note: ` (the NAT64 form of ${shown})` };

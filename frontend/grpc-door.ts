@@ -69,6 +69,28 @@ export function addProxyService(server: Server, options: GrpcDoorOptions, stream
   server.addService(proxyServiceDefinition, implementation);
 }
 
+/**
+ * The Go konnectivity-client (v0.36, kube-apiserver's) drops DATA that
+ * follows DIAL_RSP too closely: its receive loop hands DIAL_RSP to the
+ * dialing goroutine and reads the next packet at once, while the dialing
+ * goroutine registers the connection only when it gets to run; DATA read
+ * before that is dropped as "Connection not recognized" (and a CLOSE_RSP is
+ * ignored, leaving the connection open forever). So what the door sends for
+ * a new connectID after its DIAL_RSP (DATA, CLOSE_RSP) waits until the
+ * DIAL_RSP has been written to the HTTP/2 stream and `settleMs` has passed,
+ * in order, holding its credit. A client that sends DATA or CLOSE_REQ on the
+ * connection has registered it: the hold ends at once, so a client that
+ * speaks first (TLS) never waits. `settleMs` is not a flag; tests change it.
+ * See the README's end-of-stream section for the measurement behind it.
+ */
+export const dialAnswerSettle = { ms: 2 };
+
+/** What waits for a connection's DIAL_RSP to settle, in order. */
+interface HeldConnection {
+  readonly queue: (() => void)[];
+  timer: NodeJS.Timeout | undefined;
+}
+
 interface PendingDial {
   readonly controller: AbortController;
   readonly random: Int64;
@@ -83,6 +105,8 @@ export class ProxyStream {
   private readonly pendingDials = new Map<string, PendingDial>();
   /** connectIDs whose tunnel asked to pause the client stream (credit exhausted). */
   private readonly pausedBy = new Set<number>();
+  /** connectIDs whose DIAL_RSP has not settled yet (see dialAnswerSettle). */
+  private readonly held = new Map<number, HeldConnection>();
   private nextConnectID = 1;
   private ended = false;
   private readonly onDone: () => void;
@@ -200,8 +224,16 @@ export class ProxyStream {
         const connectID = this.nextConnectID++;
         tunnel.logger = this.logger.child({ ...outcome.logFields, connectID });
         this.tunnels.set(connectID, tunnel);
-        // DIAL_RSP first: attach hands over bytes the destination sent before the answer.
-        this.write({ type: PacketType.DIAL_RSP, dialResponse: { error: '', connectID, random } });
+        // DIAL_RSP first: attach hands over bytes the destination sent before the answer,
+        // which wait in `held` until the DIAL_RSP has settled at the client.
+        const held: HeldConnection = { queue: [], timer: undefined };
+        this.held.set(connectID, held);
+        this.write({ type: PacketType.DIAL_RSP, dialResponse: { error: '', connectID, random } }, () => {
+          if (this.held.get(connectID) !== held) return;
+          if (dialAnswerSettle.ms > 0)
+            held.timer = setTimeout(() => this.release(connectID), dialAnswerSettle.ms);
+          else setImmediate(() => this.release(connectID));
+        });
         tunnel.attach(this.localSide(connectID, tunnel));
         tunnelEstablished(this.options, 'grpc', outcome, timeline, { connectID });
       },
@@ -245,6 +277,8 @@ export class ProxyStream {
       });
       return;
     }
+    // The client writes on a connection only once it has registered it.
+    this.release(connectID);
     if (data && data.length > 0) tunnel.write(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
   }
 
@@ -257,6 +291,7 @@ export class ProxyStream {
       });
       return;
     }
+    this.release(connectID);
     tunnel.logger.info('client sent CLOSE_REQ');
     // finish() below answers CLOSE_RSP once the tunnel is closed.
     tunnel.close();
@@ -265,12 +300,9 @@ export class ProxyStream {
   private localSide(connectID: number, tunnel: Tunnel): TunnelLocalSide {
     return {
       deliver: (chunk, done) => {
-        if (this.ended) {
-          done(chunk.length);
-          return;
-        }
-        this.dataToClient.inc();
-        this.call.write(new DataToClient(connectID, chunk), () => done(chunk.length));
+        const held = this.held.get(connectID);
+        if (held) held.queue.push(() => this.deliverNow(connectID, chunk, done));
+        else this.deliverNow(connectID, chunk, done);
       },
       pause: () => {
         this.pausedBy.add(connectID);
@@ -284,20 +316,41 @@ export class ProxyStream {
         this.tunnels.delete(connectID);
         if (this.pausedBy.delete(connectID) && this.pausedBy.size === 0 && !this.ended) this.call.resume();
         tunnelFinished(this.options, tunnel);
-        if (!this.ended) {
+        const closeResponse = () =>
           this.write({
             type: PacketType.CLOSE_RSP,
             closeResponse: { error: err ? `${err.code}: ${err.message}` : '', connectID },
           });
-        }
+        // Behind the DATA still held for it: the client must have registered the connection.
+        const held = this.held.get(connectID);
+        if (held) held.queue.push(closeResponse);
+        else closeResponse();
       },
     };
   }
 
-  private write(packet: ClientPacket): void {
+  private deliverNow(connectID: number, chunk: Buffer, done: (bytes: number) => void): void {
+    if (this.ended) {
+      done(chunk.length);
+      return;
+    }
+    this.dataToClient.inc();
+    this.call.write(new DataToClient(connectID, chunk), () => done(chunk.length));
+  }
+
+  /** The connection's DIAL_RSP has settled: what waited for it goes out, in order. */
+  private release(connectID: number): void {
+    const held = this.held.get(connectID);
+    if (!held) return;
+    this.held.delete(connectID);
+    clearTimeout(held.timer);
+    for (const send of held.queue) send();
+  }
+
+  private write(packet: ClientPacket, written?: () => void): void {
     if (this.ended) return;
     this.options.metrics.countPacket('to_client', PACKET_NAMES[packet.type] ?? 'UNKNOWN');
-    this.call.write(encodePacket(packet));
+    this.call.write(encodePacket(packet), written);
   }
 
   /**
@@ -310,6 +363,8 @@ export class ProxyStream {
     this.options.metrics.grpcConnections.labels('Proxy').dec();
     for (const pending of this.pendingDials.values()) pending.controller.abort();
     this.pendingDials.clear();
+    // Held DATA gives its credit back unsent (deliverNow), as any DATA after the end.
+    for (const connectID of [...this.held.keys()]) this.release(connectID);
     const tunnels = [...this.tunnels.values()];
     this.tunnels.clear();
     for (const tunnel of tunnels) {

@@ -53,6 +53,19 @@ export function echoServer(): Promise<Destination> {
   return tcpDestination((s) => s.pipe(s));
 }
 
+/** Speaks first: writes `banner` as soon as it accepts (as SSH, SMTP, MySQL do), then echoes. */
+export function bannerServer(banner: Buffer): Promise<Destination> {
+  return tcpDestination((s) => {
+    s.write(banner);
+    s.pipe(s);
+  });
+}
+
+/** Accepts and closes at once (a FIN, no bytes). */
+export function closingServer(): Promise<Destination> {
+  return tcpDestination((s) => s.end());
+}
+
 /**
  * Reads `uploadBytes`, answers with their sha256 (32 bytes), then sends
  * `download` (deterministic pseudo-random bytes), then closes.

@@ -190,6 +190,26 @@ describe('destination policy: decisions', () => {
     ],
     ['default: a NAT64 address outside the denied ones', { host: '64:ff9b::a00:1', allowed: true }],
     ['default: the NAT64 form of loopback', { host: '64:ff9b::7f00:1', allowed: false, reason: /loopback/ }],
+    [
+      'default: the local-use NAT64 prefix (RFC 8215) carries the metadata IP',
+      {
+        host: '64:ff9b:1::a9fe:a9fe',
+        allowed: false,
+        reason: /64:ff9b:1::a9fe:a9fe \(the NAT64 form of 169\.254\.169\.254\) is a cloud metadata/,
+      },
+    ],
+    [
+      'default: the local-use NAT64 prefix with a subnet, loopback',
+      { host: '64:ff9b:1:ab::7f00:1', allowed: false, reason: /loopback/ },
+    ],
+    [
+      'default: a local-use NAT64 address outside the denied ones',
+      { host: '64:ff9b:1::a00:1', allowed: true },
+    ],
+    [
+      'default: next to the local-use NAT64 prefix is not NAT64',
+      { host: '64:ff9b:2::7f00:1', allowed: true },
+    ],
     ...[
       '127.0.0.1',
       '127.9.9.9',
