@@ -229,9 +229,9 @@ export class ProxyStream {
     const details =
       `${ErrorCode.DoorBudgetExhausted}: ${mib(held)} of a message under way on this stream, ` +
       `while the door's ${which} buffer budget (${mib(over.limit)}) is spent`;
+    // Released at once: once grpc-js has sent the status it drops what still arrives on the stream
+    // (pausing the stream instead would make Node buffer it, against the session's memory cap).
     this.share?.release();
-    // Nothing more of it is read: grpc-js's decoder stops growing.
-    h2.pause();
     this.options.metrics.streamErrors.labels('from_client', 'door_budget_exhausted').inc();
     this.logger.warn(
       { held, budget: which, limit: over.limit },
