@@ -75,41 +75,57 @@ export function mib(bytes: number): string {
 
 /**
  * Follows gRPC's length-prefixed framing (1 flag byte, 4 length bytes, the
- * message) over the bytes of one HTTP/2 stream, and tells how many bytes of
- * the message under way have arrived: what grpc-js's decoder holds until the
- * message is whole.
+ * message) over the bytes of one HTTP/2 stream, and tells what the message
+ * under way keeps in memory: grpc-js's decoder holds its chunks until the
+ * message is whole, and each chunk is a slice of one of Node's HTTP/2 read
+ * buffers, which stays allocated as long as a slice of it does. So a
+ * partial message is charged the whole read buffers it references (an
+ * upper bound: a buffer shared by several streams is charged to each).
  */
 export class GrpcFrameTracker {
-  /** Bytes of the current message's prefix and body received so far (0 between messages). */
-  partial = 0;
-  private prefix = Buffer.alloc(5);
+  /** What the current message's chunks keep allocated (0 between messages). */
+  charged = 0;
+  private readonly prefix = Buffer.alloc(5);
   private prefixGot = 0;
   private remaining = 0;
+  /** Whether a message is under way (its prefix begun). */
+  private inMessage = false;
+  private readonly backing = new Set<ArrayBufferLike>();
 
-  /** Takes the next chunk of the stream; returns `partial` after it. */
+  /** Takes the next chunk of the stream; returns `charged` after it. */
   push(chunk: Uint8Array): number {
     let i = 0;
     const n = chunk.length;
     while (i < n) {
+      this.inMessage = true;
       if (this.remaining === 0) {
         const take = Math.min(5 - this.prefixGot, n - i);
         this.prefix.set(chunk.subarray(i, i + take), this.prefixGot);
         this.prefixGot += take;
-        this.partial += take;
         i += take;
         if (this.prefixGot === 5) {
           this.prefixGot = 0;
           this.remaining = this.prefix.readUInt32BE(1);
-          if (this.remaining === 0) this.partial = 0;
+          if (this.remaining === 0) this.messageDone();
         }
       } else {
         const take = Math.min(this.remaining, n - i);
         this.remaining -= take;
-        this.partial += take;
         i += take;
-        if (this.remaining === 0) this.partial = 0;
+        if (this.remaining === 0) this.messageDone();
       }
     }
-    return this.partial;
+    // The message under way (if any) now references this chunk's buffer.
+    if (this.inMessage && this.remaining > 0 && !this.backing.has(chunk.buffer)) {
+      this.backing.add(chunk.buffer);
+      this.charged += chunk.buffer.byteLength;
+    }
+    return this.charged;
+  }
+
+  private messageDone(): void {
+    this.inMessage = false;
+    this.backing.clear();
+    this.charged = 0;
   }
 }

@@ -60,11 +60,12 @@ export const GRPC_CONNECTION_BUFFER_BYTES = 16 * 1024 * 1024;
 /** Partially received messages the whole gRPC door (this process) may hold. */
 export const GRPC_PROCESS_BUFFER_BYTES = 64 * 1024 * 1024;
 /**
- * A stream whose message under way is at most this big is never refused
- * (kube-apiserver sends at most 32 KiB per message): the budget refuses the
+ * A stream whose message under way keeps at most this much allocated is never
+ * refused (kube-apiserver sends at most 32 KiB per message, over one or two of
+ * Node's HTTP/2 read buffers): the budget refuses the
  * streams that grow large while it is spent, not their small neighbours.
  */
-export const GRPC_STREAM_FLOOR_BYTES = 64 * 1024;
+export const GRPC_STREAM_FLOOR_BYTES = 256 * 1024;
 /** A refused stream's trailers go first; then the stream is reset, so the client stops sending on it. */
 const REFUSED_STREAM_RESET_MS = 500;
 
