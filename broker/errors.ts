@@ -57,6 +57,8 @@ export const ErrorCode = {
   ShuttingDown: 'KNATS_SHUTTING_DOWN',
   /** A peer's bus message (dial reply, heartbeat, dial request) with a bad or mismatching field: that message is dropped. */
   BadPeerMessage: 'KNATS_BAD_PEER_MESSAGE',
+  /** A client's partially received messages or headers went over its door's buffer budget (per connection or per process). */
+  DoorBudgetExhausted: 'KNATS_DOOR_BUDGET_EXHAUSTED',
   /** A malformed packet from the konnectivity client. */
   BadPacket: 'KNATS_BAD_PACKET',
   /** An upstream Konnectivity flag with no meaning on a bus: accepted without effect; the warning names what replaces it. */
@@ -121,6 +123,7 @@ const presentationTable: Record<ErrorCode, ErrorPresentation> = {
   KNATS_NATS_CLIENT_INTERNALS: { httpStatus: 500, reason: 'nats_client_internals' },
   KNATS_SHUTTING_DOWN: { httpStatus: 503, reason: 'shutting_down' },
   KNATS_BAD_PEER_MESSAGE: { httpStatus: 502, reason: 'bad_peer_message' },
+  KNATS_DOOR_BUDGET_EXHAUSTED: { httpStatus: 503, reason: 'door_budget_exhausted' },
   KNATS_BAD_PACKET: { httpStatus: 400, reason: 'bad_packet' },
   KNATS_BAD_CONFIG: { httpStatus: 500, reason: 'bad_config' },
   KNATS_NATS_SERVER: { httpStatus: 500, reason: 'nats_server' },

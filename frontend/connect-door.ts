@@ -14,6 +14,7 @@
  * size limit, and nothing but HTTP/1.x.
  */
 import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { BurstWriter } from '../broker/burst-writer.js';
 import { DialTimeline } from '../broker/dial-stages.js';
 import { ErrorCode, httpStatusFor, KnatsError } from '../broker/errors.js';
@@ -21,6 +22,7 @@ import type { Logger } from '../broker/logging.js';
 import { endAfterFlush, endedByReset, resetSocket } from '../broker/socket-reset.js';
 import type { Tunnel, TunnelLocalSide } from '../broker/tunnel.js';
 import type { BusDialer } from './bus-dialer.js';
+import { BudgetShare, BufferBudget, mib } from './door-budget.js';
 import { dialForClient, tunnelEstablished, tunnelFinished } from './door-dial.js';
 import type { FrontendMetrics } from './metrics.js';
 
@@ -34,10 +36,20 @@ export interface ConnectDoorOptions {
   readonly headerTimeoutMs?: number;
   /** Largest request header accepted; beyond it: 431. */
   readonly maxHeaderBytes?: number;
+  /** Bytes of incomplete request headers all connections together may make the door hold; beyond it: 503. */
+  readonly headerBudgetBytes?: number;
 }
 
 export const DEFAULT_HEADER_TIMEOUT_MS = 10_000;
 export const DEFAULT_MAX_HEADER_BYTES = 16 * 1024;
+/** Incomplete request headers the door (this process) holds at most, all connections together. */
+export const DEFAULT_HEADER_BUDGET_BYTES = 4 * 1024 * 1024;
+/**
+ * A connection holding at most this much of its header is never refused by
+ * the budget (a real CONNECT header is a few hundred bytes and arrives whole):
+ * the budget refuses the connections whose headers grow while it is spent.
+ */
+const HEADER_FLOOR_BYTES = 4096;
 /** After an error response, how long the client gets to read it before the socket is destroyed. */
 const ERROR_LINGER_MS = 2000;
 
@@ -159,6 +171,8 @@ export class ConnectDoor {
   readonly logger: Logger;
   readonly headerTimeoutMs: number;
   readonly maxHeaderBytes: number;
+  /** Incomplete request headers held, all connections together (knats_door_buffered_bytes{door="connect"}). */
+  readonly headerBudget: BufferBudget;
   private readonly connections = new Set<ConnectConnection>();
   private idleWaiters: (() => void)[] = [];
 
@@ -167,6 +181,21 @@ export class ConnectDoor {
     this.logger = options.logger.child({ door: 'http-connect' });
     this.headerTimeoutMs = options.headerTimeoutMs ?? DEFAULT_HEADER_TIMEOUT_MS;
     this.maxHeaderBytes = options.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES;
+    const buffered = options.metrics.doorBufferedBytes.labels('connect');
+    this.headerBudget = new BufferBudget(options.headerBudgetBytes ?? DEFAULT_HEADER_BUDGET_BYTES, (used) =>
+      buffered.set(used),
+    );
+    options.metrics.doorBufferLimitBytes.labels('connect').set(this.headerBudget.limit);
+  }
+
+  /** A client socket that finished its TLS handshake on the TCP listener. */
+  acceptTls(socket: TLSSocket): void {
+    // Renegotiation is refused (as on the gRPC door, where Node's HTTP/2 refuses it): a client asking is cut off.
+    socket.disableRenegotiation();
+    // The listener does not allow half-open sockets, so a client that leaves mid-handshake is closed at once;
+    // once the client is in, its FIN ends only its own direction of the tunnel.
+    socket.allowHalfOpen = true;
+    this.accept(socket);
   }
 
   /** Client connections open now (reading a header, dialing, or tunnelling). */
@@ -213,6 +242,8 @@ class ConnectConnection {
   /** The header bytes so far: the first chunk itself, or a view of `headStorage`. */
   private head: Buffer = Buffer.alloc(0);
   private headStorage: Buffer | undefined;
+  /** What the incomplete header holds, charged to the door's header budget. */
+  private readonly headShare: BudgetShare;
   private headerTimer: NodeJS.Timeout | undefined;
   private closeTimer: NodeJS.Timeout | undefined;
   private dial: AbortController | undefined;
@@ -228,6 +259,7 @@ class ConnectConnection {
     this.door = door;
     this.socket = socket;
     this.logger = door.logger;
+    this.headShare = new BudgetShare([door.headerBudget], HEADER_FLOOR_BYTES);
     const { metrics } = door.options;
     metrics.httpConnections.inc();
     socket.setNoDelay(true);
@@ -247,9 +279,15 @@ class ConnectConnection {
     const end = findHeaderEnd(this.head, scanned);
     const limit = this.door.maxHeaderBytes;
     if (end < 0) {
-      if (this.head.length > limit) this.refuseHeaderTooLarge();
+      if (this.head.length > limit) {
+        this.refuseHeaderTooLarge();
+        return;
+      }
+      const over = this.headShare.set(this.headStorage?.length ?? this.head.length);
+      if (over) this.refuseOverBudget(over);
       return;
     }
+    this.headShare.release();
     if (end > limit) {
       this.refuseHeaderTooLarge();
       return;
@@ -301,6 +339,21 @@ class ConnectConnection {
       reason: 'header_too_large',
       message: `request header larger than ${this.door.maxHeaderBytes} bytes`,
     });
+  }
+
+  private refuseOverBudget(over: BufferBudget): void {
+    const held = this.headShare.held;
+    this.headShare.release();
+    const message =
+      `${ErrorCode.DoorBudgetExhausted}: ${mib(held)} of a request header under way, ` +
+      `while the door's header buffer budget (${mib(over.limit)}) is spent`;
+    this.door.options.metrics.streamErrors.labels('from_client', 'door_budget_exhausted').inc();
+    this.logger.warn({ held, limit: over.limit }, 'CONNECT refused: door header buffer budget exhausted');
+    this.respondAndClose(
+      response(httpStatusFor(ErrorCode.DoorBudgetExhausted), message, {
+        'X-Knats-Error': ErrorCode.DoorBudgetExhausted,
+      }),
+    );
   }
 
   private onHeaderTimeout(): void {
@@ -425,7 +478,13 @@ class ConnectConnection {
 
   private onClientError(err: NodeJS.ErrnoException): void {
     this.logger.debug({ err: err.code ?? err.message, phase: this.phase }, 'client socket error');
+    if (err.code === 'ERR_TLS_RENEGOTIATION_DISABLED') {
+      this.door.options.metrics.streamErrors.labels('from_client', 'tls_renegotiation').inc();
+      this.logger.info({ phase: this.phase }, 'client asked for TLS renegotiation; connection closed');
+    }
     this.clientAborted(`client connection error: ${err.code ?? err.message}`);
+    // An error the socket reports without closing (a TLS renegotiation attempt): no tunnel left to close it.
+    if (this.phase === 'header' || this.phase === 'done') this.socket.destroy();
   }
 
   /** The client reset or broke its connection: a pending dial is cancelled, an open tunnel aborted. */
@@ -435,6 +494,7 @@ class ConnectConnection {
   }
 
   private onClientClose(): void {
+    this.headShare.release();
     clearTimeout(this.headerTimer);
     clearTimeout(this.closeTimer);
     if (this.phase === 'dialing') this.dial?.abort();
@@ -450,6 +510,7 @@ class ConnectConnection {
   /** Sends an error response, then closes (after the client read it, or a short linger). */
   private respondAndClose(bytes: Buffer): void {
     this.phase = 'done';
+    this.headShare.release();
     clearTimeout(this.headerTimer);
     this.headerTimer = undefined;
     this.socket.off('data', this.onHeaderData);

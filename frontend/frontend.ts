@@ -24,10 +24,17 @@ import type { TunnelHostTiming } from '../broker/tunnel-host.js';
 import { VERSION } from '../broker/version.js';
 import { BusDialer } from './bus-dialer.js';
 import { ConnectDoor } from './connect-door.js';
-import { addProxyService, HTTP2_RECEIVE_WINDOW, type ProxyStream, widenHttp2Windows } from './grpc-door.js';
+import {
+  addProxyService,
+  GrpcReceiveBudget,
+  guardGrpcHandshakes,
+  HTTP2_RECEIVE_WINDOW,
+  type ProxyStream,
+  widenHttp2Windows,
+} from './grpc-door.js';
 import { createFrontendMetrics, type FrontendMetrics } from './metrics.js';
 import { FleetRoutes, type ProxyStrategy } from './router.js';
-import { ServerTls, type TlsMinVersion } from './tls.js';
+import { HandshakeGuard, ServerTls, type TlsMinVersion } from './tls.js';
 
 export interface FrontendConfig {
   readonly id: string;
@@ -354,8 +361,28 @@ const GRPC_MAX_CONCURRENT_STREAMS = 1000;
  */
 const GRPC_MAX_SESSION_MEMORY_MB = 256;
 
+/** A door's TLS handshake guard, reporting to the frontend's metrics and log. */
+function handshakeGuard(
+  door: 'grpc' | 'connect',
+  metrics: FrontendMetrics,
+  logger: Logger,
+  timeoutMs?: number,
+) {
+  return new HandshakeGuard({
+    door,
+    ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+    logger: logger.child({ door: door === 'connect' ? 'http-connect' : 'grpc' }),
+    pendingGauge: metrics.tlsHandshakesPending.labels(door),
+    refused: (reason) => metrics.streamErrors.labels('from_client', reason).inc(),
+  });
+}
+
 function grpcDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): ServingDoor {
   const streams = new Set<ProxyStream>();
+  const guard = handshakeGuard('grpc', metrics, logger);
+  const buffered = metrics.doorBufferedBytes.labels('grpc');
+  const budget = new GrpcReceiveBudget({ onChange: (used) => buffered.set(used) });
+  metrics.doorBufferLimitBytes.labels('grpc').set(budget.process.limit);
   const server = new Server({
     'grpc.max_receive_message_length': GRPC_MAX_MESSAGE_BYTES,
     'grpc.max_send_message_length': GRPC_MAX_MESSAGE_BYTES,
@@ -372,6 +399,7 @@ function grpcDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): Ser
       logger,
       maxPendingDialsPerStream: config.maxPendingDialsPerStream,
       accepting,
+      budget,
     },
     streams,
   );
@@ -382,6 +410,7 @@ function grpcDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): Ser
         if (err) reject(new Error(/errors: \[(.*)\]$/.exec(err.message)?.[1] ?? err.message));
         else {
           widenHttp2Windows(server, HTTP2_RECEIVE_WINDOW, logger);
+          guardGrpcHandshakes(server, guard, logger);
           resolve(port);
         }
       });
@@ -394,9 +423,13 @@ function grpcDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): Ser
     listenTcp: (host, port, tls) =>
       bind(host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`, tls.grpcCredentials()),
     // tryShutdown closes the listeners at once and completes when the open calls have ended.
-    drain: () => new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
+    drain: () => {
+      guard.closeAll();
+      return new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+    },
     forceClose: async (why) => {
       for (const stream of [...streams]) stream.shutdown(why);
+      guard.closeAll();
       server.forceShutdown();
     },
   };
@@ -411,6 +444,7 @@ function connectDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): 
     headerTimeoutMs: config.headerTimeoutMs,
     maxHeaderBytes: config.maxHeaderBytes,
   });
+  const guard = handshakeGuard('connect', metrics, logger, door.headerTimeoutMs);
   const servers: (NetServer | TlsServer)[] = [];
   const closeServers = () =>
     Promise.all(
@@ -436,30 +470,29 @@ function connectDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): 
           // HTTP/1.1 only: a client that insists on h2 is refused in the handshake.
           ALPNProtocols: ['http/1.1'],
           handshakeTimeout: door.headerTimeoutMs,
-          allowHalfOpen: true,
+          // Not until the handshake is done (acceptTls allows it then): a client leaving mid-handshake is closed.
+          allowHalfOpen: false,
         },
-        (socket) => door.accept(socket),
+        (socket) => door.acceptTls(socket),
       );
       servers.push(server);
       tls.onChange((options) => server.setSecureContext(options));
-      server.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
-        metrics.streamErrors.labels('from_client', 'tls_handshake').inc();
-        door.logger.info(
-          { remote: `${socket.remoteAddress}:${socket.remotePort}`, err: err.code ?? err.message },
-          'TLS handshake refused',
-        );
-      });
+      // Failed, timed-out and excess handshakes close their sockets (Node leaves that to us).
+      guard.attach(server);
       await listen(server, { host, port }, `${host}:${port}`);
       const address = server.address();
       return typeof address === 'object' && address ? address.port : port;
     },
     drain: async () => {
       const closed = closeServers();
+      // Connections still in their TLS handshake would hold the listener open until they time out.
+      guard.closeAll();
       await door.idle();
       await closed;
     },
     forceClose: async (why) => {
       const closed = closeServers();
+      guard.closeAll();
       door.shutdown(why);
       await closed;
     },

@@ -4,7 +4,13 @@
  * a connectID bound to one Tunnel.
  */
 
-import type { Http2Server } from 'node:http2';
+import {
+  type Http2Server,
+  type Http2Session,
+  constants as http2Constants,
+  type ServerHttp2Stream,
+} from 'node:http2';
+import { Server as TlsServer } from 'node:tls';
 import {
   type Server,
   type ServerDuplexStream,
@@ -30,8 +36,10 @@ import {
   serializeToClient,
   toNumber,
 } from './client-packets.js';
+import { BudgetShare, BufferBudget, GrpcFrameTracker, mib } from './door-budget.js';
 import { countDialFailure, dialForClient, tunnelEstablished, tunnelFinished } from './door-dial.js';
 import type { FrontendMetrics } from './metrics.js';
+import type { HandshakeGuard } from './tls.js';
 
 const PACKET_NAMES = ['DIAL_REQ', 'DIAL_RSP', 'CLOSE_REQ', 'CLOSE_RSP', 'DATA', 'DIAL_CLS', 'DRAIN'];
 
@@ -43,7 +51,74 @@ export interface GrpcDoorOptions {
   readonly maxPendingDialsPerStream: number;
   /** False while draining: new dials are refused. */
   readonly accepting: () => boolean;
+  /** What the door may hold of partially received messages, per connection and per process. */
+  readonly budget?: GrpcReceiveBudget;
 }
+
+/** Partially received messages one HTTP/2 connection may make the door hold (4 whole messages of the largest size). */
+export const GRPC_CONNECTION_BUFFER_BYTES = 16 * 1024 * 1024;
+/** Partially received messages the whole gRPC door (this process) may hold. */
+export const GRPC_PROCESS_BUFFER_BYTES = 64 * 1024 * 1024;
+/**
+ * A stream whose message under way keeps at most this much allocated is never
+ * refused (kube-apiserver sends at most 32 KiB per message, over one or two of
+ * Node's HTTP/2 read buffers): the budget refuses the
+ * streams that grow large while it is spent, not their small neighbours.
+ */
+export const GRPC_STREAM_FLOOR_BYTES = 256 * 1024;
+/** A refused stream's trailers go first; then the stream is reset, so the client stops sending on it. */
+const REFUSED_STREAM_RESET_MS = 500;
+
+/**
+ * The gRPC door's budget for bytes of messages received but not yet whole
+ * (what grpc-js's decoder holds per stream): per HTTP/2 connection and per
+ * process. A stream whose message under way makes either go over is ended
+ * with RESOURCE_EXHAUSTED (KNATS_DOOR_BUDGET_EXHAUSTED).
+ */
+export class GrpcReceiveBudget {
+  readonly process: BufferBudget;
+  readonly connectionLimit: number;
+  readonly floorBytes: number;
+  private readonly connections = new WeakMap<Http2Session, BufferBudget>();
+
+  constructor(
+    options: {
+      processBytes?: number;
+      connectionBytes?: number;
+      floorBytes?: number;
+      onChange?: (used: number) => void;
+    } = {},
+  ) {
+    this.process = new BufferBudget(options.processBytes ?? GRPC_PROCESS_BUFFER_BYTES, options.onChange);
+    this.connectionLimit = options.connectionBytes ?? GRPC_CONNECTION_BUFFER_BYTES;
+    this.floorBytes = options.floorBytes ?? GRPC_STREAM_FLOOR_BYTES;
+  }
+
+  /** A share for one stream of `session`. */
+  share(session: Http2Session): BudgetShare {
+    let connection = this.connections.get(session);
+    if (!connection) {
+      connection = new BufferBudget(this.connectionLimit);
+      this.connections.set(session, connection);
+    }
+    return new BudgetShare([connection, this.process], this.floorBytes);
+  }
+}
+
+/**
+ * The HTTP/2 stream under a grpc-js server call (grpc-js keeps it on its
+ * base intercepting call; the door installs no interceptors), or undefined
+ * if a grpc-js upgrade moved it.
+ */
+function http2StreamOf(call: unknown): ServerHttp2Stream | undefined {
+  const stream = (call as { call?: { stream?: unknown } }).call?.stream as ServerHttp2Stream | undefined;
+  if (!stream || typeof stream.on !== 'function' || typeof stream.close !== 'function' || !stream.session) {
+    return undefined;
+  }
+  return stream;
+}
+
+let warnedNoHttp2Stream = false;
 
 /** A service definition with our own (de)serializers: raw Buffers in, Packets handled by ProxyStream. */
 export const proxyServiceDefinition: ServiceDefinition = {
@@ -113,6 +188,8 @@ export class ProxyStream {
   /** stream_packets_total children of the per-read path, looked up once per stream. */
   private readonly dataFromClient: { inc(): void };
   private readonly dataToClient: { inc(): void };
+  /** This stream's message under way, charged to its connection's and the process's budget. */
+  private share: BudgetShare | undefined;
 
   constructor(
     call: ServerDuplexStream<Buffer, Buffer | DataToClient>,
@@ -136,6 +213,61 @@ export class ProxyStream {
       this.shutdown(`stream error: ${err.message}`);
     });
     call.on('close', () => this.shutdown('stream closed'));
+    if (options.budget) this.trackPartialMessages(options.budget);
+  }
+
+  /**
+   * Counts the bytes of the message under way as they arrive on the HTTP/2
+   * stream (the same chunks grpc-js's decoder buffers until the message is
+   * whole), and refuses this stream when it holds more than the floor while
+   * its connection's or the process's budget is spent.
+   */
+  private trackPartialMessages(budget: GrpcReceiveBudget): void {
+    const h2 = http2StreamOf(this.call);
+    if (!h2) {
+      if (!warnedNoHttp2Stream) {
+        warnedNoHttp2Stream = true;
+        this.logger.warn(
+          'cannot reach the HTTP/2 stream under grpc-js calls; partial messages are not budgeted',
+        );
+      }
+      return;
+    }
+    const share = budget.share(h2.session!);
+    this.share = share;
+    const tracker = new GrpcFrameTracker();
+    // grpc-js paused the stream before this listener: adding it does not change the flow.
+    h2.on('data', (chunk: Buffer) => {
+      if (this.ended) return;
+      const over = share.set(tracker.push(chunk));
+      if (over) this.refuseOverBudget(h2, over, share.held, budget);
+    });
+  }
+
+  private refuseOverBudget(
+    h2: ServerHttp2Stream,
+    over: BufferBudget,
+    held: number,
+    budget: GrpcReceiveBudget,
+  ): void {
+    const which = over === budget.process ? 'process' : 'connection';
+    const details =
+      `${ErrorCode.DoorBudgetExhausted}: ${mib(held)} of a message under way on this stream, ` +
+      `while the door's ${which} buffer budget (${mib(over.limit)}) is spent`;
+    // Released at once: once grpc-js has sent the status it drops what still arrives on the stream
+    // (pausing the stream instead would make Node buffer it, against the session's memory cap).
+    this.share?.release();
+    this.options.metrics.streamErrors.labels('from_client', 'door_budget_exhausted').inc();
+    this.logger.warn(
+      { held, budget: which, limit: over.limit },
+      'stream over the door buffer budget; refused',
+    );
+    this.shutdown('door buffer budget exhausted', { code: status.RESOURCE_EXHAUSTED, details });
+    // Then reset it (RST_STREAM NO_ERROR, as after any complete response): the client stops sending and the decoder's bytes go.
+    const timer = setTimeout(() => {
+      if (!h2.closed && !h2.destroyed) h2.close(http2Constants.NGHTTP2_NO_ERROR);
+    }, REFUSED_STREAM_RESET_MS);
+    timer.unref();
   }
 
   get openTunnels(): number {
@@ -360,6 +492,7 @@ export class ProxyStream {
   shutdown(why: string, error?: { code: status; details: string }): void {
     if (this.ended) return;
     this.ended = true;
+    this.share?.release();
     this.options.metrics.grpcConnections.labels('Proxy').dec();
     for (const pending of this.pendingDials.values()) pending.controller.abort();
     this.pendingDials.clear();
@@ -412,3 +545,21 @@ export function widenHttp2Windows(server: Server, bytes: number, logger: Logger)
 }
 
 const widened = new WeakSet<Http2Server>();
+
+/**
+ * Puts the TLS listeners grpc-js created (HTTP/2 secure servers) under
+ * `guard`: a handshake timeout (Node's is 120 s there, and grpc-js sets
+ * none) and a bound on handshakes under way. Like widenHttp2Windows, it
+ * reaches grpc-js's servers through an internal field and says so if it
+ * cannot.
+ */
+export function guardGrpcHandshakes(server: Server, guard: HandshakeGuard, logger: Logger): void {
+  const http2Servers = (server as unknown as { http2Servers?: Map<Http2Server, unknown> }).http2Servers;
+  if (!(http2Servers instanceof Map)) {
+    logger.warn("cannot reach grpc-js HTTP/2 servers; TLS handshakes keep Node's 120 s timeout and no bound");
+    return;
+  }
+  for (const http2Server of http2Servers.keys()) {
+    if (http2Server instanceof TlsServer) guard.attach(http2Server);
+  }
+}

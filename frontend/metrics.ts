@@ -158,6 +158,24 @@ export function createFrontendMetrics(registry: Registry) {
         child.observe(seconds);
       }
     },
+    tlsHandshakesPending: new Gauge({
+      name: 'knats_door_tls_handshakes_pending',
+      help: 'TCP connections of a door whose TLS handshake is under way, by door (bounded per door; beyond it new connections are closed)',
+      labelNames: ['door'],
+      registers,
+    }),
+    doorBufferedBytes: new Gauge({
+      name: 'knats_door_buffered_bytes',
+      help: 'Bytes a door holds of client messages (gRPC) or request headers (CONNECT) received but not yet whole, by door',
+      labelNames: ['door'],
+      registers,
+    }),
+    doorBufferLimitBytes: new Gauge({
+      name: 'knats_door_buffer_limit_bytes',
+      help: 'Per-process budget of knats_door_buffered_bytes, by door: a client that grows its share beyond it is refused',
+      labelNames: ['door'],
+      registers,
+    }),
     connectionDuration: new Histogram({
       name: 'knats_connection_duration_seconds',
       help: 'Duration of established end-to-end connections in seconds',

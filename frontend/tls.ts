@@ -7,8 +7,16 @@
  */
 import { createHash, X509Certificate } from 'node:crypto';
 import { type FSWatcher, readFileSync, watch } from 'node:fs';
+import type { Socket } from 'node:net';
 import { basename, dirname } from 'node:path';
-import { createSecureContext, DEFAULT_CIPHERS, getCiphers, type SecureContextOptions } from 'node:tls';
+import {
+  createSecureContext,
+  DEFAULT_CIPHERS,
+  getCiphers,
+  type SecureContextOptions,
+  type TLSSocket,
+  type Server as TlsServer,
+} from 'node:tls';
 import { ServerCredentials } from '@grpc/grpc-js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
@@ -304,4 +312,130 @@ class ReloadingGrpcCredentials extends ServerCredentials {
   override _equals(other: ServerCredentials): boolean {
     return other === this;
   }
+}
+
+// ---- handshakes ----------------------------------------------------------------
+
+/** How long a TLS client gets to finish its handshake on a door that sets no shorter limit. */
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+/**
+ * TCP connections one door holds that have not finished their TLS handshake;
+ * beyond it a new connection is closed at once (a handshake takes
+ * milliseconds, so legitimate clients rarely have more than a few pending).
+ */
+export const DEFAULT_MAX_PENDING_HANDSHAKES = 1024;
+
+export interface HandshakeGuardOptions {
+  /** Door label of the metrics and logs. */
+  readonly door: 'grpc' | 'connect';
+  readonly timeoutMs?: number;
+  readonly maxPending?: number;
+  readonly logger: Logger;
+  /** knats_door_handshakes_pending{door}. */
+  readonly pendingGauge: { set(value: number): void };
+  /** A refused connection or failed handshake: knats_client_errors_total{reason}. */
+  readonly refused: (reason: 'tls_handshake' | 'tls_handshake_timeout' | 'tls_handshakes_pending') => void;
+}
+
+/**
+ * Keeps one door's TLS listener from holding connections that never become
+ * clients: every connection that has not finished its handshake within
+ * `timeoutMs` is destroyed (Node only reports its own handshake timeout, it
+ * leaves the socket open), so is every connection whose handshake failed,
+ * and at most `maxPending` handshakes run at once. Works on any tls.Server,
+ * the CONNECT door's and the HTTP/2 servers grpc-js creates.
+ */
+export class HandshakeGuard {
+  readonly timeoutMs: number;
+  readonly maxPending: number;
+  private readonly options: HandshakeGuardOptions;
+  /** Raw sockets whose handshake is under way, by remote address:port (what a TLS socket reports too). */
+  private readonly pending = new Map<string, { socket: Socket; timer: NodeJS.Timeout }>();
+  private readonly guarded = new WeakSet<TlsServer>();
+
+  constructor(options: HandshakeGuardOptions) {
+    this.options = options;
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    this.maxPending = options.maxPending ?? DEFAULT_MAX_PENDING_HANDSHAKES;
+  }
+
+  /** Handshakes under way now. */
+  get size(): number {
+    return this.pending.size;
+  }
+
+  /** Guards `server` (once; later calls for the same server do nothing). */
+  attach(server: TlsServer): void {
+    if (this.guarded.has(server)) return;
+    this.guarded.add(server);
+    // First, before the TLS layer wraps the socket (grpc-js adds its own 'connection' listener too).
+    server.prependListener('connection', (socket: Socket) => this.onConnection(socket));
+    server.prependListener('secureConnection', (socket: TLSSocket) => this.settled(keyOf(socket)));
+    server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
+      const code = err.code ?? err.message;
+      this.options.refused(code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? 'tls_handshake_timeout' : 'tls_handshake');
+      this.options.logger.info(
+        { remote: `${socket.remoteAddress}:${socket.remotePort}`, err: code },
+        'TLS handshake refused',
+      );
+      // Node reports the failure and leaves the socket to its listener: close it, or its descriptor stays.
+      this.settled(keyOf(socket));
+      socket.destroy();
+    });
+  }
+
+  private onConnection(socket: Socket): void {
+    if (socket.remoteAddress === undefined) {
+      // Already gone (reset before we saw it).
+      socket.destroy();
+      return;
+    }
+    const key = keyOf(socket);
+    this.settled(key);
+    if (this.pending.size >= this.maxPending) {
+      this.options.refused('tls_handshakes_pending');
+      this.options.logger.warn(
+        { remote: key, pending: this.pending.size, limit: this.maxPending },
+        'too many TLS handshakes pending; connection closed',
+      );
+      socket.destroy();
+      return;
+    }
+    const timer = setTimeout(() => {
+      if (!this.pending.has(key)) return;
+      this.settled(key);
+      this.options.refused('tls_handshake_timeout');
+      this.options.logger.info(
+        { remote: key, timeoutMs: this.timeoutMs },
+        'TLS handshake not finished in time; connection closed',
+      );
+      socket.destroy();
+    }, this.timeoutMs);
+    timer.unref();
+    this.pending.set(key, { socket, timer });
+    this.options.pendingGauge.set(this.pending.size);
+    socket.once('close', () => {
+      if (this.pending.get(key)?.socket === socket) this.settled(key);
+    });
+  }
+
+  private settled(key: string): void {
+    const entry = this.pending.get(key);
+    if (!entry) return;
+    clearTimeout(entry.timer);
+    this.pending.delete(key);
+    this.options.pendingGauge.set(this.pending.size);
+  }
+
+  /** Closes every connection still in its handshake (frontend shutdown). */
+  closeAll(): void {
+    for (const [key, { socket }] of [...this.pending]) {
+      this.settled(key);
+      socket.destroy();
+    }
+  }
+}
+
+function keyOf(socket: Socket): string {
+  return `${socket.remoteAddress}:${socket.remotePort}`;
 }
