@@ -65,13 +65,20 @@ describe('permissions bind identity to credentials', () => {
     assert.ok(
       granted.publish.includes(`knats.presence.agent.agA.${claimsToken('cidr=10.0.0.0/8&host=a.example')}`),
     );
-    assert.ok(!granted.subscribe.includes('knats.dial.route agents'), 'default-route not granted');
-    assert.ok(
-      agentPermissions('knats', 'agA', 'default-route=true').subscribe.includes('knats.dial.route agents'),
-    );
+    // Dials come only on its own subject: no queue group, whatever it was granted.
+    for (const grant of [undefined, 'host=a.example', 'default-route=true']) {
+      assert.deepEqual(
+        agentPermissions('knats', 'agA', grant).subscribe.filter((s) => s.includes('.dial.')),
+        ['knats.dial.agent.agA'],
+      );
+    }
     assert.throws(
       () => agentPermissions('knats', undefined, 'host=a'),
       (err: unknown) => err instanceof KnatsError && err.code === ErrorCode.BadConfig,
+    );
+    // The shared user may be granted no identifiers (--require-grants), and then claims none.
+    assert.ok(
+      agentPermissions('knats', undefined, '').publish.includes(`knats.presence.agent.*.${claimsToken('')}`),
     );
   });
 
