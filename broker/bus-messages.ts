@@ -54,6 +54,8 @@ export interface PresenceInfo {
   bytesOut: number;
   alive: boolean;
   proxyStrategies: string;
+  /** Random per process start ('' from older peers): a new one under a known id is a restart. */
+  incarnation: string;
 }
 
 export const protoDir = fileURLToPath(new URL('../../proto/', import.meta.url));

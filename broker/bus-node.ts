@@ -4,6 +4,7 @@
  * check, the tunnel host, presence, the bus metrics, and the health and
  * admin HTTP endpoints.
  */
+import { randomBytes } from 'node:crypto';
 import { type NatsConnection, PermissionViolationError } from '@nats-io/transport-node';
 import type { PresenceInfo } from './bus-messages.js';
 import { type BusNeeds, describeRefusals, refusedPermissions } from './bus-permissions.js';
@@ -63,6 +64,8 @@ export interface BusNode {
 export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
   const { role, id, subjects, logger, metrics, link, signal } = options;
   const startedAt = Date.now();
+  /** Who this process is across restarts under the same id (PresenceInfo.incarnation). */
+  const incarnation = randomBytes(9).toString('base64url');
   let host: TunnelHost | undefined;
   let presenceOf: Presence | undefined;
   let permissionsChecked = false;
@@ -150,6 +153,7 @@ export async function joinBus(options: BusNodeOptions): Promise<BusNode> {
         bytesIn: bytes.in,
         bytesOut: bytes.out,
         proxyStrategies: options.proxyStrategies,
+        incarnation,
       };
     },
     onPeerGone: (peer, why) => tunnelHost.closePeer(peer.info.id, `${peerRole} ${peer.info.id} ${why}`),

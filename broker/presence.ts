@@ -40,6 +40,7 @@ export const presenceLimits = {
   maxIntervalMs: 60_000,
   maxVersionLength: 64,
   maxStrategiesLength: 256,
+  maxIncarnationLength: 64,
   /** A heartbeat is a few hundred bytes; identifiers are bounded separately. */
   maxHeartbeatBytes: MAX_IDENTIFIERS_LENGTH + 1024,
   /** Answers to P.presence.query are coalesced to at most one per this long. */
@@ -137,7 +138,8 @@ export function readHeartbeat(sender: PresenceSender, data: Uint8Array): Presenc
   if (
     info.version.length > presenceLimits.maxVersionLength ||
     info.proxyStrategies.length > presenceLimits.maxStrategiesLength ||
-    info.identifiers.length > MAX_IDENTIFIERS_LENGTH
+    info.identifiers.length > MAX_IDENTIFIERS_LENGTH ||
+    info.incarnation.length > presenceLimits.maxIncarnationLength
   ) {
     return 'oversized field';
   }
@@ -150,6 +152,8 @@ export function readHeartbeat(sender: PresenceSender, data: Uint8Array): Presenc
 export class Presence {
   private readonly peers = new Map<string, Peer>();
   private readonly beatRate = new BeatRateLimit();
+  /** The incarnation each peer id had before it was seen restarted (see retire). */
+  private readonly retired = new Map<string, string>();
   /** Incompatible peers, by id, with when they were last heard. */
   private readonly incompatible = new Map<string, number>();
   private readonly options: PresenceOptions;
@@ -247,6 +251,7 @@ export class Presence {
         bytesOut: 0,
         alive: true,
         proxyStrategies: '',
+        incarnation: '',
       },
       lastSeen: Date.now(),
       provisional: true,
@@ -315,10 +320,16 @@ export class Presence {
       this.onIncompatible(info);
       return;
     }
-    const known = this.peers.get(info.id);
+    if (info.incarnation && this.retired.get(info.id) === info.incarnation) return; // a late beat of a restarted peer
+    let known = this.peers.get(info.id);
     if (!info.alive) {
       if (known) this.drop(known, 'said goodbye');
       return;
+    }
+    if (known?.info.incarnation && info.incarnation && known.info.incarnation !== info.incarnation) {
+      // The same id, started anew: the old process is gone, and with it every tunnel it served.
+      this.retire(known);
+      known = undefined;
     }
     if (!known && this.peers.size >= presenceLimits.maxPeers) {
       if (!this.tableFullWarned) {
@@ -335,6 +346,17 @@ export class Presence {
     this.version++;
     this.peers.set(info.id, peer);
     if (!known || known.provisional) this.options.onPeerSeen?.(peer);
+  }
+
+  /**
+   * Drops a peer that came back as a new incarnation, and remembers the old
+   * one so that a beat of it still in flight (routes of a NATS cluster) does
+   * not bring it back. Bounded like the peer table.
+   */
+  private retire(peer: Peer): void {
+    if (this.retired.size >= presenceLimits.maxPeers) this.retired.clear();
+    this.retired.set(peer.info.id, peer.info.incarnation);
+    this.drop(peer, 'restarted (a new incarnation heartbeats under its id)');
   }
 
   private onIncompatible(info: PresenceInfo): void {

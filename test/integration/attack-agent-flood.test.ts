@@ -110,6 +110,7 @@ describe('attacker suite: a tunnel-owning agent floods frames at a client that s
         bytesOut: 0,
         alive: true,
         proxyStrategies: '',
+        incarnation: '',
       }),
     );
 
@@ -160,6 +161,8 @@ describe('attacker suite: a tunnel-owning agent floods frames at a client that s
     attacker.subscribe(subjects.dialAgent('agA'), {
       callback: (_err, msg) => {
         const request = dialRequestCodec.decode(msg.data);
+        // Frontends offer agA default dials too (the victims'): left unanswered, they move on to agB.
+        if (!request.address.startsWith('a.example:')) return;
         msg.respond(
           dialResponseCodec.encode({
             protocolVersion: PROTOCOL_VERSION,

@@ -59,6 +59,7 @@ function heartbeat(fields: Partial<PresenceInfo>): Uint8Array {
     bytesOut: 0,
     alive: true,
     proxyStrategies: '',
+    incarnation: '',
     ...fields,
   });
 }

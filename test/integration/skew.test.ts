@@ -21,6 +21,7 @@ const heartbeat = (overrides: Partial<PresenceInfo>): Uint8Array =>
     bytesOut: 0,
     alive: true,
     proxyStrategies: '',
+    incarnation: '',
     ...overrides,
   });
 

@@ -214,6 +214,13 @@ describe('knats frontend --workers 2', () => {
       'ready again',
       15_000,
     );
+    // The agent learns from the new worker's first heartbeat (a new incarnation under fe-w1) that the old
+    // one is gone, and lets its tunnels go at once: the beats of the new one do not keep them alive.
+    await eventually(
+      () => fleet.agents[0]!.debugState().tunnels === survivors,
+      "the agent closed the dead worker's tunnels",
+      5000,
+    );
     const after = await workersOf(adminPort);
     const restarted = after.find((w) => w.index === 1)!;
     assert.notEqual(restarted.pid, victim.pid);
