@@ -99,7 +99,8 @@ describe('breaker: a hostile agent against the frontend choosing agents', () => 
           );
         if (mode === 'fails them at once') answer('KNATS_DIAL_REFUSED');
         else if (mode === 'answers KNATS_SHUTTING_DOWN') answer('KNATS_SHUTTING_DOWN');
-        else attacker.publish(subjects.frontendTunnel(request.frontendId, request.tunnelId), encodeAccepted());
+        else
+          attacker.publish(subjects.frontendTunnel(request.frontendId, request.tunnelId), encodeAccepted());
       },
     });
     const subject = subjects.presence('agent', 'agA', claimsToken(''));
@@ -108,7 +109,8 @@ describe('breaker: a hostile agent against the frontend choosing agents', () => 
     attacker.publish(subject, heartbeat({ openTunnels: 0 }));
     await attacker.flush();
     await eventually(
-      async () => /"agentsTakingDials":3/.test((await fetchText(frontend.healthPort, '/readyz')).body) || true,
+      async () =>
+        /"agentsTakingDials":3/.test((await fetchText(frontend.healthPort, '/readyz')).body) || true,
       'ready',
     );
     await new Promise((r) => setTimeout(r, 1500));
@@ -162,28 +164,28 @@ describe('breaker: a hostile agent against the frontend choosing agents', () => 
     received.length = 0;
     const n = 90;
     const { failed, errors } = await sequentialDials(n);
-    console.log(`# idle honest agents: agA got ${received.length}/${n}, ${failed} dials failed: ${[...errors]}`);
+    console.log(
+      `# idle honest agents: agA got ${received.length}/${n}, ${failed} dials failed: ${[...errors]}`,
+    );
   });
 
-  it(
-    'an agent that fails every dial at once gets no more than a third of the dials (3 agents) when the honest ones carry tunnels',
-    { todo: 'breaker finding: the fast-failing agent wins every two-choice it is in: about 2/3 of dials fail' },
-    async () => {
-      mode = 'fails them at once';
-      const held = await holdTunnels(4);
-      try {
-        received.length = 0;
-        const n = 90;
-        const { failed, errors } = await sequentialDials(n);
-        console.log(
-          `# honest agents with 4 tunnels between them: agA got ${received.length}/${n}, ${failed} dials failed: ${[...errors]}`,
-        );
-        assert.ok(failed <= n * 0.45, `${failed} of ${n} dials failed (a fair share is ${n / 3})`);
-      } finally {
-        held.close();
-      }
-    },
-  );
+  it('an agent that fails every dial at once gets no more than a third of the dials (3 agents) when the honest ones carry tunnels', {
+    todo: 'breaker finding: the fast-failing agent wins every two-choice it is in: about 2/3 of dials fail',
+  }, async () => {
+    mode = 'fails them at once';
+    const held = await holdTunnels(4);
+    try {
+      received.length = 0;
+      const n = 90;
+      const { failed, errors } = await sequentialDials(n);
+      console.log(
+        `# honest agents with 4 tunnels between them: agA got ${received.length}/${n}, ${failed} dials failed: ${[...errors]}`,
+      );
+      assert.ok(failed <= n * 0.45, `${failed} of ${n} dials failed (a fair share is ${n / 3})`);
+    } finally {
+      held.close();
+    }
+  });
 
   it('an agent answering KNATS_SHUTTING_DOWN to every dial while its heartbeat says it is not draining', async () => {
     mode = 'answers KNATS_SHUTTING_DOWN';
