@@ -54,7 +54,7 @@ describe('breaker: outages', () => {
           let closedAfter = -1;
           let why = '';
           try {
-            why = await client.waitClosed(dial.connectID, Number(process.env.BREAK_WAIT ?? 40_000));
+            why = await client.waitClosed(dial.connectID, Number(process.env.BREAK_WAIT ?? 15_000));
             closedAfter = Date.now() - killedAt;
           } catch {
             closedAfter = -1;
