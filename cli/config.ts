@@ -246,6 +246,16 @@ export const frontendFlags: FlagSpec[] = [
     placeholder: 'DUR',
   },
   {
+    name: 'dial-response-settle',
+    kind: 'duration',
+    default: '50ms',
+    help:
+      "gRPC door: a new connection's first DATA or CLOSE_RSP waits this long after its DIAL_RSP was written, " +
+      'unless the client sends on it first (the Go konnectivity-client drops packets for a connection it ' +
+      'has not registered yet); 0: only until the DIAL_RSP is written',
+    placeholder: 'DUR',
+  },
+  {
     name: 'server-id',
     kind: 'string',
     help: 'frontend id on the bus (default: hostname + random)',
@@ -504,6 +514,7 @@ export function frontendConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
       proxyStrategies,
       backendDialTimeoutMs: durationOrDefault(flags, 'backend-dial-timeout', KERNEL_CONNECT_TIMEOUT_MS),
       dialAcceptTimeoutMs: positiveDuration(flags, 'dial-accept-timeout'),
+      dialResponseSettleMs: flags.duration('dial-response-settle'),
       healthPort: flags.port('health-port'),
       healthBindAddress: flags.string('health-bind-address') ?? '',
       adminPort: flags.port('admin-port'),

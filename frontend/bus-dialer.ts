@@ -20,7 +20,7 @@ import { isToken, type Subjects } from '../broker/subjects.js';
 import { noTracing, type TraceSpan, type Tracing, traced } from '../broker/tracing.js';
 import type { Tunnel } from '../broker/tunnel.js';
 import type { TunnelHost } from '../broker/tunnel-host.js';
-import { type DialTarget, dialTargets, type ProxyStrategy } from './router.js';
+import { type AgentOutcome, type DialTarget, dialTargets, type ProxyStrategy } from './router.js';
 
 export interface BusDialerOptions {
   readonly nc: NatsConnection;
@@ -43,13 +43,8 @@ export interface BusDialerOptions {
   readonly onAgentUsed: (agentId: string) => void;
   /** A dial answer refused as not from the agent it was sent to (or not a sane answer at all). */
   readonly onBadReply?: (agentId: string, error: KnatsError) => void;
-  /**
-   * An agent let a dial down (not listening, no acknowledgement in time, or a refused answer): routing
-   * offers it dials last for a while.
-   */
-  readonly onAgentFailed?: (agentId: string) => void;
-  /** An agent gave a sane answer (a tunnel or an error of its own): it exists and reads its dials. */
-  readonly onAgentAnswered?: (agentId: string) => void;
+  /** How a dial went with an agent, for routing (FleetRoutes.record). */
+  readonly onAgentOutcome?: (agentId: string, outcome: AgentOutcome) => void;
   /** Spans of each dial; the tunnel's root span ends with the tunnel. Default: none. */
   readonly tracing?: Tracing;
 }
@@ -263,31 +258,30 @@ export class BusDialer {
           { agentId: target.agentId, ms: this.options.acceptTimeoutMs },
           'agent did not acknowledge the dial; trying the next agent',
         );
-        this.options.onAgentFailed?.(target.agentId);
+        this.options.onAgentOutcome?.(target.agentId, 'let-down');
         return 'next-agent';
       }
       const reply = await answer.catch((err: unknown) => {
         // An honest agent answers within the dial timeout the request gave it (a timeout is an answer with
         // its code): silence past it and the margin after an acknowledgement is an agent that failed.
         if (isKnatsError(err) && err.code === ErrorCode.DialTimeout)
-          this.options.onAgentFailed?.(target.agentId);
+          this.options.onAgentOutcome?.(target.agentId, 'let-down');
         throw err;
       });
-      // Nobody reads the agent's subject: it left since its last heartbeat (or never was).
-      if (!reply) {
-        this.options.onAgentFailed?.(target.agentId);
+      // No reply: nobody reads the agent's subject (it left since its last heartbeat, or never was). A
+      // draining agent may still get a dial that crossed its goodbye; one that says so for ever is shunned.
+      const response = reply && this.checkedResponse(reply, tunnelId, target);
+      if (!response || response.errorCode === ErrorCode.ShuttingDown) {
+        this.options.onAgentOutcome?.(target.agentId, 'let-down');
         return 'next-agent';
       }
-      const response = this.checkedResponse(reply, tunnelId, target);
-      if (!response) return 'next-agent';
-      this.options.onAgentAnswered?.(target.agentId);
       timeline.markAnswer(response.stageMicros ?? []);
       const agentId = target.agentId;
-      // A draining agent may still get a dial that crossed its goodbye.
-      if (response.errorCode === ErrorCode.ShuttingDown) return 'next-agent';
       if (response.errorCode) {
+        this.options.onAgentOutcome?.(agentId, 'dial-error');
         throw errorFromPeer(response.errorCode, response.errorMessage);
       }
+      this.options.onAgentOutcome?.(agentId, 'opened');
       tunnel.open(
         agentId,
         subjects.agentTunnel(agentId, tunnelId),
@@ -327,7 +321,6 @@ export class BusDialer {
     } catch (err) {
       const error = isKnatsError(err) ? err : new KnatsError(ErrorCode.BadPeerMessage, String(err));
       this.options.onBadReply?.(target.agentId, error);
-      this.options.onAgentFailed?.(target.agentId);
       const now = Date.now();
       const last = this.badReplyLogged.get(target.agentId);
       if (last === undefined || now - last >= BAD_REPLY_LOG_INTERVAL_MS) {

@@ -65,6 +65,8 @@ export interface FrontendConfig {
   readonly backendDialTimeoutMs: number;
   /** An agent that does not acknowledge a dial within this is taken for dead; the dial moves on. */
   readonly dialAcceptTimeoutMs: number;
+  /** gRPC door: how long a new connection's first DATA / CLOSE_RSP waits after its DIAL_RSP (--dial-response-settle). */
+  readonly dialResponseSettleMs: number;
   readonly healthPort: number;
   readonly healthBindAddress: string;
   readonly adminPort: number;
@@ -215,8 +217,7 @@ export async function startFrontend(config: FrontendConfig): Promise<RunningFron
     logger,
     onAgentUsed: (agentId) => presence.touch(agentId, 'agent'),
     onBadReply: () => metrics.refusedDialAnswers.inc(),
-    onAgentFailed: (agentId) => routes.shun(agentId),
-    onAgentAnswered: (agentId) => routes.vouch(agentId),
+    onAgentOutcome: (agentId, outcome) => routes.record(agentId, outcome),
     tracing,
   });
 
@@ -398,6 +399,7 @@ function grpcDoor({ dialer, metrics, logger, config, accepting }: DoorDeps): Ser
       metrics,
       logger,
       maxPendingDialsPerStream: config.maxPendingDialsPerStream,
+      dialResponseSettleMs: config.dialResponseSettleMs,
       accepting,
       budget,
     },

@@ -49,6 +49,8 @@ export interface GrpcDoorOptions {
   readonly logger: Logger;
   /** Dials one stream may have pending at once; more are answered with an error. */
   readonly maxPendingDialsPerStream: number;
+  /** How long a new connection's first DATA or CLOSE_RSP waits after its DIAL_RSP was written (see HeldConnection). */
+  readonly dialResponseSettleMs: number;
   /** False while draining: new dials are refused. */
   readonly accepting: () => boolean;
   /** What the door may hold of partially received messages, per connection and per process. */
@@ -145,6 +147,8 @@ export function addProxyService(server: Server, options: GrpcDoorOptions, stream
 }
 
 /**
+ * What waits for a connection's DIAL_RSP to settle, in order.
+ *
  * The Go konnectivity-client (v0.36, kube-apiserver's) drops DATA that
  * follows DIAL_RSP too closely: its receive loop hands DIAL_RSP to the
  * dialing goroutine and reads the next packet at once, while the dialing
@@ -152,15 +156,13 @@ export function addProxyService(server: Server, options: GrpcDoorOptions, stream
  * before that is dropped as "Connection not recognized" (and a CLOSE_RSP is
  * ignored, leaving the connection open forever). So what the door sends for
  * a new connectID after its DIAL_RSP (DATA, CLOSE_RSP) waits until the
- * DIAL_RSP has been written to the HTTP/2 stream and `settleMs` has passed,
- * in order, holding its credit. A client that sends DATA or CLOSE_REQ on the
- * connection has registered it: the hold ends at once, so a client that
- * speaks first (TLS) never waits. `settleMs` is not a flag; tests change it.
- * See the README's end-of-stream section for the measurement behind it.
+ * DIAL_RSP has been written to the HTTP/2 stream and the settle time
+ * (--dial-response-settle) has passed, in order, holding its credit. A
+ * client that sends DATA or CLOSE_REQ on the connection has registered it:
+ * the hold ends at once, so a client that speaks first (TLS, HTTP) never
+ * waits. See the README's end-of-stream section for the measurement behind
+ * the default.
  */
-export const dialAnswerSettle = { ms: 2 };
-
-/** What waits for a connection's DIAL_RSP to settle, in order. */
 interface HeldConnection {
   readonly queue: (() => void)[];
   timer: NodeJS.Timeout | undefined;
@@ -180,7 +182,7 @@ export class ProxyStream {
   private readonly pendingDials = new Map<string, PendingDial>();
   /** connectIDs whose tunnel asked to pause the client stream (credit exhausted). */
   private readonly pausedBy = new Set<number>();
-  /** connectIDs whose DIAL_RSP has not settled yet (see dialAnswerSettle). */
+  /** connectIDs whose DIAL_RSP has not settled yet (see HeldConnection). */
   private readonly held = new Map<number, HeldConnection>();
   private nextConnectID = 1;
   private ended = false;
@@ -362,8 +364,8 @@ export class ProxyStream {
         this.held.set(connectID, held);
         this.write({ type: PacketType.DIAL_RSP, dialResponse: { error: '', connectID, random } }, () => {
           if (this.held.get(connectID) !== held) return;
-          if (dialAnswerSettle.ms > 0)
-            held.timer = setTimeout(() => this.release(connectID), dialAnswerSettle.ms);
+          const settleMs = this.options.dialResponseSettleMs;
+          if (settleMs > 0) held.timer = setTimeout(() => this.release(connectID), settleMs);
           else setImmediate(() => this.release(connectID));
         });
         tunnel.attach(this.localSide(connectID, tunnel));

@@ -70,8 +70,19 @@ const EXACT = 1000;
 
 const MAX_COMPILED = 2 * presenceLimits.maxPeers;
 
+/**
+ * How a dial went with an agent: it opened a tunnel; it answered with an
+ * error of its dial (refused, DNS, ...: the destination's fault as likely as
+ * its own); or it let the dial down (nobody reads its subject, silent past
+ * the accept or dial timeout, draining, or an answer that was refused).
+ */
+export type AgentOutcome = 'opened' | 'dial-error' | 'let-down';
+
 /** How long an agent that let a dial down is offered dials last (FleetRoutes.shun). */
 export const SHUN_MS = 10_000;
+/** How long a dial error counts as load, and at most how many count at once (FleetRoutes.countDialError). */
+export const DIAL_ERROR_WEIGHT_MS = 10_000;
+const MAX_COUNTED_DIAL_ERRORS = 64;
 
 /** Agents remembered as having answered a dial (FleetRoutes.vouch), and how many of them follow a first pick. */
 const MAX_VOUCHED = 64;
@@ -320,6 +331,8 @@ export class FleetRoutes {
   /** Agents that answered a dial of this frontend lately, least recent first. */
   private readonly vouched = new Map<string, true>();
   private byId = new Map<string, AgentCandidate>();
+  /** When each of an agent's recent dial errors stops counting as load (countDialError). */
+  private readonly dialErrors = new Map<string, number[]>();
   /** Agents that let a dial down lately (silent, or a refused answer), until when: offered dials last. */
   private readonly shunnedUntil = new Map<string, number>();
   private readonly loadOf: LoadOf;
@@ -335,7 +348,48 @@ export class FleetRoutes {
     localLoad: (agentId: string) => number = () => 0,
   ) {
     this.loadOf = (agent) =>
-      this.shunned(agent.id) ? Number.MAX_SAFE_INTEGER : Math.max(agent.load, localLoad(agent.id));
+      this.shunned(agent.id)
+        ? Number.MAX_SAFE_INTEGER
+        : Math.max(agent.load, localLoad(agent.id)) + this.recentDialErrors(agent.id);
+  }
+
+  /** What a dial with an agent came to (BusDialer's onAgentOutcome). */
+  record(agentId: string, outcome: AgentOutcome, now = Date.now()): void {
+    if (outcome === 'opened') this.vouch(agentId);
+    else if (outcome === 'let-down') this.shun(agentId, now);
+    else this.countDialError(agentId, now);
+  }
+
+  /**
+   * A dial error counts as one tunnel of load for DIAL_ERROR_WEIGHT_MS: an
+   * agent that fails its dials at once holds no tunnels, so by its load it
+   * would look the idlest and win every two-choice it is in (two thirds of
+   * the dials with three agents). With this, an agent's failures weigh like
+   * the tunnels its peers hold; where the destination is to blame, every
+   * agent offered it collects the same errors.
+   */
+  private countDialError(agentId: string, now: number): void {
+    const until = now + DIAL_ERROR_WEIGHT_MS;
+    const errors = (this.dialErrors.get(agentId) ?? []).filter((t) => t > now);
+    errors.push(until);
+    if (errors.length > MAX_COUNTED_DIAL_ERRORS) errors.shift();
+    if (!this.dialErrors.has(agentId) && this.dialErrors.size >= MAX_COMPILED) this.forgetDialErrors(now);
+    this.dialErrors.set(agentId, errors);
+  }
+
+  private recentDialErrors(agentId: string): number {
+    const errors = this.dialErrors.get(agentId);
+    if (!errors) return 0;
+    const now = Date.now();
+    let count = 0;
+    for (const until of errors) if (until > now) count++;
+    return count;
+  }
+
+  private forgetDialErrors(now: number): void {
+    for (const [agentId, errors] of this.dialErrors) {
+      if (errors[errors.length - 1]! <= now) this.dialErrors.delete(agentId);
+    }
   }
 
   /**

@@ -14,7 +14,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { RunningFrontend } from '../../frontend/frontend.js';
-import { dialAnswerSettle } from '../../frontend/grpc-door.js';
 import { bannerServer, closingServer, type Destination, echoServer } from '../helpers/destinations.js';
 import { eventually, Fleet } from '../helpers/fleet.js';
 import { GoClientModel } from '../helpers/go-client-model.js';
@@ -22,7 +21,10 @@ import { GoClientModel } from '../helpers/go-client-model.js';
 const DIALS = Number(process.env.KNATS_RACE_DIALS ?? 3000);
 /** Client streams dialing at once, each one dial after another. */
 const STREAMS = Number(process.env.KNATS_RACE_STREAMS ?? 16);
-if (process.env.KNATS_RACE_SETTLE_MS) dialAnswerSettle.ms = Number(process.env.KNATS_RACE_SETTLE_MS);
+/** --dial-response-settle of the frontend under test (its default unless KNATS_RACE_SETTLE_MS says). */
+const SETTLE_FLAGS = process.env.KNATS_RACE_SETTLE_MS
+  ? ['--dial-response-settle', `${process.env.KNATS_RACE_SETTLE_MS}ms`]
+  : [];
 const BANNER = Buffer.from('220 race.example ESMTP ready; a destination that speaks first\r\n');
 
 function percentile(sorted: number[], p: number): number {
@@ -32,6 +34,8 @@ function percentile(sorted: number[], p: number): number {
 describe('end of stream: DIAL_RSP then a speak-first destination, against the Go client receive loop', () => {
   const fleet = new Fleet();
   let frontend: RunningFrontend & { uds: string };
+  /** The same door with a settle time far beyond any test's patience. */
+  let patient: RunningFrontend & { uds: string };
   let banner: Destination;
   let echo: Destination;
   let closes: Destination;
@@ -39,12 +43,18 @@ describe('end of stream: DIAL_RSP then a speak-first destination, against the Go
   before(async () => {
     await fleet.startNats();
     await fleet.agent();
-    frontend = await fleet.frontend(['--mode', 'grpc']);
+    frontend = await fleet.frontend(['--mode', 'grpc', ...SETTLE_FLAGS]);
+    patient = await fleet.frontend(['--mode', 'grpc', '--dial-response-settle', '2s']);
     banner = await bannerServer(BANNER);
     echo = await echoServer();
     // Accepts and closes at once: the agent's answer and its FIN come back to back.
     closes = await closingServer();
-    await eventually(() => (frontend.debugState() as { agents: number }).agents > 0, 'agent known');
+    for (const door of [frontend, patient]) {
+      await eventually(
+        () => (door.debugState() as { agentsTakingDials: number }).agentsTakingDials > 0,
+        'agent known',
+      );
+    }
   });
   after(async () => {
     await banner?.close();
@@ -120,9 +130,7 @@ describe('end of stream: DIAL_RSP then a speak-first destination, against the Go
   });
 
   it('a client that speaks first (TLS) does not wait for the settle time', async () => {
-    const saved = dialAnswerSettle.ms;
-    dialAnswerSettle.ms = 2_000;
-    const client = new GoClientModel(`unix://${frontend.uds}`);
+    const client = new GoClientModel(`unix://${patient.uds}`);
     try {
       for (let i = 0; i < 5; i++) {
         const dial = await client.dial(echo.address);
@@ -135,7 +143,6 @@ describe('end of stream: DIAL_RSP then a speak-first destination, against the Go
         client.stream.closeRequest(dial.connectID);
       }
     } finally {
-      dialAnswerSettle.ms = saved;
       client.close();
     }
   });
