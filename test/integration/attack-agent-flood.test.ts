@@ -25,7 +25,6 @@ import {
   dialRequestCodec,
   dialResponseCodec,
   PROTOCOL_VERSION,
-  presenceCodec,
 } from '../../broker/bus-messages.js';
 import { decodeFrame, encodeData, FrameType } from '../../broker/codec.js';
 import { claimsToken } from '../../broker/identifiers.js';
@@ -34,6 +33,7 @@ import { Subjects } from '../../broker/subjects.js';
 import { connectRequest, DoorClient } from '../helpers/connect-client.js';
 import { type Destination, echoServer } from '../helpers/destinations.js';
 import { eventually, Fleet, fetchText } from '../helpers/fleet.js';
+import { fakeHeartbeat } from '../helpers/heartbeats.js';
 import { brokerConfigCli, connectWith, type ProbedConnection } from '../helpers/nats-permissions.js';
 import { ProxyStreamClient } from '../helpers/proxy-client.js';
 
@@ -96,22 +96,7 @@ describe('attacker suite: a tunnel-owning agent floods frames at a client that s
   const heartbeat = () =>
     attacker.publish(
       subjects.presence('agent', 'agA', claimsToken('host=a.example')),
-      presenceCodec.encode({
-        protocolVersion: PROTOCOL_VERSION,
-        id: 'agA',
-        role: 'agent',
-        identifiers: 'host=a.example',
-        version: '0.0.0',
-        openTunnels: 1,
-        draining: false,
-        uptimeMs: 1,
-        heartbeatIntervalMs: 1000,
-        bytesIn: 0,
-        bytesOut: 0,
-        alive: true,
-        proxyStrategies: '',
-        incarnation: '',
-      }),
+      fakeHeartbeat({ identifiers: 'host=a.example', openTunnels: 1, heartbeatIntervalMs: 1000 }),
     );
 
   before(async () => {

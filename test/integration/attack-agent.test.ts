@@ -19,7 +19,6 @@ import {
   dialRequestCodec,
   dialResponseCodec,
   PROTOCOL_VERSION,
-  type PresenceInfo,
   presenceCodec,
 } from '../../broker/bus-messages.js';
 import { encodeAccepted, encodeBlocked, encodeData, encodePing } from '../../broker/codec.js';
@@ -30,6 +29,7 @@ import { Subjects } from '../../broker/subjects.js';
 import type { RunningFrontend } from '../../frontend/frontend.js';
 import { type Destination, echoServer } from '../helpers/destinations.js';
 import { cliPath, eventually, Fleet, fetchText, metric } from '../helpers/fleet.js';
+import { fakeHeartbeat } from '../helpers/heartbeats.js';
 import {
   assertSubscribeAllowed,
   assertSubscribeRefused,
@@ -44,25 +44,7 @@ const subjects = new Subjects('knats');
 /** The subject every heartbeat used before identity came from credentials. */
 const LEGACY_PRESENCE = 'knats.presence';
 
-function heartbeat(fields: Partial<PresenceInfo>): Uint8Array {
-  return presenceCodec.encode({
-    protocolVersion: PROTOCOL_VERSION,
-    id: 'agA',
-    role: 'agent',
-    identifiers: '',
-    version: '0.0.0',
-    openTunnels: 0,
-    draining: false,
-    uptimeMs: 1,
-    heartbeatIntervalMs: 2000,
-    bytesIn: 0,
-    bytesOut: 0,
-    alive: true,
-    proxyStrategies: '',
-    incarnation: '',
-    ...fields,
-  });
-}
+const heartbeat = fakeHeartbeat;
 
 /** A tunnel through the frontend and agB to an echo server that must stay byte-exact. */
 class VictimTunnel {

@@ -1,29 +1,14 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { PROTOCOL_VERSION, type PresenceInfo, presenceCodec } from '../../broker/bus-messages.js';
+import type { PresenceInfo } from '../../broker/bus-messages.js';
 import { claimsToken } from '../../broker/identifiers.js';
 import { Subjects } from '../../broker/subjects.js';
 import { eventually, Fleet } from '../helpers/fleet.js';
+import { fakeHeartbeat } from '../helpers/heartbeats.js';
 
 const heartbeat = (overrides: Partial<PresenceInfo>): Uint8Array =>
-  presenceCodec.encode({
-    protocolVersion: PROTOCOL_VERSION,
-    id: 'x',
-    role: 'agent',
-    identifiers: '',
-    version: '9.9.9',
-    openTunnels: 0,
-    draining: false,
-    uptimeMs: 1,
-    heartbeatIntervalMs: 60_000,
-    bytesIn: 0,
-    bytesOut: 0,
-    alive: true,
-    proxyStrategies: '',
-    incarnation: '',
-    ...overrides,
-  });
+  fakeHeartbeat({ id: 'x', version: '9.9.9', heartbeatIntervalMs: 60_000, ...overrides });
 
 describe('version skew', () => {
   const fleet = new Fleet();
