@@ -20,7 +20,7 @@ import { GoClientModel } from '../helpers/go-client-model.js';
 
 const DIALS = Number(process.env.KNATS_RACE_DIALS ?? 3000);
 /** Client streams dialing at once, each one dial after another. */
-const STREAMS = Number(process.env.KNATS_RACE_STREAMS ?? 16);
+const STREAMS = Number(process.env.KNATS_RACE_STREAMS ?? 32);
 /** --dial-response-settle of the frontend under test (its default unless KNATS_RACE_SETTLE_MS says). */
 const SETTLE_FLAGS = process.env.KNATS_RACE_SETTLE_MS
   ? ['--dial-response-settle', `${process.env.KNATS_RACE_SETTLE_MS}ms`]
