@@ -328,12 +328,12 @@ export class FleetRoutes {
   private byEntry = new Map<AddressEntry, AgentCandidate[]>();
   /** Destinations already scored against this table (dials go to the same few hosts again and again). */
   private byDestination = new Map<string, ScoredAgent[]>();
-  /** Agents that answered a dial of this frontend lately, least recent first. */
+  /** Agents that opened a tunnel for this frontend lately, least recent first. */
   private readonly vouched = new Map<string, true>();
   private byId = new Map<string, AgentCandidate>();
   /** When each of an agent's recent dial errors stops counting as load (countDialError). */
   private readonly dialErrors = new Map<string, number[]>();
-  /** Agents that let a dial down lately (silent, or a refused answer), until when: offered dials last. */
+  /** Agents that let a dial down lately (see AgentOutcome), until when: offered dials last. */
   private readonly shunnedUntil = new Map<string, number>();
   private readonly loadOf: LoadOf;
 
@@ -393,9 +393,9 @@ export class FleetRoutes {
   }
 
   /**
-   * An agent let a dial down (it did not acknowledge it in time, or answered
-   * wrongly): for SHUN_MS it is picked first only when both random choices
-   * are such agents, and stays a fallback otherwise. So an agent that drops
+   * An agent let a dial down (see AgentOutcome): for SHUN_MS it is picked
+   * first only when both random choices are such agents, and stays a
+   * fallback otherwise. So an agent that drops
    * the dials it gets costs a frontend about one accept timeout per SHUN_MS,
    * not one per dial it is offered.
    */
@@ -424,12 +424,13 @@ export class FleetRoutes {
   }
 
   /**
-   * An agent answered a dial of this frontend: it is real and reads its
-   * dial subject. Where heartbeats cannot be bound to credentials (shared
-   * agent users, no authentication), anyone can fill the table with agents
-   * that do not exist; the random picks may then all be such, and an agent
-   * that answered lately, tried right after the first pick, still takes
-   * the dial.
+   * An agent opened a tunnel for this frontend: it is real and serves its
+   * dials (an error answer does not count: an agent could fail every dial
+   * and stay vouched). Where heartbeats cannot be bound to credentials
+   * (shared agent users, no authentication), anyone can fill the table
+   * with agents that do not exist; the random picks may then all be such,
+   * and an agent that opened a tunnel lately, tried right after the first
+   * pick, still takes the dial.
    */
   vouch(agentId: string): void {
     this.vouched.delete(agentId);
@@ -437,7 +438,7 @@ export class FleetRoutes {
     if (this.vouched.size > MAX_VOUCHED) this.vouched.delete(this.vouched.keys().next().value!);
   }
 
-  /** `picks` with up to VOUCHED_FALLBACKS agents that answered lately right after the first. */
+  /** `picks` with up to VOUCHED_FALLBACKS vouched agents right after the first. */
   private withVouched(picks: string[], defaultRouteOnly: boolean): string[] {
     if (picks.length === 0) return picks;
     const fallbacks: string[] = [];
