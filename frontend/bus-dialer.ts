@@ -15,6 +15,7 @@ import {
 } from '../broker/bus-messages.js';
 import type { DialTimeline } from '../broker/dial-stages.js';
 import { ErrorCode, errorFromPeer, isKnatsError, KnatsError } from '../broker/errors.js';
+import { LogThrottle } from '../broker/log-throttle.js';
 import type { Logger } from '../broker/logging.js';
 import { isToken, type Subjects } from '../broker/subjects.js';
 import { noTracing, type TraceSpan, type Tracing, traced } from '../broker/tracing.js';
@@ -79,8 +80,8 @@ export class BusDialer {
   private pending = 0;
   /** Dials in flight per agent: part of the load routing sees (a burst must not all pick one agent). */
   private readonly pendingByAgent = new Map<string, number>();
-  /** When a refused answer of each agent was last logged (bounded: entries older than the interval go). */
-  private readonly badReplyLogged = new Map<string, number>();
+  /** Refused answers are logged once per agent per minute. */
+  private readonly badReplyLog = new LogThrottle(BAD_REPLY_LOG_INTERVAL_MS);
 
   constructor(options: BusDialerOptions) {
     this.options = options;
@@ -321,15 +322,10 @@ export class BusDialer {
     } catch (err) {
       const error = isKnatsError(err) ? err : new KnatsError(ErrorCode.BadPeerMessage, String(err));
       this.options.onBadReply?.(target.agentId, error);
-      const now = Date.now();
-      const last = this.badReplyLogged.get(target.agentId);
-      if (last === undefined || now - last >= BAD_REPLY_LOG_INTERVAL_MS) {
-        for (const [agentId, at] of this.badReplyLogged) {
-          if (now - at >= BAD_REPLY_LOG_INTERVAL_MS) this.badReplyLogged.delete(agentId);
-        }
-        this.badReplyLogged.set(target.agentId, now);
+      const skipped = this.badReplyLog.take(target.agentId);
+      if (skipped !== undefined) {
         this.options.logger.warn(
-          { code: error.code, agentId: target.agentId, reason: error.message },
+          { code: error.code, agentId: target.agentId, reason: error.message, skipped },
           'dial answer refused; trying the next agent (logged once per agent per minute)',
         );
       }

@@ -19,6 +19,7 @@ import {
 } from 'node:tls';
 import { ServerCredentials } from '@grpc/grpc-js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
+import { LogThrottle } from '../broker/log-throttle.js';
 import type { Logger } from '../broker/logging.js';
 
 export type TlsMinVersion = 'TLSv1.2' | 'TLSv1.3';
@@ -352,6 +353,8 @@ export class HandshakeGuard {
   /** Raw sockets whose handshake is under way, by remote address:port (what a TLS socket reports too). */
   private readonly pending = new Map<string, { socket: Socket; timer: NodeJS.Timeout }>();
   private readonly guarded = new WeakSet<TlsServer>();
+  /** Anyone who reaches the port can cause these: one line per reason per second (the metric counts all). */
+  private readonly log = new LogThrottle(1000);
 
   constructor(options: HandshakeGuardOptions) {
     this.options = options;
@@ -374,10 +377,13 @@ export class HandshakeGuard {
     server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
       const code = err.code ?? err.message;
       this.options.refused(code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? 'tls_handshake_timeout' : 'tls_handshake');
-      this.options.logger.info(
-        { remote: `${socket.remoteAddress}:${socket.remotePort}`, err: code },
-        'TLS handshake refused',
-      );
+      const skipped = this.log.take(`refused ${code}`);
+      if (skipped !== undefined) {
+        this.options.logger.info(
+          { remote: `${socket.remoteAddress}:${socket.remotePort}`, err: code, skipped },
+          'TLS handshake refused',
+        );
+      }
       // Node reports the failure and leaves the socket to its listener: close it, or its descriptor stays.
       this.settled(keyOf(socket));
       socket.destroy();
@@ -394,10 +400,13 @@ export class HandshakeGuard {
     this.settled(key);
     if (this.pending.size >= this.maxPending) {
       this.options.refused('tls_handshakes_pending');
-      this.options.logger.warn(
-        { remote: key, pending: this.pending.size, limit: this.maxPending },
-        'too many TLS handshakes pending; connection closed',
-      );
+      const skipped = this.log.take('pending');
+      if (skipped !== undefined) {
+        this.options.logger.warn(
+          { remote: key, pending: this.pending.size, limit: this.maxPending, skipped },
+          'too many TLS handshakes pending; connection closed',
+        );
+      }
       socket.destroy();
       return;
     }
@@ -405,10 +414,13 @@ export class HandshakeGuard {
       if (!this.pending.has(key)) return;
       this.settled(key);
       this.options.refused('tls_handshake_timeout');
-      this.options.logger.info(
-        { remote: key, timeoutMs: this.timeoutMs },
-        'TLS handshake not finished in time; connection closed',
-      );
+      const skipped = this.log.take('timeout');
+      if (skipped !== undefined) {
+        this.options.logger.info(
+          { remote: key, timeoutMs: this.timeoutMs, skipped },
+          'TLS handshake not finished in time; connection closed',
+        );
+      }
       socket.destroy();
     }, this.timeoutMs);
     timer.unref();
