@@ -165,6 +165,8 @@ export class Presence {
   private tableFullWarned = false;
   /** Heartbeats dropped as malformed, forged, oversized or beyond the peer cap. */
   rejectedHeartbeats = 0;
+  /** When expiry last ran (see expire: a late run is this process's stall, not its peers' silence). */
+  private lastExpiry = Date.now();
   /** Bumped on every change to the peer table, so views built from it (routing) know when to rebuild. */
   version = 0;
   /** Set when the server refused our own heartbeat (our identity or claims are not what our user was granted). */
@@ -373,6 +375,15 @@ export class Presence {
 
   private expire(): void {
     const now = Date.now();
+    // A tick that comes late found this process stalled (a long synchronous task, a GC pause, a stopped VM):
+    // the heartbeats of that time are still unread in the socket, and timers run before sockets are read.
+    // The stall is not the peers' silence: it moves their deadline, so a busy process does not drop live
+    // peers (and close their tunnels) just before it reads their beats.
+    const stalledMs = now - this.lastExpiry - this.options.settings.heartbeatMs / 4;
+    this.lastExpiry = now;
+    if (stalledMs > this.options.settings.heartbeatMs / 4) {
+      for (const peer of this.peers.values()) peer.lastSeen += stalledMs;
+    }
     for (const peer of this.peers.values()) {
       if (now - peer.lastSeen > silenceAllowedMs(peer.info.heartbeatIntervalMs, this.options.settings)) {
         this.drop(peer, `missed ${this.options.settings.missedBeats} heartbeats`);
