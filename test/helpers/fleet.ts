@@ -51,6 +51,7 @@ export class Fleet {
   readonly dir = mkdtempSync(join(tmpdir(), 'knats-test-'));
   nats!: LocalServer;
   readonly frontends: RunningFrontend[] = [];
+  private readonly prefixOf = new WeakMap<RunningFrontend, string>();
   readonly agents: RunningAgent[] = [];
   readonly children: ChildProcess[] = [];
   private sockets = 0;
@@ -70,13 +71,28 @@ export class Fleet {
     const { config } = frontendConfig(frontendArgs(this.nats.url, uds, extra), {});
     const frontend = await startFrontend({ ...config, logger: testLogger(`frontend-${config.id}`) });
     this.frontends.push(frontend);
+    this.prefixOf.set(frontend, config.subjectPrefix);
     return Object.assign(frontend, { uds });
   }
 
+  /**
+   * In-process agent; resolves once every in-process frontend of its subject
+   * prefix may route to it (frontends learn agents from heartbeats, a moment
+   * after the agent is ready).
+   */
   async agent(extra: string[] = []): Promise<RunningAgent> {
     const { config } = agentConfig(agentArgs(this.nats.url, extra), {});
+    const peers = this.frontends.filter(
+      (f) => this.prefixOf.get(f) === config.subjectPrefix && f.debugState().draining === false,
+    );
+    const known = peers.map((f) => Number(f.debugState().agentsTakingDials));
     const agent = await startAgent({ ...config, logger: testLogger(`agent-${config.id}`) });
     this.agents.push(agent);
+    await Promise.all(
+      peers.map((f, i) =>
+        eventually(() => Number(f.debugState().agentsTakingDials) > known[i]!, `agent ${config.id} known`),
+      ),
+    );
     return agent;
   }
 

@@ -190,6 +190,7 @@ describe('fleet: routing, presence, tenancy, status', () => {
     const client = new ProxyStreamClient(`unix:${tenantA.uds}`);
     assert.equal((await client.dial(dests[0]!.address)).error, 'No agent available');
     const agentA = await fleet.agent(['--subject-prefix', 'tenant_a', '--agent-id', 'agent-a']);
+    await eventually(() => tenantA.debugState().agentsTakingDials === 1, 'agent-a known to its frontend');
     const before = fleet.agents.filter((a) => a !== agentA).map((a) => a.debugState().tunnels);
     const dial = await client.dial(dests[0]!.address);
     assert.equal(dial.error, '');
