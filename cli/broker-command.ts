@@ -404,13 +404,10 @@ export async function brokerConfig(
     };
     for (const role of ['frontend', 'agent', 'status'] as const) {
       const perProcess = role === 'agent' ? agents : role === 'frontend' ? frontends : [];
-      for (const nkey of sharedKeys[role])
-        await add(role, {
-          nkey,
-          ...(role === 'agent' && ungranted !== undefined ? { grant: ungranted } : {}),
-        });
-      // The shared user is generated unless keys were given or per-process users replace it.
+      // A shared agent user is every agent: with --require-grants it may claim no identifiers either.
       const sharedGrant = role === 'agent' && ungranted !== undefined ? { grant: ungranted } : {};
+      for (const nkey of sharedKeys[role]) await add(role, { nkey, ...sharedGrant });
+      // The shared user is generated unless keys were given or per-process users replace it.
       if (sharedKeys[role].length === 0 && perProcess.length === 0) await add(role, sharedGrant);
       for (const user of perProcess) await add(role, user);
     }

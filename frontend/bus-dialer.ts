@@ -43,7 +43,7 @@ export interface BusDialerOptions {
   /** The peer id of an answered dial, so its heartbeats are tracked. */
   readonly onAgentUsed: (agentId: string) => void;
   /** A dial answer refused as not from the agent it was sent to (or not a sane answer at all). */
-  readonly onBadReply?: (agentId: string, error: KnatsError) => void;
+  readonly onBadReply?: () => void;
   /** How a dial went with an agent, for routing (FleetRoutes.record). */
   readonly onAgentOutcome?: (agentId: string, outcome: AgentOutcome) => void;
   /** Spans of each dial; the tunnel's root span ends with the tunnel. Default: none. */
@@ -321,7 +321,7 @@ export class BusDialer {
       return decodeResponse(reply, tunnelId, target);
     } catch (err) {
       const error = isKnatsError(err) ? err : new KnatsError(ErrorCode.BadPeerMessage, String(err));
-      this.options.onBadReply?.(target.agentId, error);
+      this.options.onBadReply?.();
       const skipped = this.badReplyLog.take(target.agentId);
       if (skipped !== undefined) {
         this.options.logger.warn(
