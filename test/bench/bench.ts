@@ -68,6 +68,7 @@ import {
   killAllSync,
   LoadWorker,
   type Proc,
+  retryOnPortTaken,
   rssKiB,
   spawnNode,
   stopProc,
@@ -309,7 +310,11 @@ class Fleet {
     await firstJsonLine(this.grpcRelay);
   }
 
-  async startAgent(): Promise<Component> {
+  startAgent(): Promise<Component> {
+    return retryOnPortTaken(() => this.startAgentOnce());
+  }
+
+  private async startAgentOnce(): Promise<Component> {
     const healthPort = await freePort();
     const adminPort = await freePort();
     const extra = (process.env.BENCH_AGENT_ARGS ?? '').split(' ').filter((s) => s !== '');
@@ -338,7 +343,11 @@ class Fleet {
     return { proc, healthPort, adminPort };
   }
 
-  async startFrontend(mode: 'grpc' | 'http-connect'): Promise<Component> {
+  startFrontend(mode: 'grpc' | 'http-connect'): Promise<Component> {
+    return retryOnPortTaken(() => this.startFrontendOnce(mode));
+  }
+
+  private async startFrontendOnce(mode: 'grpc' | 'http-connect'): Promise<Component> {
     const healthPort = await freePort();
     const adminPort = await freePort();
     const uds = path.join(this.dir, `frontend-${mode}-${healthPort}.sock`);

@@ -139,6 +139,24 @@ export async function waitReady(proc: Proc, healthPort: number, timeoutMs = 20_0
   }
 }
 
+const PORT_PICK_TRIES = 4;
+
+/**
+ * Runs `start` until it does not fail for a port taken between our pick and
+ * the child's bind: a picked port is free only for a moment, and on a busy
+ * machine an outgoing connection may take it as its ephemeral port first.
+ */
+export async function retryOnPortTaken<T>(start: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await start();
+    } catch (err) {
+      if (attempt >= PORT_PICK_TRIES || !String((err as Error).message).includes('address already in use'))
+        throw err;
+    }
+  }
+}
+
 /** SIGTERM (a graceful stop writes --cpu-prof profiles), SIGKILL after `graceMs`. */
 export async function stopProc(proc: Proc, graceMs = 5000): Promise<void> {
   if (proc.exitCode() !== undefined) return;
