@@ -7,8 +7,8 @@
  * they follow any change of the subject layout.
  */
 import { createInbox, errors, type NatsConnection, type Status } from '@nats-io/transport-node';
-import { claimsToken } from './identifiers.js';
-import type { Subjects } from './subjects.js';
+import { claimsToken } from '../wire/identifiers.js';
+import type { Subjects } from '../wire/subjects.js';
 
 export interface SubscribeNeed {
   readonly subject: string;

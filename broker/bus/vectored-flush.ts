@@ -26,7 +26,7 @@
  */
 import type { Socket } from 'node:net';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { recyclerFor } from './frame-pool.js';
+import { recyclerFor } from '../tunnel/frame-pool.js';
 
 /** Pieces up to this size are packed together; larger ones are written by reference. */
 const PACK_BELOW_BYTES = 4096;
