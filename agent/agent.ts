@@ -9,29 +9,29 @@ import type { Socket } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import { parseDialAddress } from '../broker/address.js';
+import { agentNeeds } from '../broker/bus/bus-permissions.js';
+import { BusLink, type NatsSettings } from '../broker/bus/connection.js';
+import type { PresenceSettings } from '../broker/bus/presence.js';
+import { ErrorCode, isKnatsError, KnatsError } from '../broker/errors.js';
+import { asPeerError } from '../broker/guard.js';
+import type { Logger } from '../broker/logging.js';
+import { type BusNode, type Endpoints, leaveBus, startBusNode } from '../broker/node/bus-node.js';
+import { AgentDialClock } from '../broker/telemetry/dial-stages.js';
+import { createBusMetrics } from '../broker/telemetry/metrics.js';
+import { startTracing, type TracingSettings, traced } from '../broker/telemetry/tracing.js';
+import type { CreditSettings } from '../broker/tunnel/credit.js';
+import type { TunnelHostTiming } from '../broker/tunnel/tunnel-host.js';
+import { VERSION } from '../broker/version.js';
 import {
   type BusDialRequest,
   dialRequestCodec,
   dialResponseCodec,
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
-} from '../broker/bus-messages.js';
-import { type BusNode, type Endpoints, leaveBus, startBusNode } from '../broker/bus-node.js';
-import { agentNeeds } from '../broker/bus-permissions.js';
-import { encodeAccepted } from '../broker/codec.js';
-import { BusLink, type NatsSettings } from '../broker/connection.js';
-import type { CreditSettings } from '../broker/credit.js';
-import { AgentDialClock } from '../broker/dial-stages.js';
-import { ErrorCode, isKnatsError, KnatsError } from '../broker/errors.js';
-import { asPeerError } from '../broker/guard.js';
-import type { AgentIdentifiers } from '../broker/identifiers.js';
-import type { Logger } from '../broker/logging.js';
-import { createBusMetrics } from '../broker/metrics.js';
-import type { PresenceSettings } from '../broker/presence.js';
-import { isToken, MAX_TUNNEL_ID_LENGTH, Subjects } from '../broker/subjects.js';
-import { startTracing, type TracingSettings, traced } from '../broker/tracing.js';
-import type { TunnelHostTiming } from '../broker/tunnel-host.js';
-import { VERSION } from '../broker/version.js';
+} from '../broker/wire/bus-messages.js';
+import { encodeAccepted } from '../broker/wire/codec.js';
+import type { AgentIdentifiers } from '../broker/wire/identifiers.js';
+import { isToken, MAX_TUNNEL_ID_LENGTH, Subjects } from '../broker/wire/subjects.js';
 import { dialTcp, mapSocketError } from './dialer.js';
 import { createAgentMetrics } from './metrics.js';
 import { type DestinationPolicy, defaultDestinationPolicy, guardedDial, withOwnEndpoints } from './policy.js';

@@ -5,7 +5,7 @@
  */
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { upstreamAgentDialReason } from '../broker/errors.js';
-import { createDialMetrics } from '../broker/metrics.js';
+import { createDialMetrics } from '../broker/telemetry/metrics.js';
 
 const PREFIX = 'konnectivity_network_proxy_agent_';
 

@@ -7,12 +7,12 @@
  * resets the destination.
  */
 import { connect, type Socket, type TcpNetConnectOpts } from 'node:net';
-import { BurstWriter } from '../broker/burst-writer.js';
-import { copyWithHeaderRoom, SMALL_READ_BYTES } from '../broker/codec.js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
-import { readFrameBuffer } from '../broker/frame-pool.js';
-import { endAfterFlush, endedByReset, resetSocket } from '../broker/socket-reset.js';
-import type { Tunnel } from '../broker/tunnel.js';
+import { BurstWriter } from '../broker/tunnel/burst-writer.js';
+import { readFrameBuffer } from '../broker/tunnel/frame-pool.js';
+import { endAfterFlush, endedByReset, resetSocket } from '../broker/tunnel/socket-reset.js';
+import type { Tunnel } from '../broker/tunnel/tunnel.js';
+import { copyWithHeaderRoom, SMALL_READ_BYTES } from '../broker/wire/codec.js';
 
 /**
  * A destination socket's reads, straight into DATA frames: each read lands

@@ -2,14 +2,13 @@
  * `knats broker`: a local nats-server (or a cluster of them) for development,
  * with per-role authentication on by default.
  * `knats broker config`: a production nats-server configuration with
- * least-privilege permissions per role, see broker/nats-auth.ts.
+ * least-privilege permissions per role, see broker/nats-server/nats-auth.ts.
  */
 
 import path from 'node:path';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
-import { parseAgentIdentifiers } from '../broker/identifiers.js';
-import { startLocalCluster, startLocalServer } from '../broker/local-server.js';
 import { createLogger } from '../broker/logging.js';
+import { startLocalCluster, startLocalServer } from '../broker/nats-server/local-server.js';
 import {
   type AuthUser,
   assertUserNkey,
@@ -20,8 +19,9 @@ import {
   type PrefixAuth,
   type Role,
   type RoleCredential,
-} from '../broker/nats-auth.js';
-import { assertToken, idOfToken, idToken } from '../broker/subjects.js';
+} from '../broker/nats-server/nats-auth.js';
+import { parseAgentIdentifiers } from '../broker/wire/identifiers.js';
+import { assertToken, idOfToken, idToken } from '../broker/wire/subjects.js';
 import { FlagReader, type FlagSpec, helpText, parseFlags } from './flags.js';
 import { stopOnSignals } from './run-component.js';
 

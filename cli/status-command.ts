@@ -1,13 +1,13 @@
 /**
  * `knats status`: the fleet as seen on the bus, from one presence query.
  */
-import type { PresenceInfo } from '../broker/bus-messages.js';
-import { connectBus } from '../broker/connection.js';
-import { parseAgentIdentifiers } from '../broker/identifiers.js';
+import { connectBus } from '../broker/bus/connection.js';
+import { presenceLimits, readHeartbeat } from '../broker/bus/presence.js';
 import { silentLogger } from '../broker/logging.js';
-import { presenceLimits, readHeartbeat } from '../broker/presence.js';
-import { Subjects } from '../broker/subjects.js';
 import { VERSION } from '../broker/version.js';
+import type { PresenceInfo } from '../broker/wire/bus-messages.js';
+import { parseAgentIdentifiers } from '../broker/wire/identifiers.js';
+import { Subjects } from '../broker/wire/subjects.js';
 import { natsFlags, natsSettings } from './config.js';
 import { FlagReader, type FlagSpec, parseFlags } from './flags.js';
 

@@ -6,7 +6,7 @@
  * but for the image and --nats-url. Flags that mean the same here keep their
  * names in config.ts; klog's logging flags are in log-flags.ts.
  */
-import { DEFAULT_PING_INTERVAL_MS } from '../broker/connection.js';
+import { DEFAULT_PING_INTERVAL_MS } from '../broker/bus/connection.js';
 import { ErrorCode } from '../broker/errors.js';
 import type { FlagReader, FlagSpec } from './flags.js';
 

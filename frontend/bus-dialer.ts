@@ -6,21 +6,21 @@
 import { randomBytes } from 'node:crypto';
 import { type NatsConnection, NoRespondersError, TimeoutError } from '@nats-io/transport-node';
 import { parseDialAddress } from '../broker/address.js';
+import { ErrorCode, errorFromPeer, isKnatsError, KnatsError } from '../broker/errors.js';
+import { LogThrottle } from '../broker/log-throttle.js';
+import type { Logger } from '../broker/logging.js';
+import type { DialTimeline } from '../broker/telemetry/dial-stages.js';
+import { noTracing, type TraceSpan, type Tracing, traced } from '../broker/telemetry/tracing.js';
+import type { Tunnel } from '../broker/tunnel/tunnel.js';
+import type { TunnelHost } from '../broker/tunnel/tunnel-host.js';
 import {
   type BusDialResponse,
   dialRequestCodec,
   dialResponseCodec,
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
-} from '../broker/bus-messages.js';
-import type { DialTimeline } from '../broker/dial-stages.js';
-import { ErrorCode, errorFromPeer, isKnatsError, KnatsError } from '../broker/errors.js';
-import { LogThrottle } from '../broker/log-throttle.js';
-import type { Logger } from '../broker/logging.js';
-import { isToken, type Subjects } from '../broker/subjects.js';
-import { noTracing, type TraceSpan, type Tracing, traced } from '../broker/tracing.js';
-import type { Tunnel } from '../broker/tunnel.js';
-import type { TunnelHost } from '../broker/tunnel-host.js';
+} from '../broker/wire/bus-messages.js';
+import { isToken, type Subjects } from '../broker/wire/subjects.js';
 import { type AgentOutcome, type DialTarget, dialTargets, type ProxyStrategy } from './router.js';
 
 export interface BusDialerOptions {

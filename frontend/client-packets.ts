@@ -10,7 +10,7 @@
  */
 import Long from 'long';
 import protobuf from 'protobufjs';
-import { protoDir } from '../broker/bus-messages.js';
+import { protoDir } from '../broker/wire/bus-messages.js';
 
 export const PacketType = {
   DIAL_REQ: 0,

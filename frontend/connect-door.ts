@@ -15,12 +15,12 @@
  */
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import { BurstWriter } from '../broker/burst-writer.js';
-import { DialTimeline } from '../broker/dial-stages.js';
 import { ErrorCode, httpStatusFor, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
-import { endAfterFlush, endedByReset, resetSocket } from '../broker/socket-reset.js';
-import type { Tunnel, TunnelLocalSide } from '../broker/tunnel.js';
+import { DialTimeline } from '../broker/telemetry/dial-stages.js';
+import { BurstWriter } from '../broker/tunnel/burst-writer.js';
+import { endAfterFlush, endedByReset, resetSocket } from '../broker/tunnel/socket-reset.js';
+import type { Tunnel, TunnelLocalSide } from '../broker/tunnel/tunnel.js';
 import type { BusDialer } from './bus-dialer.js';
 import { BudgetShare, BufferBudget, mib } from './door-budget.js';
 import { dialForClient, tunnelEstablished, tunnelFinished } from './door-dial.js';

@@ -4,9 +4,9 @@
  * established connections and connection duration, and the "dial failed" /
  * "tunnel open" log lines. The doors only translate their protocol.
  */
-import type { DialTimeline } from '../broker/dial-stages.js';
 import { ErrorCode, isKnatsError, KnatsError } from '../broker/errors.js';
-import type { Tunnel } from '../broker/tunnel.js';
+import type { DialTimeline } from '../broker/telemetry/dial-stages.js';
+import type { Tunnel } from '../broker/tunnel/tunnel.js';
 import type { BusDialer, DialLog, DialOutcome } from './bus-dialer.js';
 import type { Door, FrontendMetrics } from './metrics.js';
 

@@ -10,18 +10,18 @@ import { createServer as createTlsServer, type Server as TlsServer } from 'node:
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { Registry } from 'prom-client';
-import { type BusNode, type Endpoints, leaveBus, startBusNode } from '../broker/bus-node.js';
-import { frontendNeeds } from '../broker/bus-permissions.js';
-import { BusLink, type NatsSettings } from '../broker/connection.js';
-import type { CreditSettings } from '../broker/credit.js';
+import { frontendNeeds } from '../broker/bus/bus-permissions.js';
+import { BusLink, type NatsSettings } from '../broker/bus/connection.js';
+import type { PresenceSettings } from '../broker/bus/presence.js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
-import { createBusMetrics } from '../broker/metrics.js';
-import type { PresenceSettings } from '../broker/presence.js';
-import { Subjects } from '../broker/subjects.js';
-import { startTracing, type TracingSettings } from '../broker/tracing.js';
-import type { TunnelHostTiming } from '../broker/tunnel-host.js';
+import { type BusNode, type Endpoints, leaveBus, startBusNode } from '../broker/node/bus-node.js';
+import { createBusMetrics } from '../broker/telemetry/metrics.js';
+import { startTracing, type TracingSettings } from '../broker/telemetry/tracing.js';
+import type { CreditSettings } from '../broker/tunnel/credit.js';
+import type { TunnelHostTiming } from '../broker/tunnel/tunnel-host.js';
 import { VERSION } from '../broker/version.js';
+import { Subjects } from '../broker/wire/subjects.js';
 import { BusDialer } from './bus-dialer.js';
 import { ConnectDoor } from './connect-door.js';
 import {

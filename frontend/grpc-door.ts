@@ -18,10 +18,10 @@ import {
   status,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
-import { DialTimeline } from '../broker/dial-stages.js';
 import { dialResponseText, ErrorCode, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
-import type { Tunnel, TunnelLocalSide } from '../broker/tunnel.js';
+import { DialTimeline } from '../broker/telemetry/dial-stages.js';
+import type { Tunnel, TunnelLocalSide } from '../broker/tunnel/tunnel.js';
 import type { BusDialer } from './bus-dialer.js';
 import {
   type ClientPacket,

@@ -4,9 +4,9 @@
  * and alerts carry over; what only exists here is under knats_.
  */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import type { DialStage, DialTimeline } from '../broker/dial-stages.js';
 import { upstreamServerDialReason } from '../broker/errors.js';
-import { createDialMetrics } from '../broker/metrics.js';
+import type { DialStage, DialTimeline } from '../broker/telemetry/dial-stages.js';
+import { createDialMetrics } from '../broker/telemetry/metrics.js';
 
 const PREFIX = 'konnectivity_network_proxy_server_';
 

@@ -21,10 +21,10 @@
  * that does not answer (see BusDialer).
  */
 import { BlockList, isIP } from 'node:net';
+import { presenceLimits } from '../broker/bus/presence.js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
-import { type AgentIdentifiers, parseAgentIdentifiers } from '../broker/identifiers.js';
-import { presenceLimits } from '../broker/presence.js';
-import type { Subjects } from '../broker/subjects.js';
+import { type AgentIdentifiers, parseAgentIdentifiers } from '../broker/wire/identifiers.js';
+import type { Subjects } from '../broker/wire/subjects.js';
 
 export const STRATEGIES = ['default', 'destHost', 'defaultRoute'] as const;
 export type ProxyStrategy = (typeof STRATEGIES)[number];

@@ -31,10 +31,10 @@ import {
   type MetricValue,
   Registry,
 } from 'prom-client';
-import { startEndpoints } from '../broker/bus-node.js';
 import { ErrorCode, KnatsError } from '../broker/errors.js';
 import type { Logger } from '../broker/logging.js';
-import { frontendWorkerId } from '../broker/nats-auth.js';
+import { frontendWorkerId } from '../broker/nats-server/nats-auth.js';
+import { startEndpoints } from '../broker/node/bus-node.js';
 import { VERSION } from '../broker/version.js';
 import {
   type FrontendConfig,

@@ -32,9 +32,14 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { DATA_HEADER_BYTES, MAX_DATA_PAYLOAD } from '../../broker/codec.js';
-import { defaultCreditSettings } from '../../broker/credit.js';
-import { findNatsServer, freePort, type LocalServer, startLocalServer } from '../../broker/local-server.js';
+import {
+  findNatsServer,
+  freePort,
+  type LocalServer,
+  startLocalServer,
+} from '../../broker/nats-server/local-server.js';
+import { defaultCreditSettings } from '../../broker/tunnel/credit.js';
+import { DATA_HEADER_BYTES, MAX_DATA_PAYLOAD } from '../../broker/wire/codec.js';
 import { TEST_ALLOWED_DESTINATIONS } from '../helpers/fleet.js';
 import {
   type BenchResult,

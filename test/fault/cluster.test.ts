@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { type RunningAgent, startAgent } from '../../agent/agent.js';
-import { type LocalServer, startLocalCluster } from '../../broker/local-server.js';
 import { silentLogger } from '../../broker/logging.js';
+import { type LocalServer, startLocalCluster } from '../../broker/nats-server/local-server.js';
 import { agentConfig, frontendConfig } from '../../cli/config.js';
 import { type RunningFrontend, startFrontend } from '../../frontend/frontend.js';
 import {

@@ -8,7 +8,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { startLocalServer } from '../../broker/local-server.js';
+import { startLocalServer } from '../../broker/nats-server/local-server.js';
 import { eventually, Fleet, fetchText } from '../helpers/fleet.js';
 import { brokerConfigCli } from '../helpers/nats-permissions.js';
 

@@ -7,7 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
-import { endedByReset, resetSocket } from '../../broker/socket-reset.js';
+import { endedByReset, resetSocket } from '../../broker/tunnel/socket-reset.js';
 
 export interface DestinationBehaviour {
   /** Bytes written as soon as the connection is accepted (before reading anything). */

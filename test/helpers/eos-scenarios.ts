@@ -17,7 +17,7 @@ import { readFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import type { RunningAgent } from '../../agent/agent.js';
-import { endedByReset } from '../../broker/socket-reset.js';
+import { endedByReset } from '../../broker/tunnel/socket-reset.js';
 import type { RunningFrontend } from '../../frontend/frontend.js';
 import { createPki, type Pki } from './certs.js';
 import { randomBytesSeeded, refusedPort, sha256 } from './destinations.js';

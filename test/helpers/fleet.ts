@@ -9,8 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type RunningAgent, startAgent } from '../../agent/agent.js';
-import { type LocalServer, startLocalServer } from '../../broker/local-server.js';
 import { createLogger, type Logger, silentLogger } from '../../broker/logging.js';
+import { type LocalServer, startLocalServer } from '../../broker/nats-server/local-server.js';
 import { agentConfig, frontendConfig } from '../../cli/config.js';
 import { type RunningFrontend, startFrontend } from '../../frontend/frontend.js';
 

@@ -2,7 +2,7 @@
  * Heartbeat bodies written by hand, for tests that pose as peers on the bus
  * (attackers, peers of other versions): every field set, `fields` on top.
  */
-import { PROTOCOL_VERSION, type PresenceInfo, presenceCodec } from '../../broker/bus-messages.js';
+import { PROTOCOL_VERSION, type PresenceInfo, presenceCodec } from '../../broker/wire/bus-messages.js';
 
 export function fakeHeartbeat(fields: Partial<PresenceInfo>): Uint8Array {
   return presenceCodec.encode({

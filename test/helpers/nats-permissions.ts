@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { connect, type NatsConnection, PermissionViolationError } from '@nats-io/transport-node';
-import { connectionOptions, type NatsSettings } from '../../broker/connection.js';
+import { connectionOptions, type NatsSettings } from '../../broker/bus/connection.js';
 import { cliPath } from './fleet.js';
 
 export type ProbedConnection = NatsConnection & { errors: Error[] };

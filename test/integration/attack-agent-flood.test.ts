@@ -20,16 +20,16 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { startLocalServer } from '../../broker/nats-server/local-server.js';
 import {
   type BusDialRequest,
   dialRequestCodec,
   dialResponseCodec,
   PROTOCOL_VERSION,
-} from '../../broker/bus-messages.js';
-import { decodeFrame, encodeData, FrameType } from '../../broker/codec.js';
-import { claimsToken } from '../../broker/identifiers.js';
-import { startLocalServer } from '../../broker/local-server.js';
-import { Subjects } from '../../broker/subjects.js';
+} from '../../broker/wire/bus-messages.js';
+import { decodeFrame, encodeData, FrameType } from '../../broker/wire/codec.js';
+import { claimsToken } from '../../broker/wire/identifiers.js';
+import { Subjects } from '../../broker/wire/subjects.js';
 import { connectRequest, DoorClient } from '../helpers/connect-client.js';
 import { type Destination, echoServer } from '../helpers/destinations.js';
 import { eventually, Fleet, fetchText } from '../helpers/fleet.js';

@@ -15,17 +15,17 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { presenceLimits } from '../../broker/bus/presence.js';
+import { startLocalServer } from '../../broker/nats-server/local-server.js';
 import {
   dialRequestCodec,
   dialResponseCodec,
   PROTOCOL_VERSION,
   presenceCodec,
-} from '../../broker/bus-messages.js';
-import { encodeAccepted, encodeBlocked, encodeData, encodePing } from '../../broker/codec.js';
-import { claimsToken } from '../../broker/identifiers.js';
-import { startLocalServer } from '../../broker/local-server.js';
-import { presenceLimits } from '../../broker/presence.js';
-import { Subjects } from '../../broker/subjects.js';
+} from '../../broker/wire/bus-messages.js';
+import { encodeAccepted, encodeBlocked, encodeData, encodePing } from '../../broker/wire/codec.js';
+import { claimsToken } from '../../broker/wire/identifiers.js';
+import { Subjects } from '../../broker/wire/subjects.js';
 import type { RunningFrontend } from '../../frontend/frontend.js';
 import { type Destination, echoServer } from '../helpers/destinations.js';
 import { cliPath, eventually, Fleet, fetchText, metric } from '../helpers/fleet.js';

@@ -26,7 +26,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { type TLSSocket, connect as tlsConnect } from 'node:tls';
-import { freePort } from '../../broker/local-server.js';
+import { freePort } from '../../broker/nats-server/local-server.js';
 import { PROXY_METHOD_PATH } from '../../frontend/client-packets.js';
 import { createPki, type Pki } from '../helpers/certs.js';
 import { connectRequest, DoorClient } from '../helpers/connect-client.js';

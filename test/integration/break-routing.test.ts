@@ -10,16 +10,16 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { startLocalServer } from '../../broker/nats-server/local-server.js';
 import {
   dialRequestCodec,
   dialResponseCodec,
   PROTOCOL_VERSION,
   type PresenceInfo,
-} from '../../broker/bus-messages.js';
-import { encodeAccepted } from '../../broker/codec.js';
-import { claimsToken } from '../../broker/identifiers.js';
-import { startLocalServer } from '../../broker/local-server.js';
-import { Subjects } from '../../broker/subjects.js';
+} from '../../broker/wire/bus-messages.js';
+import { encodeAccepted } from '../../broker/wire/codec.js';
+import { claimsToken } from '../../broker/wire/identifiers.js';
+import { Subjects } from '../../broker/wire/subjects.js';
 import { type Destination, echoServer } from '../helpers/destinations.js';
 import { eventually, Fleet, fetchText } from '../helpers/fleet.js';
 import { fakeHeartbeat } from '../helpers/heartbeats.js';

@@ -34,11 +34,16 @@ import { Ajv2019, type ErrorObject } from 'ajv/dist/2019.js';
 import * as kubernetesModels from 'kubernetes-models';
 import { parseAllDocuments, parse as parseYaml } from 'yaml';
 import { type RunningAgent, startAgent } from '../../agent/agent.js';
-import type { NatsSettings } from '../../broker/connection.js';
+import type { NatsSettings } from '../../broker/bus/connection.js';
 import { ErrorCode, KnatsError } from '../../broker/errors.js';
-import { findNatsServer, freePort, type LocalServer, startLocalServer } from '../../broker/local-server.js';
 import { silentLogger } from '../../broker/logging.js';
-import { Subjects } from '../../broker/subjects.js';
+import {
+  findNatsServer,
+  freePort,
+  type LocalServer,
+  startLocalServer,
+} from '../../broker/nats-server/local-server.js';
+import { Subjects } from '../../broker/wire/subjects.js';
 import { brokerFlags } from '../../cli/broker-command.js';
 import { agentConfig, frontendConfig, natsSettings } from '../../cli/config.js';
 import { dialFlags } from '../../cli/dial-command.js';

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { FrameType } from '../../broker/codec.js';
+import { FrameType } from '../../broker/wire/codec.js';
 import { type Destination, echoServer, hangingPort } from '../helpers/destinations.js';
 import { eventually, Fleet, fetchText } from '../helpers/fleet.js';
 import { ProxyStreamClient } from '../helpers/proxy-client.js';

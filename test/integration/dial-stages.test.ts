@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
 import { after, before, describe, it } from 'node:test';
-import { DIAL_STAGES } from '../../broker/dial-stages.js';
+import { DIAL_STAGES } from '../../broker/telemetry/dial-stages.js';
 import { connectOnce, connectRequest } from '../helpers/connect-client.js';
 import { type Destination, echoServer } from '../helpers/destinations.js';
 import { Fleet, fetchText } from '../helpers/fleet.js';

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { encodeData, FrameType } from '../../broker/codec.js';
+import { encodeData, FrameType } from '../../broker/wire/codec.js';
 import {
   type ClientPacket,
   decodePacket,

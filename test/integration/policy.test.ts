@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { pino } from 'pino';
 import { type RunningAgent, startAgent } from '../../agent/agent.js';
-import { type BusDialRequest, dialRequestCodec, dialResponseCodec } from '../../broker/bus-messages.js';
+import { type BusDialRequest, dialRequestCodec, dialResponseCodec } from '../../broker/wire/bus-messages.js';
 import { agentConfig } from '../../cli/config.js';
 import { connectOnce, connectRequest } from '../helpers/connect-client.js';
 import { type Destination, echoServer, refusedPort } from '../helpers/destinations.js';

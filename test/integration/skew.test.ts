@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import type { PresenceInfo } from '../../broker/bus-messages.js';
-import { claimsToken } from '../../broker/identifiers.js';
-import { Subjects } from '../../broker/subjects.js';
+import type { PresenceInfo } from '../../broker/wire/bus-messages.js';
+import { claimsToken } from '../../broker/wire/identifiers.js';
+import { Subjects } from '../../broker/wire/subjects.js';
 import { eventually, Fleet } from '../helpers/fleet.js';
 import { fakeHeartbeat } from '../helpers/heartbeats.js';
 

@@ -10,7 +10,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { startLocalServer } from '../../broker/local-server.js';
+import { startLocalServer } from '../../broker/nats-server/local-server.js';
 import { createPki, type Pki } from '../helpers/certs.js';
 import {
   type Destination,

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { defaultCreditSettings } from '../../broker/credit.js';
+import { defaultCreditSettings } from '../../broker/tunnel/credit.js';
 import {
   blackholeServer,
   echoServer,

@@ -3,9 +3,10 @@ import { once } from 'node:events';
 import { createServer, connect as netConnect, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { encodePooledData } from '../../broker/frame-pool.js';
-import { type LocalServer, startLocalServer } from '../../broker/local-server.js';
-import { installVectoredFlush, writePieces } from '../../broker/vectored-flush.js';
+import { installVectoredFlush } from '../../broker/bus/nats-internals.js';
+import { writePieces } from '../../broker/bus/vectored-flush.js';
+import { type LocalServer, startLocalServer } from '../../broker/nats-server/local-server.js';
+import { encodePooledData } from '../../broker/tunnel/frame-pool.js';
 import { randomBytesSeeded } from '../helpers/destinations.js';
 
 async function socketPair(): Promise<{ client: Socket; server: Socket; close(): void }> {

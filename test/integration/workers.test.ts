@@ -12,7 +12,7 @@ import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { freePort, startLocalServer } from '../../broker/local-server.js';
+import { freePort, startLocalServer } from '../../broker/nats-server/local-server.js';
 import { createPki, type Pki } from '../helpers/certs.js';
 import { connectRequest, DoorClient, type DoorTarget } from '../helpers/connect-client.js';
 import {

@@ -19,7 +19,7 @@ import { createServer, connect as netConnect, type Server, type Socket } from 'n
 import { join } from 'node:path';
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
-import { freePort, startLocalServer } from '../../broker/local-server.js';
+import { freePort, startLocalServer } from '../../broker/nats-server/local-server.js';
 import { createPki, type Pki } from '../helpers/certs.js';
 import { randomBytesSeeded } from '../helpers/destinations.js';
 import { Fleet, fetchText } from '../helpers/fleet.js';

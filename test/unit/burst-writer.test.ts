@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { connect, createServer, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
-import { BurstWriter } from '../../broker/burst-writer.js';
+import { BurstWriter } from '../../broker/tunnel/burst-writer.js';
 
 async function socketPair(): Promise<{ client: Socket; received: Promise<Buffer>; close: () => void }> {
   let resolveReceived: (bytes: Buffer) => void = () => {};

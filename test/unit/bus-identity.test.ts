@@ -8,16 +8,20 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { ErrorCode, KnatsError } from '../../broker/errors.js';
-import { canonicalIdentifiers, claimsToken } from '../../broker/identifiers.js';
-import { agentPermissions, frontendPermissions, statusPermissions } from '../../broker/nats-auth.js';
 import {
   BeatRateLimit,
   defaultPresenceSettings,
   presenceLimits,
   silenceAllowedMs,
-} from '../../broker/presence.js';
-import { frontendInboxPrefix, isToken, Subjects } from '../../broker/subjects.js';
+} from '../../broker/bus/presence.js';
+import { ErrorCode, KnatsError } from '../../broker/errors.js';
+import {
+  agentPermissions,
+  frontendPermissions,
+  statusPermissions,
+} from '../../broker/nats-server/nats-auth.js';
+import { canonicalIdentifiers, claimsToken } from '../../broker/wire/identifiers.js';
+import { frontendInboxPrefix, isToken, Subjects } from '../../broker/wire/subjects.js';
 import { brokerConfig } from '../../cli/broker-command.js';
 import { sanitizePeerString } from '../../cli/status-command.js';
 

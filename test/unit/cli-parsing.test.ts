@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { parseDialAddress } from '../../broker/address.js';
 import { ErrorCode, KnatsError } from '../../broker/errors.js';
-import { parseAgentIdentifiers } from '../../broker/identifiers.js';
+import { parseAgentIdentifiers } from '../../broker/wire/identifiers.js';
 import { agentConfig, frontendConfig } from '../../cli/config.js';
 import { parseDuration } from '../../cli/duration.js';
 

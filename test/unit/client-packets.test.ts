@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import Long from 'long';
 import protobuf from 'protobufjs';
-import { protoDir } from '../../broker/bus-messages.js';
+import { protoDir } from '../../broker/wire/bus-messages.js';
 import {
   DataToClient,
   decodeDataPacket,

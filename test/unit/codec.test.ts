@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { ErrorCode, KnatsError } from '../../broker/errors.js';
 import {
   decodeFrame,
   encodeBlocked,
@@ -9,8 +10,7 @@ import {
   encodePong,
   encodeWindow,
   FrameType,
-} from '../../broker/codec.js';
-import { ErrorCode, KnatsError } from '../../broker/errors.js';
+} from '../../broker/wire/codec.js';
 
 describe('bus frame codec', () => {
   it('round-trips every frame type', () => {

@@ -9,11 +9,11 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { decodeFrame, encodeData, FrameType } from '../../broker/codec.js';
-import { ReceiveBudget } from '../../broker/credit.js';
 import { ErrorCode, KnatsError } from '../../broker/errors.js';
 import { silentLogger } from '../../broker/logging.js';
-import { Tunnel } from '../../broker/tunnel.js';
+import { ReceiveBudget } from '../../broker/tunnel/credit.js';
+import { Tunnel } from '../../broker/tunnel/tunnel.js';
+import { decodeFrame, encodeData, FrameType } from '../../broker/wire/codec.js';
 import { prng } from '../helpers/eos-random.js';
 
 const settings = { window: 128 * 1024, minWindow: 8 * 1024, budget: 256 * 1024 };

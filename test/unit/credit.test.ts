@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { ReceiveBudget, ReceiveCredit, SendCredit } from '../../broker/credit.js';
+import { ReceiveBudget, ReceiveCredit, SendCredit } from '../../broker/tunnel/credit.js';
 
 const KiB = 1024;
 const settings = { window: 256 * KiB, minWindow: 64 * KiB, budget: 1024 * KiB };

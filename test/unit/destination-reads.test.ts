@@ -9,16 +9,16 @@ import { once } from 'node:events';
 import { createServer, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import { bridgeSocket, connectDestination } from '../../agent/tcp-bridge.js';
+import { silentLogger } from '../../broker/logging.js';
+import { ReceiveBudget } from '../../broker/tunnel/credit.js';
+import { Tunnel } from '../../broker/tunnel/tunnel.js';
 import {
   DATA_HEADER_BYTES,
   decodeFrame,
   FrameType,
   MAX_DATA_PAYLOAD,
   SMALL_READ_BYTES,
-} from '../../broker/codec.js';
-import { ReceiveBudget } from '../../broker/credit.js';
-import { silentLogger } from '../../broker/logging.js';
-import { Tunnel } from '../../broker/tunnel.js';
+} from '../../broker/wire/codec.js';
 
 const settings = { window: 1 << 20, minWindow: 1 << 16, budget: 1 << 24 };
 

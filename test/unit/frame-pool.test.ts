@@ -1,22 +1,22 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import {
-  DATA_HEADER_BYTES,
-  decodeFrame,
-  encodeWindow,
-  MAX_DATA_PAYLOAD,
-  SMALL_READ_BYTES,
-} from '../../broker/codec.js';
-import { ReceiveBudget } from '../../broker/credit.js';
+import { silentLogger } from '../../broker/logging.js';
+import { ReceiveBudget } from '../../broker/tunnel/credit.js';
 import {
   encodePooledData,
   FRAME_BUFFER_BYTES,
   readFrameBuffer,
   recyclerFor,
   takeFrameBuffer,
-} from '../../broker/frame-pool.js';
-import { silentLogger } from '../../broker/logging.js';
-import { Tunnel } from '../../broker/tunnel.js';
+} from '../../broker/tunnel/frame-pool.js';
+import { Tunnel } from '../../broker/tunnel/tunnel.js';
+import {
+  DATA_HEADER_BYTES,
+  decodeFrame,
+  encodeWindow,
+  MAX_DATA_PAYLOAD,
+  SMALL_READ_BYTES,
+} from '../../broker/wire/codec.js';
 
 /** Empties the pool's free list (buffers from earlier cases would otherwise be handed out first). */
 function drainPool(): void {

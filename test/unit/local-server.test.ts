@@ -4,7 +4,11 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { ErrorCode, KnatsError } from '../../broker/errors.js';
-import { findNatsServer, startLocalCluster, startLocalServer } from '../../broker/local-server.js';
+import {
+  findNatsServer,
+  startLocalCluster,
+  startLocalServer,
+} from '../../broker/nats-server/local-server.js';
 
 function isAlive(pid: number): boolean {
   try {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { parseAgentIdentifiers } from '../../broker/identifiers.js';
-import { Subjects } from '../../broker/subjects.js';
+import { parseAgentIdentifiers } from '../../broker/wire/identifiers.js';
+import { Subjects } from '../../broker/wire/subjects.js';
 import {
   type AgentCandidate,
   agentsForHost,

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ErrorCode, KnatsError } from '../../broker/errors.js';
-import { tracingSettings } from '../../broker/tracing.js';
+import { tracingSettings } from '../../broker/telemetry/tracing.js';
 
 const ENDPOINT = 'http://otel-collector:4317';
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ErrorCode, KnatsError } from '../../broker/errors.js';
-import { formatTraceparent, parseTraceparent, tracingSettings } from '../../broker/tracing.js';
+import { formatTraceparent, parseTraceparent, tracingSettings } from '../../broker/telemetry/tracing.js';
 import { agentConfig, frontendConfig } from '../../cli/config.js';
 
 const badConfig = (pattern: RegExp) => (err: unknown) =>

@@ -7,13 +7,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { encodePing } from '../../broker/codec.js';
-import { defaultCreditSettings } from '../../broker/credit.js';
 import { ErrorCode, type KnatsError } from '../../broker/errors.js';
-import { type LocalServer, startLocalServer } from '../../broker/local-server.js';
 import { silentLogger } from '../../broker/logging.js';
-import { Subjects } from '../../broker/subjects.js';
-import { defaultTunnelHostTiming, TunnelHost } from '../../broker/tunnel-host.js';
+import { type LocalServer, startLocalServer } from '../../broker/nats-server/local-server.js';
+import { defaultCreditSettings } from '../../broker/tunnel/credit.js';
+import { defaultTunnelHostTiming, TunnelHost } from '../../broker/tunnel/tunnel-host.js';
+import { encodePing } from '../../broker/wire/codec.js';
+import { Subjects } from '../../broker/wire/subjects.js';
 import { eventually } from '../helpers/fleet.js';
 
 describe('tunnel host: peer-derived subjects cannot throw out of a callback or a timer', () => {

@@ -1,5 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { ErrorCode, KnatsError } from '../../broker/errors.js';
+import { silentLogger } from '../../broker/logging.js';
+import { ReceiveBudget } from '../../broker/tunnel/credit.js';
+import { Tunnel, type TunnelLocalSide } from '../../broker/tunnel/tunnel.js';
 import {
   decodeFrame,
   encodeClose,
@@ -9,11 +13,7 @@ import {
   encodeWindow,
   type Frame,
   FrameType,
-} from '../../broker/codec.js';
-import { ReceiveBudget } from '../../broker/credit.js';
-import { ErrorCode, KnatsError } from '../../broker/errors.js';
-import { silentLogger } from '../../broker/logging.js';
-import { Tunnel, type TunnelLocalSide } from '../../broker/tunnel.js';
+} from '../../broker/wire/codec.js';
 
 const settings = { window: 64 * 1024, minWindow: 16 * 1024, budget: 1 << 20 };
 

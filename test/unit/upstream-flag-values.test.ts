@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { idOfToken, idToken, isToken } from '../../broker/subjects.js';
+import { idOfToken, idToken, isToken } from '../../broker/wire/subjects.js';
 import { agentConfig, frontendConfig } from '../../cli/config.js';
 import { runCli } from '../helpers/fleet.js';
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ErrorCode, KnatsError } from '../../broker/errors.js';
-import { frontendPermissions, frontendWorkerId } from '../../broker/nats-auth.js';
+import { frontendPermissions, frontendWorkerId } from '../../broker/nats-server/nats-auth.js';
 import { brokerConfig } from '../../cli/broker-command.js';
 import { frontendConfig } from '../../cli/config.js';
 

@@ -6,19 +6,19 @@
  */
 import { randomBytes } from 'node:crypto';
 import { type NatsConnection, PermissionViolationError } from '@nats-io/transport-node';
-import type { PresenceInfo } from './bus-messages.js';
-import { type BusNeeds, describeRefusals, refusedPermissions } from './bus-permissions.js';
-import { type BusLink, connectBus, type NatsSettings } from './connection.js';
-import type { CreditSettings } from './credit.js';
-import { ErrorCode, KnatsError } from './errors.js';
-import { startHealthServer } from './health-server.js';
-import type { Logger } from './logging.js';
-import type { BusMetrics } from './metrics.js';
-import { Presence, type PresenceSettings } from './presence.js';
-import { frontendInboxPrefix, type Subjects } from './subjects.js';
-import type { Tracing } from './tracing.js';
-import { TunnelHost, type TunnelHostTiming } from './tunnel-host.js';
-import { VERSION } from './version.js';
+import { type BusNeeds, describeRefusals, refusedPermissions } from '../bus/bus-permissions.js';
+import { type BusLink, connectBus, type NatsSettings } from '../bus/connection.js';
+import { Presence, type PresenceSettings } from '../bus/presence.js';
+import { ErrorCode, KnatsError } from '../errors.js';
+import type { Logger } from '../logging.js';
+import { startHealthServer } from '../telemetry/health-server.js';
+import type { BusMetrics } from '../telemetry/metrics.js';
+import type { Tracing } from '../telemetry/tracing.js';
+import type { CreditSettings } from '../tunnel/credit.js';
+import { TunnelHost, type TunnelHostTiming } from '../tunnel/tunnel-host.js';
+import { VERSION } from '../version.js';
+import type { PresenceInfo } from '../wire/bus-messages.js';
+import { frontendInboxPrefix, type Subjects } from '../wire/subjects.js';
 
 export interface BusNodeOptions {
   readonly role: PresenceInfo['role'];

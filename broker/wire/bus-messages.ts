@@ -58,7 +58,7 @@ export interface PresenceInfo {
   incarnation: string;
 }
 
-export const protoDir = fileURLToPath(new URL('../../proto/', import.meta.url));
+export const protoDir = fileURLToPath(new URL('../../../proto/', import.meta.url));
 
 const root = protobuf.loadSync(`${protoDir}bus.proto`);
 

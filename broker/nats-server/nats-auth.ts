@@ -20,9 +20,9 @@ import { existsSync } from 'node:fs';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { nkeys } from '@nats-io/transport-node';
-import { ErrorCode, KnatsError } from './errors.js';
-import { claimsToken, parseAgentIdentifiers } from './identifiers.js';
-import { assertToken, frontendInboxPrefix, Subjects } from './subjects.js';
+import { ErrorCode, KnatsError } from '../errors.js';
+import { claimsToken, parseAgentIdentifiers } from '../wire/identifiers.js';
+import { assertToken, frontendInboxPrefix, Subjects } from '../wire/subjects.js';
 
 export type Role = 'frontend' | 'agent' | 'status';
 

@@ -21,7 +21,7 @@ import {
   FrameType,
   MAX_DATA_PAYLOAD,
   SMALL_READ_BYTES,
-} from './codec.js';
+} from '../wire/codec.js';
 
 export const FRAME_BUFFER_BYTES = DATA_HEADER_BYTES + MAX_DATA_PAYLOAD;
 /** Free buffers kept for reuse (4 MiB); more are left to the garbage collector. */

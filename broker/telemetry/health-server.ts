@@ -8,8 +8,8 @@
 import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
-import { ErrorCode, KnatsError } from './errors.js';
-import type { Logger } from './logging.js';
+import { ErrorCode, KnatsError } from '../errors.js';
+import type { Logger } from '../logging.js';
 import { cpuProfileRunning, heapSnapshot, takeCpuProfile } from './profiler.js';
 
 /** pprof's default CPU profile length, and our cap (a request holds its connection that long). */

@@ -50,7 +50,9 @@
  * The tunnel owns no timers; its TunnelHost drives the periodic work
  * (BLOCKED resends, confirm timeouts, idle probes) for all tunnels at once.
  */
-import { HALF_CLOSE_PROTOCOL_VERSION } from './bus-messages.js';
+import { ErrorCode, errorFromPeer, KnatsError } from '../errors.js';
+import type { Logger } from '../logging.js';
+import { HALF_CLOSE_PROTOCOL_VERSION } from '../wire/bus-messages.js';
 import {
   decodeFrame,
   encodeBlocked,
@@ -63,11 +65,9 @@ import {
   type Frame,
   FrameType,
   MAX_DATA_PAYLOAD,
-} from './codec.js';
+} from '../wire/codec.js';
 import { type CreditSettings, type ReceiveBudget, ReceiveCredit, SendCredit } from './credit.js';
-import { ErrorCode, errorFromPeer, KnatsError } from './errors.js';
 import { encodePooledData, encodeWholeReadInPlace } from './frame-pool.js';
-import type { Logger } from './logging.js';
 
 export interface TunnelLocalSide {
   /**

@@ -3,7 +3,7 @@
  * `host=a&host=b&ipv4=10.0.0.1&ipv6=::1&cidr=10.0.0.0/8&default-route=true`.
  */
 import { createHash } from 'node:crypto';
-import { ErrorCode, KnatsError } from './errors.js';
+import { ErrorCode, KnatsError } from '../errors.js';
 
 /** Longest identifiers text a heartbeat may carry (a few dozen hosts and CIDRs). */
 export const MAX_IDENTIFIERS_LENGTH = 4096;

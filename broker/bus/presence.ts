@@ -14,12 +14,17 @@
  *   and expiring like the peers.
  */
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
-import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, type PresenceInfo, presenceCodec } from './bus-messages.js';
-import { ErrorCode } from './errors.js';
-import { guarded } from './guard.js';
-import { claimsToken, MAX_IDENTIFIERS_LENGTH } from './identifiers.js';
-import type { Logger } from './logging.js';
-import type { PresenceSender, Subjects } from './subjects.js';
+import { ErrorCode } from '../errors.js';
+import { guarded } from '../guard.js';
+import type { Logger } from '../logging.js';
+import {
+  MIN_PROTOCOL_VERSION,
+  PROTOCOL_VERSION,
+  type PresenceInfo,
+  presenceCodec,
+} from '../wire/bus-messages.js';
+import { claimsToken, MAX_IDENTIFIERS_LENGTH } from '../wire/identifiers.js';
+import type { PresenceSender, Subjects } from '../wire/subjects.js';
 
 export interface PresenceSettings {
   readonly heartbeatMs: number;

@@ -19,7 +19,7 @@
  * Unknown frame types decode to `undefined` and are ignored by the receiver
  * (skew tolerance: a newer peer may add types).
  */
-import { ErrorCode, KnatsError } from './errors.js';
+import { ErrorCode, KnatsError } from '../errors.js';
 
 export const FrameType = {
   Data: 0x01,

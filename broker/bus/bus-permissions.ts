@@ -7,8 +7,9 @@
  * they follow any change of the subject layout.
  */
 import { createInbox, errors, type NatsConnection, type Status } from '@nats-io/transport-node';
-import { claimsToken } from './identifiers.js';
-import type { Subjects } from './subjects.js';
+import { claimsToken } from '../wire/identifiers.js';
+import type { Subjects } from '../wire/subjects.js';
+import { inboxPrefixOf } from './nats-internals.js';
 
 export interface SubscribeNeed {
   readonly subject: string;
@@ -25,11 +26,6 @@ export interface BusNeeds {
  * receives (a probe on a live agent's dial subject would reach that agent).
  */
 const PROBE_ID = '_knats-permission-check';
-
-/** The prefix nats.js's request/reply subscription lives under (`_INBOX` unless the connection sets another). */
-function inboxPrefixOf(nc: NatsConnection): string | undefined {
-  return (nc as unknown as { options?: { inboxPrefix?: string } }).options?.inboxPrefix;
-}
 
 export function frontendNeeds(nc: NatsConnection, subjects: Subjects, id: string): BusNeeds {
   return {

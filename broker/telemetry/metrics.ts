@@ -7,9 +7,9 @@
  * extra label on upstream's series would break upstream's queries.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
-import type { BusErrorKind } from './connection.js';
-import { type ErrorCode, type KnatsError, reasonLabel } from './errors.js';
-import type { TunnelHost } from './tunnel-host.js';
+import type { BusErrorKind } from '../bus/connection.js';
+import { type ErrorCode, type KnatsError, reasonLabel } from '../errors.js';
+import type { TunnelHost } from '../tunnel/tunnel-host.js';
 
 export interface BusMetrics {
   readonly registry: Registry;

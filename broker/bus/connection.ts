@@ -11,11 +11,11 @@ import {
   type NodeConnectionOptions,
   nkeyAuthenticator,
 } from '@nats-io/transport-node';
-import { ErrorCode, KnatsError } from './errors.js';
-import type { Logger } from './logging.js';
-import { assertReadableFile } from './readable-file.js';
-import { redactUserinfo } from './redact.js';
-import { installVectoredFlush } from './vectored-flush.js';
+import { ErrorCode, KnatsError } from '../errors.js';
+import type { Logger } from '../logging.js';
+import { assertReadableFile } from '../readable-file.js';
+import { redactUserinfo } from '../redact.js';
+import { installVectoredFlush } from './nats-internals.js';
 
 export interface NatsSettings {
   readonly servers: readonly string[];

@@ -17,8 +17,8 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { ErrorCode, KnatsError } from './errors.js';
-import { type Logger, silentLogger } from './logging.js';
+import { ErrorCode, KnatsError } from '../errors.js';
+import { type Logger, silentLogger } from '../logging.js';
 import { watchOnDeath } from './watchdog.js';
 
 export interface LocalServerOptions {

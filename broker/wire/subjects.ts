@@ -11,7 +11,7 @@
  *   P.fe.<frontendId>.<tid>  frames to a frontend's end of a tunnel
  *   P.ag.<agentId>.<tid>     frames to an agent's end of a tunnel
  */
-import { ErrorCode, KnatsError } from './errors.js';
+import { ErrorCode, KnatsError } from '../errors.js';
 
 const TOKEN = /^[A-Za-z0-9_~-]+$/;
 

@@ -6,10 +6,10 @@
  * settings every span is the shared no-op below and no module is loaded.
  */
 import type * as OtelApi from '@opentelemetry/api';
-import { ErrorCode, isKnatsError, KnatsError } from './errors.js';
-import type { Logger } from './logging.js';
-import type { Tunnel } from './tunnel.js';
-import { VERSION } from './version.js';
+import { ErrorCode, isKnatsError, KnatsError } from '../errors.js';
+import type { Logger } from '../logging.js';
+import type { Tunnel } from '../tunnel/tunnel.js';
+import { VERSION } from '../version.js';
 
 export interface TracingSettings {
   /** Where spans are POSTed (OTLP/HTTP, JSON encoding): the collector's .../v1/traces. */

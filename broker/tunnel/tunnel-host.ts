@@ -4,12 +4,12 @@
  * drives every tunnel's periodic work, so a tunnel owns no timer of its own.
  */
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
-import { DATA_HEADER_BYTES, encodeClose, FrameType, MAX_DATA_PAYLOAD } from './codec.js';
+import { ErrorCode, KnatsError } from '../errors.js';
+import { guarded } from '../guard.js';
+import type { Logger } from '../logging.js';
+import { DATA_HEADER_BYTES, encodeClose, FrameType, MAX_DATA_PAYLOAD } from '../wire/codec.js';
+import { tunnelIdOf } from '../wire/subjects.js';
 import { type CreditSettings, ReceiveBudget } from './credit.js';
-import { ErrorCode, KnatsError } from './errors.js';
-import { guarded } from './guard.js';
-import type { Logger } from './logging.js';
-import { tunnelIdOf } from './subjects.js';
 import { type FramePublisher, Tunnel, type TunnelHostHooks } from './tunnel.js';
 
 export interface TunnelHostTiming {
