@@ -117,6 +117,16 @@ describe('nats.js internals contract (broker/bus/nats-internals.ts)', () => {
     }
   });
 
+  it("package.json's spec installs nothing outside the checked range", () => {
+    const { dependencies } = JSON.parse(readFileSync(`${ROOT}package.json`, 'utf8')) as {
+      dependencies: Record<string, string>;
+    };
+    // `~X.Y.Z` takes patch releases only: the range ends below the next minor release.
+    const [major, minor] = versionParts(NATS_CHECKED_VERSIONS.from);
+    assert.equal(NATS_CHECKED_VERSIONS.below, `${major}.${(minor ?? 0) + 1}.0`);
+    assert.equal(dependencies['@nats-io/transport-node'], `~${NATS_CHECKED_VERSIONS.from}`);
+  });
+
   it('a live connection has the internals the seam reads and replaces, with their shape', async () => {
     const nc = await connect({ servers: server.url, inboxPrefix: 'contract_inbox' });
     try {
