@@ -68,6 +68,7 @@ import {
 } from '../wire/codec.js';
 import { type CreditSettings, type ReceiveBudget, ReceiveCredit, SendCredit } from './credit.js';
 import { encodePooledData, encodeWholeReadInPlace } from './frame-pool.js';
+import { LocalDelivery } from './local-delivery.js';
 
 export interface TunnelLocalSide {
   /**
@@ -129,9 +130,6 @@ type State = 'opening' | 'open' | 'closed';
 export const CHUNK_COST_BYTES = 512;
 /** Fewest chunks a local side may hold, whatever the window. */
 const MIN_CHUNKS_IN_HAND = 4;
-/** Payloads below this wait copied into a coalescing buffer of this size (not as views pinning NATS reads). */
-const COALESCE_BYTES = 16 * 1024;
-const COALESCE_BELOW = 8 * 1024;
 
 /**
  * What ends our sending direction once the bytes waiting for credit are out:
@@ -152,6 +150,8 @@ export class Tunnel {
   private peerHalfCloses = false;
   private state: State = 'opening';
   private local: TunnelLocalSide | undefined;
+  /** Peer bytes on their way to the local side (before it is attached, and while it holds all it may). */
+  private readonly delivery: LocalDelivery;
   private readonly publisher: FramePublisher;
   private readonly hooks: TunnelHostHooks;
   private readonly budget: ReceiveBudget;
@@ -175,22 +175,6 @@ export class Tunnel {
   private sendEnd: SendEnd = 'none';
   private finSent = false;
   private finReceived = false;
-  /**
-   * Peer bytes not yet handed to the local side, in order: before it is
-   * attached, and while it holds as many chunks as it may (canDeliver).
-   * Bounded by our grant; small payloads are copied into `coalesce`.
-   */
-  private held: Buffer[] = [];
-  /** The last entry of `held` while it still takes small payloads, filled up to `coalesceUsed`. */
-  private coalesce: Buffer | undefined;
-  private coalesceUsed = 0;
-  /** A drain of `held` is running (a local side may report done from inside deliver). */
-  private draining = false;
-  /** End offsets, in bytes handed to the local side, of the chunks it has not reported done yet. */
-  private inHandEnds: number[] = [];
-  private inHandHead = 0;
-  private handedBytes = 0;
-  private doneBytes = 0;
   /** Last time bytes moved either way (read locally, sent, received from the peer, written locally). */
   lastMovedAt = Date.now();
   /** How the tunnel ended, for an adapter that attaches after the end. */
@@ -225,6 +209,11 @@ export class Tunnel {
     this.logger = options.logger;
     this.lingerMs = options.lingerMs;
     this.receive = new ReceiveCredit(options.credit, options.budget);
+    // The chunks in a local side's hands cost at most an eighth of the window.
+    this.delivery = new LocalDelivery(
+      () => Math.max(MIN_CHUNKS_IN_HAND, Math.floor(this.receive.window / 8 / CHUNK_COST_BYTES)),
+      this.onConsumed,
+    );
   }
 
   /** The grant to announce in the dial (request or response). */
@@ -259,7 +248,7 @@ export class Tunnel {
   }
   /** Chunks handed to the local side and not yet reported done. */
   get chunksInHand(): number {
-    return this.inHandEnds.length - this.inHandHead;
+    return this.delivery.chunksInHand;
   }
   /** The local source is paused for want of send credit. */
   get isLocalPaused(): boolean {
@@ -297,14 +286,15 @@ export class Tunnel {
    */
   attach(local: TunnelLocalSide): void {
     this.local = local;
+    this.delivery.attach(local);
     if (this.state === 'closed') {
       // A clean end kept the early bytes (an abort dropped them): all of them go before the end.
-      this.drainHeld(true);
+      this.delivery.drain(true);
       local.finish(this.endError);
     } else if (this.finReceived) {
       this.onPeerFinDelivered();
     } else {
-      this.drainHeld(false);
+      this.delivery.drain(false);
     }
   }
 
@@ -540,62 +530,7 @@ export class Tunnel {
     }
     this.bytesIn += payload.length;
     this.lastMovedAt = Date.now();
-    if (this.local && this.held.length === 0 && this.canDeliver()) this.handOver(payload);
-    else this.hold(payload);
-  }
-
-  /** The local side may take one more chunk: those in its hands cost at most an eighth of the window. */
-  private canDeliver(): boolean {
-    const chunks = Math.max(MIN_CHUNKS_IN_HAND, Math.floor(this.receive.window / 8 / CHUNK_COST_BYTES));
-    return this.chunksInHand < chunks;
-  }
-
-  private hold(payload: Buffer): void {
-    if (payload.length >= COALESCE_BELOW) {
-      this.sealCoalesce();
-      this.held.push(payload);
-      return;
-    }
-    let buffer = this.coalesce;
-    if (!buffer || buffer.length - this.coalesceUsed < payload.length) {
-      this.sealCoalesce();
-      buffer = Buffer.allocUnsafeSlow(COALESCE_BYTES);
-      this.coalesce = buffer;
-      this.coalesceUsed = 0;
-      this.held.push(buffer);
-    }
-    payload.copy(buffer, this.coalesceUsed);
-    this.coalesceUsed += payload.length;
-  }
-
-  /** The coalescing buffer takes no more: its entry becomes the bytes it holds (copied out if mostly empty). */
-  private sealCoalesce(): void {
-    const buffer = this.coalesce;
-    if (!buffer) return;
-    this.coalesce = undefined;
-    const used = buffer.subarray(0, this.coalesceUsed);
-    this.held[this.held.length - 1] = this.coalesceUsed < buffer.length / 2 ? Buffer.from(used) : used;
-  }
-
-  /** Hands held bytes to the local side, in order, as far as it may take them (`all`: every one, at an end). */
-  private drainHeld(all: boolean): void {
-    if (!this.local || this.draining) return;
-    this.draining = true;
-    try {
-      while (this.held.length > 0 && (all || this.canDeliver())) {
-        if (this.held.length === 1) this.sealCoalesce();
-        this.handOver(this.held.shift()!);
-      }
-    } finally {
-      this.draining = false;
-    }
-  }
-
-  private handOver(chunk: Buffer): void {
-    this.handedBytes += chunk.length;
-    // Recorded first: a local side may report it done from inside deliver.
-    this.inHandEnds.push(this.handedBytes);
-    this.local!.deliver(chunk, this.onConsumed);
+    this.delivery.push(payload);
   }
 
   private onPeerFin(seq: number): void {
@@ -607,7 +542,7 @@ export class Tunnel {
   /** Every byte before the peer's FIN went to the local side: end its writing, or the whole tunnel. */
   private onPeerFinDelivered(): void {
     // Everything before the FIN goes to the local side first (held bytes are within our grant).
-    this.drainHeld(true);
+    this.delivery.drain(true);
     if (!this.local?.shutdownWrite) {
       this.close();
       return;
@@ -618,20 +553,11 @@ export class Tunnel {
 
   private readonly onConsumed = (bytes: number): void => {
     if (this.state === 'closed') return;
-    this.doneBytes += bytes;
-    const ends = this.inHandEnds;
-    while (this.inHandHead < ends.length && ends[this.inHandHead]! <= this.doneBytes) this.inHandHead++;
-    if (this.inHandHead === ends.length) {
-      ends.length = 0;
-      this.inHandHead = 0;
-    } else if (this.inHandHead >= 1024) {
-      this.inHandEnds = ends.slice(this.inHandHead);
-      this.inHandHead = 0;
-    }
+    this.delivery.consumed(bytes);
     if (bytes > 0) this.lastMovedAt = Date.now();
     this.receive.onConsumed(bytes);
     this.grantMore();
-    this.drainHeld(false);
+    this.delivery.drain(false);
   };
 
   private grantMore = (): void => {
@@ -660,7 +586,7 @@ export class Tunnel {
     if (!this.checkPeerSeq(lastSeq)) return;
     const err = code ? errorFromPeer(code, message) : undefined;
     // A clean close delivers every byte before it.
-    if (!err) this.drainHeld(true);
+    if (!err) this.delivery.drain(true);
     this.end(err);
   }
 
@@ -694,12 +620,8 @@ export class Tunnel {
     this.pendingOutHeadroom = [];
     this.pendingOutBytes = 0;
     // A clean end hands over what is held (kept for an adapter that attaches later); an abort drops it.
-    if (err) {
-      this.held = [];
-      this.coalesce = undefined;
-    } else {
-      this.drainHeld(true);
-    }
+    if (err) this.delivery.drop();
+    else this.delivery.drain(true);
     if (this.localPaused) {
       this.localPaused = false;
       this.hooks.blockedChanged(this, false);
