@@ -36,14 +36,8 @@ import type { Logger } from '../broker/logging.js';
 import { frontendWorkerId } from '../broker/nats-server/nats-auth.js';
 import { startEndpoints } from '../broker/node/bus-node.js';
 import { VERSION } from '../broker/version.js';
-import {
-  type FrontendConfig,
-  ownSocketFile,
-  prepareSocketPath,
-  type RunningFrontend,
-  startFrontend,
-  type UdsListener,
-} from './frontend.js';
+import { type FrontendConfig, type RunningFrontend, startFrontend } from './frontend.js';
+import { ownSocketFile, prepareSocketPath, type UdsListener } from './unix-socket.js';
 
 /** The environment variable that tells a forked worker its index (1-based). */
 export const WORKER_INDEX_ENV = 'KNATS_FRONTEND_WORKER';
