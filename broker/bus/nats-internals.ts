@@ -22,7 +22,7 @@
  * quick bench, 3 runs each): agent CPU for a CONNECT download 2.4-2.9 ms/MiB
  * with nats.js's flush against 1.05-1.09 with this one, frontend upload
  * 2.5-3.4 against 2.0; and 0.8 against 0.1 us per protocol line encoded
- * (commit 920d399). The README's performance section has the later full
+ * (commit 920d399). docs/performance.md has the later full
  * run: the publishing tunnel ends at 0.96 and 1.51 ms/MiB against 2.13 for
  * the floor relay's sender, which publishes with nats.js's own flush.
  */

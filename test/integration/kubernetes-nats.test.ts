@@ -31,7 +31,7 @@ describe('deploy/kubernetes/control-plane/nats.conf on a real nats-server', {
   /** The control-plane host's folder of nats.conf (/etc/kubernetes/knats): here, `dir`. */
   let hostDir = '';
   const creds = join(dir, 'creds', 'knats');
-  /** A path of the manifests, where this test put the file the README copies there. */
+  /** A path of the manifests, where this test put the file docs/deployment.md copies there. */
   const local = (arg: string, seed: string) =>
     arg
       .replaceAll(`${hostDir}/`, `${dir}/`)

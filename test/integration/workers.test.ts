@@ -86,7 +86,7 @@ async function echoes(client: ProxyStreamClient, connectID: number, text: string
 /** A new tunnel (its own HTTP/2 connection) through the socket echoes `text`. */
 /**
  * A new tunnel echoes. Within 5 s: a connection the primary hands to a worker at the instant it is
- * killed is served by nobody (Node's round robin; the README's Workers limits), so the caller retries.
+ * killed is served by nobody (Node's round robin; docs/deployment.md's Workers limits), so the caller retries.
  */
 async function newTunnelEchoes(uds: string, echo: Destination, text: string): Promise<boolean> {
   const client = new ProxyStreamClient(`unix:${uds}`);
